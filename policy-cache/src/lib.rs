@@ -1,0 +1,1 @@
+//! How must a mail domain be reached, and why.

@@ -1,0 +1,542 @@
+//! Configuration: one TOML file, every key optional with a default, names following Postfix's
+//! where Postfix has one. Unknown keys and bad values stop start-up with an error that names
+//! the key (`listener[0].address: …`), because a typo in a relay's policy must never be silently
+//! ignored. The example in `deploy/mxguard.toml` documents every key.
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A key with a bad value or an unknown key; `key` is its dotted path in the file.
+    #[error("{key}: {message}")]
+    Key { key: String, message: String },
+}
+
+impl ConfigError {
+    fn key(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Key {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Our name in EHLO, `Received:` and the DSN's Reporting-MTA.
+    #[serde(default = "default_hostname")]
+    pub hostname: String,
+    /// Holds `spool/` and `policy-cache/`.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default = "default_listeners", rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub access: AccessConfig,
+    #[serde(default)]
+    pub smtpd: SmtpdConfig,
+    #[serde(default)]
+    pub dns: DnsConfig,
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub queue: QueueConfig,
+}
+
+/// One inbound SMTP listener. Each has its own address and TLS settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub address: SocketAddr,
+    /// PEM certificate chain; with `tls_key`, enables STARTTLS (or implicit TLS).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// TLS from the first byte (the port 465 style, RFC 8314) instead of STARTTLS.
+    #[serde(default)]
+    pub implicit_tls: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessConfig {
+    /// Clients in these networks may relay without authentication (Postfix's `mynetworks`).
+    #[serde(default = "default_mynetworks")]
+    pub mynetworks: Vec<IpNet>,
+    /// `user:$argon2id$…` lines; enables AUTH PLAIN/LOGIN after TLS.
+    pub auth_users_file: Option<PathBuf>,
+}
+
+/// Limits of the inbound SMTP server (Postfix's `smtpd_*` and `message_size_limit`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpdConfig {
+    /// Largest message accepted, in bytes; advertised with SIZE (RFC 1870).
+    #[serde(default = "default_message_size_limit")]
+    pub message_size_limit: u64,
+    /// Most recipients in one transaction (RFC 5321 §4.5.3.1.8 asks for at least 100).
+    #[serde(default = "default_recipient_limit")]
+    pub recipient_limit: usize,
+    /// How long to wait for a client command (RFC 5321 §4.5.3.2.7: at least 5 minutes).
+    #[serde(default = "default_smtpd_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// How long the whole DATA transfer may take.
+    #[serde(default = "default_data_timeout", deserialize_with = "duration")]
+    pub data_timeout: Duration,
+    /// Simultaneous client connections over all listeners; more get `421 4.7.0`.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Errors (4xx/5xx replies) after which a session is closed (Postfix's `smtpd_hard_error_limit`).
+    #[serde(default = "default_hard_error_limit")]
+    pub hard_error_limit: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DnssecMode {
+    /// Validate in-process from a trust anchor.
+    Validate,
+    /// Trust the AD bit of a local validating resolver.
+    TrustAd,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// `ip:port` or `ip` (port 53). Empty: the system's `/etc/resolv.conf`.
+    #[serde(default, deserialize_with = "nameservers")]
+    pub nameservers: Vec<SocketAddr>,
+    #[serde(default = "default_dnssec")]
+    pub dnssec: DnssecMode,
+    pub trust_anchor_file: Option<PathBuf>,
+    /// Time for one query before it counts as a temporary failure.
+    #[serde(default = "default_dns_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Port of MX hosts (25; the lab uses others).
+    #[serde(default = "default_smtp_port")]
+    pub smtp_port: u16,
+    /// Extra PEM CA certificates trusted beside the Web PKI roots.
+    #[serde(default)]
+    pub extra_ca_files: Vec<PathBuf>,
+    /// Postfix `pcre:`-syntax rules applied to every delivery status.
+    pub status_filter: Option<PathBuf>,
+    /// Per address (Postfix's `smtp_connect_timeout`).
+    #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// Greeting, EHLO, MAIL, RCPT, DATA replies (Postfix's `smtp_*_timeout`, 300 s).
+    #[serde(default = "default_command_timeout", deserialize_with = "duration")]
+    pub command_timeout: Duration,
+    /// Sending the message and waiting for the final reply (`smtp_data_done_timeout`, 600 s).
+    #[serde(default = "default_data_timeout", deserialize_with = "duration")]
+    pub data_timeout: Duration,
+    /// Simultaneous outbound SMTP sessions.
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: usize,
+}
+
+/// A static next hop, like a Postfix transport map entry `domain smtp:[host]:port`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// A recipient domain, or `*` for every domain not routed otherwise.
+    pub domain: String,
+    /// `[host]:port` (no MX lookup) or `host:port` / `host` (MX lookup of host).
+    pub next_hop: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// After this, an undeliverable recipient bounces (Postfix's `maximal_queue_lifetime`).
+    #[serde(default = "default_max_lifetime", deserialize_with = "duration")]
+    pub max_lifetime: Duration,
+    /// First retry delay, doubled each attempt (`minimal_backoff_time`).
+    #[serde(default = "default_min_backoff", deserialize_with = "duration")]
+    pub min_backoff: Duration,
+    /// Retry delays never exceed this (`maximal_backoff_time`).
+    #[serde(default = "default_max_backoff", deserialize_with = "duration")]
+    pub max_backoff: Duration,
+    /// Send a "delayed" DSN once a recipient has waited this long; 0 disables
+    /// (`delay_warning_time`).
+    #[serde(default, deserialize_with = "duration")]
+    pub delay_warning: Duration,
+}
+
+fn default_hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it or fails.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let name = if rc == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        String::new()
+    };
+    if name.is_empty() {
+        "localhost".into()
+    } else {
+        name
+    }
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./var")
+}
+fn default_listeners() -> Vec<ListenerConfig> {
+    vec![ListenerConfig {
+        address: SocketAddr::from(([127, 0, 0, 1], 10025)),
+        tls_cert: None,
+        tls_key: None,
+        implicit_tls: false,
+    }]
+}
+fn default_mynetworks() -> Vec<IpNet> {
+    vec![
+        "127.0.0.0/8".parse().expect("literal"),
+        "::1/128".parse().expect("literal"),
+    ]
+}
+fn default_message_size_limit() -> u64 {
+    10_240_000
+}
+fn default_recipient_limit() -> usize {
+    1000
+}
+fn default_smtpd_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_data_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_max_connections() -> usize {
+    100
+}
+fn default_hard_error_limit() -> u32 {
+    20
+}
+fn default_dnssec() -> DnssecMode {
+    DnssecMode::Validate
+}
+fn default_dns_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_smtp_port() -> u16 {
+    25
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_command_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_max_concurrency() -> usize {
+    100
+}
+fn default_max_lifetime() -> Duration {
+    Duration::from_secs(5 * 86400)
+}
+fn default_min_backoff() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(4000)
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        AccessConfig {
+            mynetworks: default_mynetworks(),
+            auth_users_file: None,
+        }
+    }
+}
+impl Default for SmtpdConfig {
+    fn default() -> Self {
+        SmtpdConfig {
+            message_size_limit: default_message_size_limit(),
+            recipient_limit: default_recipient_limit(),
+            timeout: default_smtpd_timeout(),
+            data_timeout: default_data_timeout(),
+            max_connections: default_max_connections(),
+            hard_error_limit: default_hard_error_limit(),
+        }
+    }
+}
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            nameservers: Vec::new(),
+            dnssec: default_dnssec(),
+            trust_anchor_file: None,
+            timeout: default_dns_timeout(),
+        }
+    }
+}
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            smtp_port: default_smtp_port(),
+            extra_ca_files: Vec::new(),
+            status_filter: None,
+            connect_timeout: default_connect_timeout(),
+            command_timeout: default_command_timeout(),
+            data_timeout: default_data_timeout(),
+            max_concurrency: default_max_concurrency(),
+        }
+    }
+}
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            max_lifetime: default_max_lifetime(),
+            min_backoff: default_min_backoff(),
+            max_backoff: default_max_backoff(),
+            delay_warning: Duration::ZERO,
+        }
+    }
+}
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            hostname: default_hostname(),
+            data_dir: default_data_dir(),
+            listeners: default_listeners(),
+            access: AccessConfig::default(),
+            smtpd: SmtpdConfig::default(),
+            dns: DnsConfig::default(),
+            delivery: DeliveryConfig::default(),
+            routes: Vec::new(),
+            queue: QueueConfig::default(),
+        }
+    }
+}
+
+/// Durations as operators write them: `300s`, `5m`, `4h`, `5d`, or a bare number of seconds.
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Secs(s) => Ok(Duration::from_secs(s)),
+        Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    if let Ok(secs) = t.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(t).map_err(|e| format!("bad duration {text:?}: {e}"))
+}
+
+fn nameservers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    let raw = Vec::<String>::deserialize(d)?;
+    raw.iter()
+        .map(|s| {
+            s.parse::<SocketAddr>()
+                .or_else(|_| {
+                    s.parse::<std::net::IpAddr>()
+                        .map(|ip| SocketAddr::new(ip, 53))
+                })
+                .map_err(|_| serde::de::Error::custom(format!("bad nameserver address {s:?}")))
+        })
+        .collect()
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text)
+    }
+
+    /// Parses and validates TOML text; the error names the offending key.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let message = inner.message().to_string();
+            ConfigError::key(if key == "." { "config".into() } else { key }, message)
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: files that must be readable, values that must agree.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.hostname.is_empty() || self.hostname.contains(char::is_whitespace) {
+            return Err(ConfigError::key("hostname", "must be a host name"));
+        }
+        if self.listeners.is_empty() {
+            return Err(ConfigError::key(
+                "listener",
+                "at least one listener is needed",
+            ));
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            match (&l.tls_cert, &l.tls_key) {
+                (Some(cert), Some(key)) => {
+                    crate::tls::server_config(cert, key).map_err(|e| {
+                        ConfigError::key(format!("listener[{i}].tls_cert"), e.to_string())
+                    })?;
+                }
+                (Some(_), None) => {
+                    return Err(ConfigError::key(
+                        format!("listener[{i}].tls_key"),
+                        "tls_cert is set but tls_key is missing",
+                    ))
+                }
+                (None, Some(_)) => {
+                    return Err(ConfigError::key(
+                        format!("listener[{i}].tls_cert"),
+                        "tls_key is set but tls_cert is missing",
+                    ))
+                }
+                (None, None) if l.implicit_tls => {
+                    return Err(ConfigError::key(
+                        format!("listener[{i}].implicit_tls"),
+                        "implicit TLS needs tls_cert and tls_key",
+                    ))
+                }
+                (None, None) => {}
+            }
+        }
+        if let Some(file) = &self.access.auth_users_file {
+            std::fs::metadata(file).map_err(|e| {
+                ConfigError::key("access.auth_users_file", format!("{}: {e}", file.display()))
+            })?;
+        }
+        for (i, file) in self.delivery.extra_ca_files.iter().enumerate() {
+            crate::tls::read_certs(file).map_err(|e| {
+                ConfigError::key(format!("delivery.extra_ca_files[{i}]"), e.to_string())
+            })?;
+        }
+        if let Some(file) = &self.dns.trust_anchor_file {
+            std::fs::metadata(file).map_err(|e| {
+                ConfigError::key("dns.trust_anchor_file", format!("{}: {e}", file.display()))
+            })?;
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            crate::delivery::NextHop::parse(&r.next_hop)
+                .map_err(|e| ConfigError::key(format!("route[{i}].next_hop"), e))?;
+            if r.domain.is_empty() || r.domain.contains(char::is_whitespace) {
+                return Err(ConfigError::key(
+                    format!("route[{i}].domain"),
+                    "must be a domain or \"*\"",
+                ));
+            }
+        }
+        if self.queue.min_backoff.is_zero() || self.queue.max_backoff < self.queue.min_backoff {
+            return Err(ConfigError::key(
+                "queue.max_backoff",
+                "min_backoff must be positive and not above max_backoff",
+            ));
+        }
+        if self.delivery.max_concurrency == 0 {
+            return Err(ConfigError::key(
+                "delivery.max_concurrency",
+                "must be at least 1",
+            ));
+        }
+        if self.smtpd.max_connections == 0 {
+            return Err(ConfigError::key(
+                "smtpd.max_connections",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn spool_dir(&self) -> PathBuf {
+        self.data_dir.join("spool")
+    }
+
+    pub fn policy_cache_dir(&self) -> PathBuf {
+        self.data_dir.join("policy-cache")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::from_toml(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.listeners[0].address.to_string(), "127.0.0.1:10025");
+        assert_eq!(c.data_dir, PathBuf::from("./var"));
+        assert_eq!(c.queue.max_lifetime, Duration::from_secs(5 * 86400));
+        assert_eq!(c.delivery.smtp_port, 25);
+        assert!(c
+            .access
+            .mynetworks
+            .iter()
+            .any(|n| n.contains(&"127.0.0.1".parse::<std::net::IpAddr>().unwrap())));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        assert!(
+            err("hostnme = \"x\"").contains("hostnme"),
+            "{}",
+            err("hostnme = \"x\"")
+        );
+        let e = err("[[listener]]\naddress = \"127.0.0.1:1\"\nportt = 3\n");
+        assert!(e.starts_with("listener[0]"), "{e}");
+        assert!(e.contains("portt"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let e = err("[queue]\nmax_lifetime = \"five days\"\n");
+        assert!(e.starts_with("queue.max_lifetime"), "{e}");
+        let e = err("[[listener]]\naddress = \"nowhere\"\n");
+        assert!(e.starts_with("listener[0].address"), "{e}");
+        let e = err("[access]\nmynetworks = [\"10.0.0.0/33\"]\n");
+        assert!(e.starts_with("access.mynetworks"), "{e}");
+        let e = err("[dns]\ndnssec = \"maybe\"\n");
+        assert!(e.starts_with("dns.dnssec"), "{e}");
+    }
+
+    #[test]
+    fn unreadable_certificate_is_named() {
+        let e = err("[[listener]]\naddress = \"127.0.0.1:1\"\ntls_cert = \"/nonexistent/c.pem\"\ntls_key = \"/nonexistent/k.pem\"\n");
+        assert!(e.starts_with("listener[0].tls_cert"), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("300").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("4000s").unwrap(), Duration::from_secs(4000));
+        assert_eq!(parse_duration("5d").unwrap(), Duration::from_secs(432000));
+        let c = Config::from_toml("[queue]\nmin_backoff = 2\nmax_backoff = \"1m\"\n").unwrap();
+        assert_eq!(c.queue.min_backoff, Duration::from_secs(2));
+    }
+}

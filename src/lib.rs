@@ -1,0 +1,15 @@
+//! mxguard: an outbound SMTP relay that delivers each message only as securely as its
+//! destination demands (MTA-STS, DANE, local policy, REQUIRETLS) and bounces with a clear
+//! 5.7.x status when it cannot.
+//!
+//! Mail flows inbound → queue → delivery → dsn; `server` wires the pieces together.
+
+pub mod config;
+pub mod delivery;
+pub mod dsn;
+pub mod envelope;
+pub mod inbound;
+pub mod queue;
+pub mod reply;
+pub mod server;
+pub mod tls;

@@ -1,0 +1,106 @@
+//! TLS material shared by the inbound server and the delivery client: loading PEM files,
+//! building rustls configurations (TLS 1.2 and 1.3 only, ring provider), and describing a
+//! session for `Received:` headers and the delivery log.
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::path::Path;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+fn file_err(path: &Path, message: impl std::fmt::Display) -> TlsSetupError {
+    TlsSetupError::File {
+        path: path.display().to_string(),
+        message: message.to_string(),
+    }
+}
+
+/// Installs ring as the process-wide rustls provider. reqwest (built without a provider) panics
+/// without one, so `serve` and every test calls this first; a second call is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads every certificate of a PEM file; an empty or unreadable file is an error.
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+    let data = std::fs::read(path).map_err(|e| file_err(path, e))?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut data.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|e| file_err(path, format!("bad PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(file_err(path, "no certificate found"));
+    }
+    Ok(certs)
+}
+
+pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsSetupError> {
+    let data = std::fs::read(path).map_err(|e| file_err(path, e))?;
+    rustls_pemfile::private_key(&mut data.as_slice())
+        .map_err(|e| file_err(path, format!("bad PEM: {e}")))?
+        .ok_or_else(|| file_err(path, "no private key found"))
+}
+
+/// Server side: certificate chain and key from files; TLS 1.2+.
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
+    let certs = read_certs(cert)?;
+    let key = read_key(key)?;
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    Ok(Arc::new(config))
+}
+
+/// The Web PKI roots plus the operator's extra CA files.
+pub fn root_store(
+    extra_ca_files: &[impl AsRef<Path>],
+) -> Result<rustls::RootCertStore, TlsSetupError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for file in extra_ca_files {
+        for cert in read_certs(file.as_ref())? {
+            roots
+                .add(cert)
+                .map_err(|e| file_err(file.as_ref(), format!("unusable CA certificate: {e}")))?;
+        }
+    }
+    Ok(roots)
+}
+
+/// Client side, verifying server certificates against `roots` (PKIX); TLS 1.2+.
+pub fn client_config_verified(
+    roots: rustls::RootCertStore,
+) -> Result<Arc<rustls::ClientConfig>, TlsSetupError> {
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// `TLSv1.3` / `TLSv1.2`, as Postfix logs the version.
+pub fn version_name(v: rustls::ProtocolVersion) -> &'static str {
+    match v {
+        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+        _ => "TLS",
+    }
+}
+
+/// Version and cipher suite of an established session, e.g. `("TLSv1.3", "TLS13_AES_256_GCM_SHA384")`.
+pub fn describe(conn: &rustls::CommonState) -> Option<(String, String)> {
+    let version = version_name(conn.protocol_version()?);
+    let suite = conn.negotiated_cipher_suite()?;
+    let name = suite.suite().as_str().unwrap_or("unknown");
+    Some((version.to_string(), name.to_string()))
+}
