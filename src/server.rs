@@ -1,2 +1,95 @@
 //! `mxguard serve`: opens the spool, starts the listeners and the delivery scheduler, and
-//! shuts them down in order.
+//! shuts them down in order: stop accepting, let sessions finish, let deliveries finish.
+
+use crate::config::Config;
+use crate::delivery::Deliverer;
+use crate::inbound::Inbound;
+use crate::queue::{Queue, Scheduler};
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("data_dir {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("data_dir {0} is in use by another mxguard process")]
+    Locked(String),
+    #[error("listener[{index}].address {address}: {source}")]
+    Bind {
+        index: usize,
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Runs the relay until `shutdown` turns true.
+pub async fn run(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Result<(), ServerError> {
+    crate::tls::install_crypto_provider();
+    let _lock = lock_data_dir(&config.data_dir)?;
+    let queue = Queue::open(&config.spool_dir()).map_err(|source| ServerError::DataDir {
+        path: config.spool_dir().display().to_string(),
+        source,
+    })?;
+    let deliverer =
+        Deliverer::new(config.clone()).map_err(|e| ServerError::Setup(e.to_string()))?;
+    let inbound = Arc::new(
+        Inbound::new(config.clone(), queue.clone())
+            .map_err(|e| ServerError::Setup(e.to_string()))?,
+    );
+    let mut sockets = Vec::new();
+    for (index, l) in config.listeners.iter().enumerate() {
+        let socket = TcpListener::bind(l.address)
+            .await
+            .map_err(|source| ServerError::Bind {
+                index,
+                address: l.address,
+                source,
+            })?;
+        let local = socket.local_addr().unwrap_or(l.address);
+        let mode = match (l.implicit_tls, l.tls_cert.is_some()) {
+            (true, _) => "implicit TLS",
+            (false, true) => "STARTTLS",
+            (false, false) => "plaintext",
+        };
+        tracing::info!("listening on {local} ({mode})");
+        sockets.push((socket, index));
+    }
+    let scheduler =
+        tokio::spawn(Scheduler::new(queue, deliverer, config.clone()).run(shutdown.clone()));
+    tracing::info!(
+        "mxguard started: hostname {}, data_dir {}",
+        config.hostname,
+        config.data_dir.display()
+    );
+    inbound.serve(sockets, shutdown).await;
+    if let Err(e) = scheduler.await {
+        tracing::error!("scheduler: {e}");
+    }
+    tracing::info!("mxguard stopped");
+    Ok(())
+}
+
+/// One daemon per data directory: two schedulers on one spool would deliver everything twice.
+fn lock_data_dir(dir: &Path) -> Result<File, ServerError> {
+    let err = |source| ServerError::DataDir {
+        path: dir.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let file = File::create(dir.join("mxguard.lock")).map_err(err)?;
+    // SAFETY: flock on a valid, open descriptor; the lock lives as long as `file`.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(ServerError::Locked(dir.display().to_string()));
+    }
+    Ok(file)
+}

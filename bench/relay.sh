@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# Relay throughput: mxguard against Postfix, same load, same sink, one run.
+#
+# Usage:  bench/relay.sh [-m MESSAGES] [-s SESSIONS] [-l BYTES] [-t TIMEOUT_S] [-P]
+#           -m  messages to push (default 20000)
+#           -s  parallel SMTP sessions of smtp-source (default 10)
+#           -l  message payload size in bytes (default 5120)
+#           -t  seconds to wait for the sink to count every message, per relay
+#               (default 120 + MESSAGES/50)
+#           -P  skip the Postfix comparison
+#           -M  skip mxguard (Postfix alone, e.g. to calibrate a machine)
+#         MXGUARD_BIN=path  use this binary instead of `cargo build --release`
+#         IOP_KEEP=1        keep the temporary directory (configs, logs, spools)
+#
+# What it does, all on 127.0.0.1:
+#   smtp-sink -c (counting, discarding) plays every MX;
+#   phase 1: smtp-source -s 10 -m 20000 -l 5120 ──▶ mxguard (127.0.0.1:10025, or a free port if
+#            that one is taken; release build; [[route]] "*" → [127.0.0.1]:SINK) ──▶ sink;
+#   phase 2: the same load ──▶ a private Postfix (relayhost = [127.0.0.1]:SINK, default
+#            concurrency settings, own queue in the temporary directory) ──▶ the same sink.
+# A phase's time runs from the first message sent until the sink has counted all of them
+# (end to end: accepted, queued durably, delivered); it fails if the count is not reached in
+# time. Prints both rates in messages per second, their ratio, and mxguard's peak RSS
+# (VmHWM from /proc/PID/status, read just before it is stopped).
+#
+# Needs: root (smtp-sink drops to nobody; Postfix instance), postfix (smtp-source, smtp-sink).
+# Both relays write their queues on the same file system (the temporary directory), so the
+# comparison is fair for fsync costs; run it on an otherwise idle machine.
+set -euo pipefail
+
+# shellcheck source=tests/interop/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../tests/interop/lib.sh"
+
+MESSAGES=20000
+SESSIONS=10
+SIZE=5120
+TIMEOUT=""
+WITH_POSTFIX=1
+WITH_MXGUARD=1
+while getopts "m:s:l:t:PMh" opt; do
+    case "$opt" in
+    m) MESSAGES=$OPTARG ;;
+    s) SESSIONS=$OPTARG ;;
+    l) SIZE=$OPTARG ;;
+    t) TIMEOUT=$OPTARG ;;
+    P) WITH_POSTFIX=0 ;;
+    M) WITH_MXGUARD=0 ;;
+    *)
+        sed -n '2,/^set -euo/p' "$0" | sed '$d'
+        exit 2
+        ;;
+    esac
+done
+[[ "$MESSAGES" =~ ^[0-9]+$ && "$MESSAGES" -gt 0 ]] || iop_die "-m needs a positive number"
+TIMEOUT=${TIMEOUT:-$((120 + MESSAGES / 50))}
+
+for tool in smtp-source smtp-sink postfix; do
+    command -v "$tool" >/dev/null || iop_die "$tool is not installed (apt-get install postfix)"
+done
+iop_is_root || iop_die "run as root (smtp-sink and the private Postfix instance need it)"
+
+iop_init
+
+if [[ $WITH_MXGUARD -eq 1 && -z "${MXGUARD_BIN:-}" ]]; then
+    iop_log "cargo build --release --bin mxguard"
+    (cd "$IOP_ROOT" && cargo build --release --quiet --bin mxguard) || iop_die "build failed"
+    MXGUARD_BIN="$IOP_ROOT/target/release/mxguard"
+fi
+
+SINK_PORT=$(iop_free_port)
+if iop_port_open 10025; then
+    MX_PORT=$(iop_free_port)
+    iop_log "127.0.0.1:10025 is taken; mxguard listens on $MX_PORT instead"
+else
+    MX_PORT=10025
+    IOP_PORTS_TAKEN+="10025 "
+fi
+PF_PORT=$(iop_free_port)
+
+SINK_LOG="$IOP_TMP/sink.log"
+# shellcheck disable=SC2046
+iop_start sink smtp-sink $(iop_sink_user_args) -4 -c -h sink.test "127.0.0.1:$SINK_PORT" 1024
+SINK_PID=$IOP_PID
+iop_wait_port "$SINK_PORT" 10 "$SINK_PID" || iop_die "smtp-sink did not start"
+
+# Messages the sink has counted so far (its -c output: "sess=… quit=… mesg=N\r").
+sink_count() {
+    local n
+    n=$(tr '\r' '\n' <"$SINK_LOG" 2>/dev/null | grep -o 'mesg=[0-9]*' | tail -n 1 | cut -d= -f2)
+    echo "${n:-0}"
+}
+
+now() { date +%s.%N; }
+# rate MESSAGES SECONDS
+rate() { awk -v n="$1" -v s="$2" 'BEGIN { printf "%.0f", (s > 0 ? n / s : 0) }'; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
+
+# push PORT LABEL: runs smtp-source against PORT, then waits until the sink has counted
+# MESSAGES more than before. Sets ELAPSED (end to end) and ACCEPTED (smtp-source's own time).
+push() {
+    local port=$1 label=$2 base target start accepted_at n
+    base=$(sink_count)
+    target=$((base + MESSAGES))
+    iop_log "$label: smtp-source -s $SESSIONS -m $MESSAGES -l $SIZE → 127.0.0.1:$port"
+    start=$(now)
+    smtp-source -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE" -f "bench@local.test" \
+        -t "sink@remote.test" -M client.local.test "127.0.0.1:$port" \
+        >"$IOP_TMP/source-$label.log" 2>&1 || {
+        tail -n 5 "$IOP_TMP/source-$label.log" >&2
+        iop_die "$label: smtp-source failed"
+    }
+    accepted_at=$(now)
+    for ((n = 0; n < TIMEOUT * 10; n++)); do
+        [[ $(sink_count) -ge $target ]] && break
+        sleep 0.1
+    done
+    local got=$(($(sink_count) - base))
+    [[ $got -ge $MESSAGES ]] || iop_die "$label: the sink counted $got of $MESSAGES messages in ${TIMEOUT}s"
+    ELAPSED=$(secs "$start" "$(now)")
+    ACCEPTED=$(secs "$start" "$accepted_at")
+    iop_log "$label: $MESSAGES delivered in ${ELAPSED}s (accepted in ${ACCEPTED}s)"
+}
+
+# ----- phase 1: mxguard -----------------------------------------------------------------------
+MX_ELAPSED=""
+if [[ $WITH_MXGUARD -eq 1 ]]; then
+    mkdir -p "$IOP_TMP/mxguard-var"
+    cat >"$IOP_TMP/mxguard.toml" <<EOF
+hostname = "mxguard.bench.test"
+data_dir = "$IOP_TMP/mxguard-var"
+
+[[listener]]
+address = "127.0.0.1:$MX_PORT"
+
+[[route]]
+domain = "*"
+next_hop = "[127.0.0.1]:$SINK_PORT"
+EOF
+    # Delivery log lines are one per message: keep them out of the way of the measurement.
+    RUST_LOG=${RUST_LOG:-warn} iop_mxguard_start "$IOP_TMP/mxguard.toml" "$MX_PORT"
+    push "$MX_PORT" mxguard
+    MX_ELAPSED=$ELAPSED
+    MX_ACCEPTED=$ACCEPTED
+    MX_RSS_KB=$(awk '/^VmHWM:/ { print $2 }' "/proc/$MXGUARD_PID/status" 2>/dev/null || echo 0)
+    iop_stop_pid "$MXGUARD_PID"
+fi
+
+# ----- phase 2: Postfix -----------------------------------------------------------------------
+PF_ELAPSED=""
+if [[ $WITH_POSTFIX -eq 1 ]]; then
+    iop_postfix_start "$IOP_TMP/postfix" "$PF_PORT" "[127.0.0.1]:$SINK_PORT"
+    push "$PF_PORT" postfix
+    PF_ELAPSED=$ELAPSED
+    PF_ACCEPTED=$ACCEPTED
+    iop_wait_for 30 iop_postfix_queue_empty "$IOP_TMP/postfix" || iop_log "postfix queue not empty yet"
+fi
+
+# ----- results --------------------------------------------------------------------------------
+echo
+echo "relay benchmark: $MESSAGES messages of $SIZE bytes, $SESSIONS sessions, $(nproc) CPUs"
+if [[ -n "$MX_ELAPSED" ]]; then
+    printf '  mxguard: %6s msg/s  (%ss end to end; accepted in %ss)  peak RSS %s MB\n' \
+        "$(rate "$MESSAGES" "$MX_ELAPSED")" "$MX_ELAPSED" "$MX_ACCEPTED" \
+        "$(awk -v k="$MX_RSS_KB" 'BEGIN { printf "%.1f", k / 1024 }')"
+fi
+if [[ -n "$PF_ELAPSED" ]]; then
+    printf '  postfix: %6s msg/s  (%ss end to end; accepted in %ss)\n' \
+        "$(rate "$MESSAGES" "$PF_ELAPSED")" "$PF_ELAPSED" "$PF_ACCEPTED"
+fi
+if [[ -n "$MX_ELAPSED" && -n "$PF_ELAPSED" ]]; then
+    printf '  ratio mxguard/postfix: %s\n' \
+        "$(awk -v a="$PF_ELAPSED" -v b="$MX_ELAPSED" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')"
+fi

@@ -1,0 +1,275 @@
+//! The outcome of one delivery attempt for one recipient, and the delivery log line that
+//! reports it (DESIGN.md "The delivery log line": Postfix's shape plus the TLS facts).
+//!
+//! Also the failure type the attempt machinery passes around: every failure carries the
+//! [`Reply`] it becomes, so what the log and the DSN say is decided where the failure happens.
+
+use crate::queue::QueueId;
+use crate::reply::Reply;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The MX host (or static next hop) a session was held with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relay {
+    /// The host name as found in DNS or the route (no trailing dot), or the IP literal.
+    pub host: String,
+    pub addr: SocketAddr,
+}
+
+/// `host[ip]:port`, as Postfix logs it (IPv6 without the inner brackets: `host[::1]:25`).
+impl fmt::Display for Relay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}[{}]:{}", self.host, self.addr.ip(), self.addr.port())
+    }
+}
+
+impl Relay {
+    /// `host[ip]`, the form Postfix uses inside status texts.
+    pub fn host_ip(&self) -> String {
+        format!("{}[{}]", self.host, self.addr.ip())
+    }
+}
+
+/// How the session that produced an outcome was protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsState {
+    /// Plaintext, or no session at all.
+    #[default]
+    None,
+    /// Encrypted, server not authenticated (opportunistic TLS).
+    Unverified,
+    /// Encrypted and authenticated (DANE, MTA-STS or a `verify`/`secure` level).
+    Verified,
+}
+
+impl TlsState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsState::None => "none",
+            TlsState::Unverified => "unverified",
+            TlsState::Verified => "verified",
+        }
+    }
+}
+
+/// The TLS facts the log line shows.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TlsInfo {
+    pub state: TlsState,
+    /// `TLSv1.3` / `TLSv1.2`.
+    pub version: Option<String>,
+    /// The negotiated cipher suite, e.g. `TLS13_AES_256_GCM_SHA384`.
+    pub cipher: Option<String>,
+}
+
+/// The queue's verdict for a recipient after an attempt; shown as `status=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Sent,
+    Deferred,
+    Bounced,
+    Expired,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Sent => "sent",
+            Status::Deferred => "deferred",
+            Status::Bounced => "bounced",
+            Status::Expired => "expired",
+        }
+    }
+}
+
+/// One recipient's outcome of one delivery attempt. The reply decides: positive → sent,
+/// transient (4xx) → retry, permanent (5xx) → bounce; the queue makes that call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    /// Index into the envelope's recipients.
+    pub rcpt: usize,
+    /// The remote server's reply, or the reply we made up for a failure (DNS, connect, TLS).
+    pub reply: Reply,
+    /// The host the reply came from; `None` when no SMTP session was reached.
+    pub relay: Option<Relay>,
+    pub tls: TlsInfo,
+    /// What set the TLS requirement: `none` for now; later `dane`, `mta-sts`, `local:LEVEL`.
+    pub policy: String,
+}
+
+impl Attempt {
+    /// The delivery log line:
+    /// `ID: to=<a@b>, relay=h[ip]:port, delay=0.84, tls=…, [tls_version=…, cipher=…, ]policy=…,
+    /// dsn=X.Y.Z, status=sent (REPLY)`. `tls_version`/`cipher` are omitted when `tls=none`;
+    /// the reply comes last, on one line, because it is the peer's text.
+    pub fn log_line(&self, id: &QueueId, to: &str, delay: Duration, status: Status) -> String {
+        let relay = self
+            .relay
+            .as_ref()
+            .map_or_else(|| "none".to_string(), Relay::to_string);
+        let mut line = format!(
+            "{id}: to=<{}>, relay={relay}, delay={:.2}, tls={}",
+            one_line(to),
+            delay.as_secs_f64(),
+            self.tls.state.as_str()
+        );
+        if self.tls.state != TlsState::None {
+            let dash = || "-".to_string();
+            line.push_str(&format!(
+                ", tls_version={}, cipher={}",
+                self.tls.version.clone().unwrap_or_else(dash),
+                self.tls.cipher.clone().unwrap_or_else(dash)
+            ));
+        }
+        line.push_str(&format!(
+            ", policy={}, dsn={}, status={} ({})",
+            one_line(&self.policy),
+            self.reply.status(),
+            status.as_str(),
+            one_line(&self.reply.to_string())
+        ));
+        line
+    }
+}
+
+/// Control characters (CR, LF, tabs, escapes) become spaces: one attempt, one log line.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// How much a failure tells about the destination; when every host fails, the recipient gets
+/// the most informative one (DESIGN.md: "the status of the most specific failure seen").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Rank {
+    /// An MX host name that does not exist or has no address.
+    DnsNotFound,
+    /// A lookup that failed for now (SERVFAIL, timeout, refused).
+    DnsTemporary,
+    /// TCP connect refused or timed out.
+    Connect,
+    /// A TLS handshake that failed (reported only if the plaintext retry fails too).
+    Tls,
+    /// A reply the server actually sent (greeting, EHLO).
+    Reply,
+}
+
+/// A failure to deliver through one host (or at all), with the reply it becomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Failure {
+    pub reply: Reply,
+    /// `None` when no SMTP session was reached (DNS, connect): the log says `relay=none`.
+    pub relay: Option<Relay>,
+    pub rank: Rank,
+}
+
+impl Failure {
+    pub fn new(reply: Reply, relay: Option<Relay>, rank: Rank) -> Self {
+        Failure { reply, relay, rank }
+    }
+}
+
+/// Keeps the most informative failure seen over several hosts; among equals, the latest
+/// (Postfix reports the last host's failure too).
+#[derive(Debug, Default)]
+pub(crate) struct WorstFailure(Option<Failure>);
+
+impl WorstFailure {
+    pub fn record(&mut self, failure: Failure) {
+        if self.0.as_ref().is_none_or(|best| failure.rank >= best.rank) {
+            self.0 = Some(failure);
+        }
+    }
+
+    pub fn take(self) -> Option<Failure> {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reply::EnhancedCode;
+
+    fn id() -> QueueId {
+        QueueId::parse("0123456789ABCDEF0").unwrap()
+    }
+
+    #[test]
+    fn log_line_with_tls() {
+        let a = Attempt {
+            rcpt: 0,
+            reply: Reply::from_remote(250, "2.0.0 Ok"),
+            relay: Some(Relay {
+                host: "mx1.example.net".into(),
+                addr: "192.0.2.25:25".parse().unwrap(),
+            }),
+            tls: TlsInfo {
+                state: TlsState::Verified,
+                version: Some("TLSv1.3".into()),
+                cipher: Some("TLS_AES_256_GCM_SHA384".into()),
+            },
+            policy: "dane".into(),
+        };
+        assert_eq!(
+            a.log_line(
+                &id(),
+                "bob@example.net",
+                Duration::from_millis(840),
+                Status::Sent
+            ),
+            "0123456789ABCDEF0: to=<bob@example.net>, relay=mx1.example.net[192.0.2.25]:25, \
+             delay=0.84, tls=verified, tls_version=TLSv1.3, cipher=TLS_AES_256_GCM_SHA384, \
+             policy=dane, dsn=2.0.0, status=sent (250 2.0.0 Ok)"
+        );
+    }
+
+    #[test]
+    fn log_line_without_session() {
+        let a = Attempt {
+            rcpt: 0,
+            reply: Reply::new(
+                451,
+                EnhancedCode::new(4, 4, 3),
+                "Host or domain name not found.\r\nsecond line",
+            ),
+            relay: None,
+            tls: TlsInfo::default(),
+            policy: "none".into(),
+        };
+        let line = a.log_line(&id(), "a@b.test", Duration::from_secs(3), Status::Deferred);
+        assert_eq!(
+            line,
+            "0123456789ABCDEF0: to=<a@b.test>, relay=none, delay=3.00, tls=none, policy=none, \
+             dsn=4.4.3, status=deferred (451 4.4.3 Host or domain name not found.  second line)"
+        );
+    }
+
+    #[test]
+    fn ipv6_relay() {
+        let r = Relay {
+            host: "mx.test".into(),
+            addr: "[::1]:25".parse().unwrap(),
+        };
+        assert_eq!(r.to_string(), "mx.test[::1]:25");
+        assert_eq!(r.host_ip(), "mx.test[::1]");
+    }
+
+    #[test]
+    fn worst_failure_prefers_replies_then_latest() {
+        let f = |code, rank| Failure::new(Reply::plain(code, "x"), None, rank);
+        let mut w = WorstFailure::default();
+        w.record(f(550, Rank::DnsNotFound));
+        w.record(f(451, Rank::DnsTemporary));
+        w.record(f(421, Rank::Reply));
+        w.record(f(452, Rank::Connect));
+        assert_eq!(w.take().unwrap().reply.code, 421);
+        let mut w = WorstFailure::default();
+        w.record(f(450, Rank::Connect));
+        w.record(f(451, Rank::Connect));
+        assert_eq!(w.take().unwrap().reply.code, 451);
+    }
+}

@@ -1,0 +1,183 @@
+//! The stub resolver delivery uses (hickory-resolver), and how its answers are classified.
+//!
+//! Mail routing needs to tell three negative answers apart (RFC 5321 §5.1, RFC 2308):
+//! the name does not exist (NXDOMAIN: permanent), the name exists without records of the asked
+//! type (NODATA: for MX, fall back to the implicit MX), and no answer for now (SERVFAIL,
+//! REFUSED, timeout: temporary, retry later). [`LookupError`] keeps exactly that distinction.
+
+use crate::config::DnsConfig;
+use hickory_resolver::config::{
+    ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
+};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::proto::rr::{Name, RData, RecordType};
+use hickory_resolver::TokioResolver;
+use std::net::IpAddr;
+
+/// Responses kept in the resolver's cache. MX and address answers are small; the cache only
+/// saves repeat lookups for busy domains within their TTL.
+const CACHE_SIZE: u64 = 1024;
+
+/// Builds the resolver: the configured name servers (UDP, TCP on truncation or error), or the
+/// system's `/etc/resolv.conf`. The hosts file is never consulted for mail routing.
+pub(crate) fn build_resolver(config: &DnsConfig) -> Result<TokioResolver, NetError> {
+    let mut builder = if config.nameservers.is_empty() {
+        TokioResolver::builder_tokio()?
+    } else {
+        let servers = config
+            .nameservers
+            .iter()
+            .map(|addr| {
+                let mut udp = ConnectionConfig::udp();
+                udp.port = addr.port();
+                let mut tcp = ConnectionConfig::tcp();
+                tcp.port = addr.port();
+                NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
+            })
+            .collect();
+        TokioResolver::builder_with_config(
+            ResolverConfig::from_parts(None, vec![], servers),
+            TokioRuntimeProvider::default(),
+        )
+    };
+    let opts: &mut ResolverOpts = builder.options_mut();
+    opts.use_hosts_file = ResolveHosts::Never;
+    opts.timeout = config.timeout;
+    opts.attempts = 2;
+    opts.cache_size = CACHE_SIZE;
+    opts.try_tcp_on_error = true;
+    builder.build()
+}
+
+/// Why a lookup produced no records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LookupError {
+    /// NXDOMAIN: the name does not exist.
+    NxDomain,
+    /// NOERROR with an empty answer: the name exists, but has no record of this type.
+    NoData,
+    /// SERVFAIL, REFUSED, a timeout, a network error: try again later. The text is for logs.
+    Temporary(String),
+}
+
+impl LookupError {
+    fn from_net(err: &NetError) -> LookupError {
+        match err {
+            NetError::Dns(DnsError::NoRecordsFound(nr)) => match nr.response_code {
+                ResponseCode::NXDomain => LookupError::NxDomain,
+                ResponseCode::NoError => LookupError::NoData,
+                other => LookupError::Temporary(other.to_string()),
+            },
+            other => LookupError::Temporary(other.to_string()),
+        }
+    }
+}
+
+/// A domain name made absolute, so the resolver never appends search domains to it.
+pub(crate) fn fqdn(name: &str) -> Result<Name, LookupError> {
+    let mut name = Name::from_utf8(name).map_err(|e| LookupError::Temporary(e.to_string()))?;
+    name.set_fqdn(true);
+    Ok(name)
+}
+
+/// The records of one type at `name`, with CNAME chains followed by the resolver; records of
+/// other types (the CNAMEs themselves) are dropped.
+pub(crate) async fn lookup(
+    resolver: &TokioResolver,
+    name: &Name,
+    rtype: RecordType,
+) -> Result<Vec<RData>, LookupError> {
+    match resolver.lookup(name.clone(), rtype).await {
+        Ok(answer) => {
+            let records: Vec<RData> = answer
+                .answers()
+                .iter()
+                .filter(|r| r.record_type() == rtype)
+                .map(|r| r.data.clone())
+                .collect();
+            if records.is_empty() {
+                Err(LookupError::NoData)
+            } else {
+                Ok(records)
+            }
+        }
+        Err(e) => Err(LookupError::from_net(&e)),
+    }
+}
+
+/// The addresses of a host: A then AAAA, both asked at once. One family failing for now does
+/// not hide the other's addresses; the host is unusable only when neither gives any.
+pub(crate) async fn lookup_addresses(
+    resolver: &TokioResolver,
+    name: &Name,
+) -> Result<Vec<IpAddr>, (RecordType, LookupError)> {
+    let (v4, v6) = tokio::join!(
+        lookup(resolver, name, RecordType::A),
+        lookup(resolver, name, RecordType::AAAA)
+    );
+    merge_addresses(v4, v6)
+}
+
+/// Combines the A and AAAA outcomes: addresses if any; else the temporary failure if either
+/// was one (so the message is retried); else the A record's permanent reason.
+pub(crate) fn merge_addresses(
+    v4: Result<Vec<RData>, LookupError>,
+    v6: Result<Vec<RData>, LookupError>,
+) -> Result<Vec<IpAddr>, (RecordType, LookupError)> {
+    let mut addrs = Vec::new();
+    for records in [&v4, &v6].into_iter().flatten() {
+        addrs.extend(records.iter().filter_map(|r| match r {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+            _ => None,
+        }));
+    }
+    if !addrs.is_empty() {
+        return Ok(addrs);
+    }
+    match (v4, v6) {
+        (Err(e @ LookupError::Temporary(_)), _) => Err((RecordType::A, e)),
+        (_, Err(e @ LookupError::Temporary(_))) => Err((RecordType::AAAA, e)),
+        (Err(e), _) => Err((RecordType::A, e)),
+        (Ok(_), _) => Err((RecordType::A, LookupError::NoData)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_resolver::proto::rr::rdata::{A, AAAA};
+
+    #[test]
+    fn addresses_from_either_family() {
+        let a = Ok(vec![RData::A(A::new(192, 0, 2, 1))]);
+        let aaaa = Err(LookupError::Temporary("timeout".into()));
+        assert_eq!(
+            merge_addresses(a, aaaa).unwrap(),
+            vec!["192.0.2.1".parse::<IpAddr>().unwrap()]
+        );
+        let aaaa = Ok(vec![RData::AAAA(AAAA::new(
+            0x2001, 0xdb8, 0, 0, 0, 0, 0, 1,
+        ))]);
+        assert_eq!(
+            merge_addresses(Err(LookupError::NoData), aaaa).unwrap(),
+            vec!["2001:db8::1".parse::<IpAddr>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn temporary_beats_permanent_when_nothing_resolves() {
+        let r = merge_addresses(
+            Err(LookupError::NxDomain),
+            Err(LookupError::Temporary("servfail".into())),
+        );
+        assert!(matches!(
+            r,
+            Err((RecordType::AAAA, LookupError::Temporary(_)))
+        ));
+        let r = merge_addresses(Err(LookupError::NxDomain), Err(LookupError::NxDomain));
+        assert_eq!(r, Err((RecordType::A, LookupError::NxDomain)));
+    }
+}

@@ -1,0 +1,349 @@
+//! The mail transaction (RFC 5321 §3.3): MAIL FROM, one RCPT TO per recipient, DATA, QUIT,
+//! with the parameters of the extensions the server advertised: SIZE (RFC 1870), BODY=8BITMIME
+//! (RFC 6152), SMTPUTF8 (RFC 6531) and DSN (RFC 3461).
+//!
+//! Every recipient ends with exactly one reply: the server's RCPT reply if it refused the
+//! recipient, else the reply to MAIL FROM, DATA or the end of data that decided its fate, or a
+//! 4.4.2 when the connection broke before that.
+
+use super::attempt::Relay;
+use super::data::{dot_stuff, headers_need_utf8};
+use super::session::{lost, quit, remote_reply, Extensions};
+use super::Job;
+use crate::envelope::{xtext_encode, BodyType, Envelope, Recipient, Ret};
+use crate::reply::{EnhancedCode, Reply};
+use mail_send::SmtpClient;
+use smtp_proto::{EXT_8BIT_MIME, EXT_DSN, EXT_SIZE, EXT_SMTP_UTF8};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+/// One transaction over an open session.
+pub(crate) struct Transaction<'a> {
+    pub job: &'a Job<'a>,
+    pub relay: &'a Relay,
+    pub extensions: Extensions,
+    /// For the message body and the final reply, together.
+    pub data_timeout: Duration,
+}
+
+/// The reply for each of the job's recipients, in `job.recipients` order.
+type Replies = Vec<Option<Reply>>;
+
+impl Transaction<'_> {
+    /// Runs the transaction and QUITs; returns `(recipient index, reply)` for every recipient.
+    pub async fn run<T: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        client: &mut SmtpClient<T>,
+    ) -> Vec<(usize, Reply)> {
+        let mut replies: Replies = vec![None; self.job.recipients.len()];
+        self.exchange(client, &mut replies).await;
+        quit(client).await;
+        self.job
+            .recipients
+            .iter()
+            .zip(replies)
+            .map(|(&rcpt, reply)| {
+                // Unreachable by construction; a missing reply must still never lose a recipient.
+                let reply = reply.unwrap_or_else(|| {
+                    Reply::new(
+                        451,
+                        EnhancedCode::new(4, 3, 0),
+                        "internal error: no outcome",
+                    )
+                });
+                (rcpt, reply)
+            })
+            .collect()
+    }
+
+    fn envelope(&self) -> &Envelope {
+        self.job.envelope
+    }
+
+    fn recipient(&self, i: usize) -> Option<&Recipient> {
+        self.job
+            .recipients
+            .get(i)
+            .and_then(|&r| self.envelope().recipients.get(r))
+    }
+
+    async fn exchange<T: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        client: &mut SmtpClient<T>,
+        replies: &mut Replies,
+    ) {
+        let utf8 = self.needs_smtputf8();
+        if let Some(reply) = self.refuse_before_mail(utf8) {
+            fill(replies, &reply);
+            return;
+        }
+        if let Err(reply) = self.mail_from(client, utf8).await {
+            fill(replies, &reply);
+            return;
+        }
+        let accepted = self.rcpt_to(client, replies).await;
+        if accepted.is_empty() {
+            return;
+        }
+        let reply = self.data(client).await;
+        for i in accepted {
+            replies[i] = Some(reply.clone());
+        }
+    }
+
+    /// Does this message need SMTPUTF8? RFC 6531 §3.4: when the sender asked for it and the
+    /// envelope or the header section holds UTF-8.
+    fn needs_smtputf8(&self) -> bool {
+        let env = self.envelope();
+        env.smtputf8
+            && (!env.mail_from.is_ascii()
+                || (0..self.job.recipients.len())
+                    .filter_map(|i| self.recipient(i))
+                    .any(|r| !r.address.is_ascii())
+                || headers_need_utf8(self.job.message))
+    }
+
+    /// Failures known before MAIL FROM: a needed SMTPUTF8 not offered (RFC 6531 §3.4), a
+    /// message above the server's SIZE (RFC 1870 §6.1).
+    fn refuse_before_mail(&self, utf8: bool) -> Option<Reply> {
+        let ext = self.extensions;
+        if utf8 && !ext.has(EXT_SMTP_UTF8) {
+            return Some(Reply::new(
+                550,
+                EnhancedCode::new(5, 6, 7),
+                format!(
+                    "SMTPUTF8 is required, but was not offered by host {}",
+                    self.relay.host_ip()
+                ),
+            ));
+        }
+        let size = self.job.message.len();
+        if ext.has(EXT_SIZE) && ext.size > 0 && size > ext.size {
+            return Some(Reply::new(
+                552,
+                EnhancedCode::new(5, 3, 4),
+                format!(
+                    "message size {size} exceeds size limit {} of server {}",
+                    ext.size,
+                    self.relay.host_ip()
+                ),
+            ));
+        }
+        None
+    }
+
+    /// MAIL FROM; a refusal applies to every recipient.
+    async fn mail_from<T: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        client: &mut SmtpClient<T>,
+        utf8: bool,
+    ) -> Result<(), Reply> {
+        let params = mail_params(
+            self.envelope(),
+            self.extensions,
+            self.job.message.len(),
+            utf8,
+        );
+        let command = format!("MAIL FROM:<{}>{params}\r\n", self.envelope().mail_from);
+        match client.cmd(command).await {
+            Ok(r) if r.code / 100 == 2 => Ok(()),
+            Ok(r) => Err(remote_reply(&r)),
+            Err(e) => Err(lost(self.relay, &e, "sending MAIL FROM").reply),
+        }
+    }
+
+    /// One RCPT TO per recipient, each with its own reply; returns the indexes accepted.
+    /// After a broken connection, every recipient not refused yet gets the 4.4.2.
+    async fn rcpt_to<T: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        client: &mut SmtpClient<T>,
+        replies: &mut Replies,
+    ) -> Vec<usize> {
+        let mut accepted = Vec::new();
+        for i in 0..replies.len() {
+            let Some(rcpt) = self.recipient(i) else {
+                replies[i] = Some(Reply::new(
+                    554,
+                    EnhancedCode::new(5, 3, 0),
+                    "internal error: no such recipient",
+                ));
+                continue;
+            };
+            let command = format!(
+                "RCPT TO:<{}>{}\r\n",
+                rcpt.address,
+                rcpt_params(rcpt, self.extensions)
+            );
+            match client.cmd(command).await {
+                Ok(r) if r.code / 100 == 2 => {
+                    accepted.push(i);
+                    replies[i] = Some(remote_reply(&r));
+                }
+                Ok(r) => replies[i] = Some(remote_reply(&r)),
+                Err(e) => {
+                    let reply = lost(self.relay, &e, "sending RCPT TO").reply;
+                    for j in accepted.into_iter().chain(i..replies.len()) {
+                        replies[j] = Some(reply.clone());
+                    }
+                    return Vec::new();
+                }
+            }
+        }
+        accepted
+    }
+
+    /// DATA, the stuffed message and the final reply, which applies to every accepted recipient.
+    async fn data<T: AsyncRead + AsyncWrite + Unpin>(&self, client: &mut SmtpClient<T>) -> Reply {
+        match client.cmd(b"DATA\r\n").await {
+            Ok(r) if r.code == 354 => {}
+            Ok(r) => return remote_reply(&r),
+            Err(e) => return lost(self.relay, &e, "sending DATA command").reply,
+        }
+        let body = dot_stuff(self.job.message);
+        // One deadline for the body and the final reply (Postfix's smtp_data_done_timeout).
+        let deadline = Instant::now() + self.data_timeout;
+        let sent = tokio::time::timeout_at(deadline, async {
+            client.stream.write_all(&body).await?;
+            client.stream.flush().await?;
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+        match sent {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return lost(self.relay, &e.into(), "sending message body").reply,
+            Err(_) => {
+                return lost(
+                    self.relay,
+                    &mail_send::Error::Timeout,
+                    "sending message body",
+                )
+                .reply
+            }
+        }
+        let stage = "sending end of data -- message may be sent more than once";
+        match tokio::time::timeout_at(deadline, client.read()).await {
+            Ok(Ok(r)) => remote_reply(&r),
+            Ok(Err(e)) => lost(self.relay, &e, stage).reply,
+            Err(_) => lost(self.relay, &mail_send::Error::Timeout, stage).reply,
+        }
+    }
+}
+
+fn fill(replies: &mut Replies, reply: &Reply) {
+    for r in replies.iter_mut() {
+        *r = Some(reply.clone());
+    }
+}
+
+/// MAIL FROM parameters, each only when the server advertised its extension.
+fn mail_params(env: &Envelope, ext: Extensions, size: usize, utf8: bool) -> String {
+    let mut p = String::new();
+    if ext.has(EXT_SIZE) {
+        p.push_str(&format!(" SIZE={size}"));
+    }
+    // RFC 6152: declare 8-bit content when the server understands it. When it does not,
+    // Postfix sends the message anyway (most servers pass 8-bit data), and so do we.
+    if env.body == BodyType::EightBitMime && ext.has(EXT_8BIT_MIME) {
+        p.push_str(" BODY=8BITMIME");
+    }
+    if utf8 && ext.has(EXT_SMTP_UTF8) {
+        p.push_str(" SMTPUTF8");
+    }
+    if ext.has(EXT_DSN) {
+        // RFC 3461 §4.3, §4.4: RET and ENVID travel on to the next DSN-capable hop.
+        match env.ret {
+            Some(Ret::Full) => p.push_str(" RET=FULL"),
+            Some(Ret::Headers) => p.push_str(" RET=HDRS"),
+            None => {}
+        }
+        if let Some(envid) = &env.envid {
+            p.push_str(&format!(" ENVID={}", xtext_encode(envid)));
+        }
+    }
+    p
+}
+
+/// RCPT TO parameters: RFC 3461 §4.1 NOTIFY and §4.2 ORCPT, when the server speaks DSN.
+fn rcpt_params(rcpt: &Recipient, ext: Extensions) -> String {
+    if !ext.has(EXT_DSN) {
+        return String::new();
+    }
+    let mut p = String::new();
+    if let Some(n) = rcpt.notify {
+        let words: Vec<&str> = if n.never {
+            vec!["NEVER"]
+        } else {
+            [
+                (n.success, "SUCCESS"),
+                (n.failure, "FAILURE"),
+                (n.delay, "DELAY"),
+            ]
+            .into_iter()
+            .filter_map(|(on, word)| on.then_some(word))
+            .collect()
+        };
+        if !words.is_empty() {
+            p.push_str(&format!(" NOTIFY={}", words.join(",")));
+        }
+    }
+    if let Some((kind, addr)) = &rcpt.orcpt {
+        p.push_str(&format!(" ORCPT={kind};{}", xtext_encode(addr)));
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::Notify;
+    use smtp_proto::EXT_PIPELINING;
+
+    fn ext(mask: u32) -> Extensions {
+        Extensions { mask, size: 0 }
+    }
+
+    #[test]
+    fn mail_parameters_follow_the_advertised_extensions() {
+        let mut env = Envelope::new("alice@example.org");
+        env.body = BodyType::EightBitMime;
+        env.ret = Some(Ret::Headers);
+        env.envid = Some("id+1=x".into());
+        assert_eq!(mail_params(&env, ext(EXT_PIPELINING), 10, true), "");
+        assert_eq!(
+            mail_params(
+                &env,
+                ext(EXT_SIZE | EXT_8BIT_MIME | EXT_DSN | EXT_SMTP_UTF8),
+                10,
+                true
+            ),
+            " SIZE=10 BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=id+2B1+3Dx"
+        );
+        assert_eq!(mail_params(&env, ext(EXT_SMTP_UTF8), 10, false), "");
+    }
+
+    #[test]
+    fn rcpt_parameters() {
+        let mut r = Recipient::new("bob@example.net");
+        assert_eq!(rcpt_params(&r, ext(EXT_DSN)), "");
+        r.notify = Some(Notify {
+            success: true,
+            failure: true,
+            ..Default::default()
+        });
+        r.orcpt = Some(("rfc822".into(), "Bob+x@example.net".into()));
+        assert_eq!(
+            rcpt_params(&r, ext(EXT_DSN)),
+            " NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;Bob+2Bx@example.net"
+        );
+        assert_eq!(rcpt_params(&r, ext(0)), "");
+        r.notify = Some(Notify {
+            never: true,
+            ..Default::default()
+        });
+        assert_eq!(
+            rcpt_params(&r, ext(EXT_DSN)),
+            " NOTIFY=NEVER ORCPT=rfc822;Bob+2Bx@example.net"
+        );
+    }
+}

@@ -1,0 +1,292 @@
+# shellcheck shell=bash
+# Helpers for the interop scripts (tests/interop/*.sh) and bench/relay.sh: free loopback
+# ports, bounded waits, Postfix's smtp-sink, a PRIVATE Postfix instance in a temporary
+# directory, and mxguard itself — each started process recorded by PID and stopped at exit.
+#
+# Source it, then call iop_init. Everything listens on 127.0.0.1 only. The system's own
+# Postfix configuration (/etc/postfix) is only read (postfix-files, dynamicmaps), never changed.
+#
+# Environment:
+#   MXGUARD_BIN   the mxguard binary (default: target/debug/mxguard, built if missing)
+#   IOP_KEEP=1    keep the temporary directory (logs, spools, mailboxes) even on success
+
+IOP_TMP=""
+IOP_PIDS=()
+IOP_POSTFIX_DIRS=()
+IOP_PORTS_TAKEN=" "
+IOP_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+
+iop_log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+iop_die() {
+    iop_log "FAIL: $*"
+    exit 1
+}
+
+iop_init() {
+    IOP_TMP="$(mktemp -d "${TMPDIR:-/tmp}/mxguard-interop.XXXXXX")"
+    # Postfix daemons and smtp-sink drop privileges and must be able to reach their files.
+    chmod 0755 "$IOP_TMP"
+    trap iop_cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+}
+
+# Stops what we started: private Postfix instances first (they deliver to the others), then
+# every recorded PID, newest first. Bounded: TERM, up to 5 s, then KILL.
+iop_cleanup() {
+    local rc=$? dir pid i
+    trap - EXIT INT TERM
+    for dir in "${IOP_POSTFIX_DIRS[@]}"; do
+        iop_postfix_stop "$dir"
+    done
+    for ((i = ${#IOP_PIDS[@]} - 1; i >= 0; i--)); do
+        iop_stop_pid "${IOP_PIDS[$i]}"
+    done
+    if [[ -n "$IOP_TMP" && -d "$IOP_TMP" ]]; then
+        if [[ $rc -ne 0 || "${IOP_KEEP:-}" == 1 ]]; then
+            iop_log "logs and spools kept in $IOP_TMP"
+        else
+            rm -rf "$IOP_TMP"
+        fi
+    fi
+    exit "$rc"
+}
+
+iop_stop_pid() {
+    local pid=$1 n
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((n = 0; n < 50; n++)); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    iop_log "pid $pid did not stop on TERM; killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+}
+
+iop_is_root() { [[ "$(id -u)" -eq 0 ]]; }
+
+# Is something accepting connections on 127.0.0.1:PORT?
+iop_port_open() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# Prints a port that nothing listens on and that this run has not handed out yet.
+iop_free_port() {
+    local port n
+    for ((n = 0; n < 200; n++)); do
+        port=$((20000 + RANDOM % 40000))
+        [[ "$IOP_PORTS_TAKEN" == *" $port "* ]] && continue
+        iop_port_open "$port" && continue
+        IOP_PORTS_TAKEN+="$port "
+        echo "$port"
+        return 0
+    done
+    iop_die "no free port found"
+}
+
+# iop_wait_port PORT SECONDS [PID]: until PORT accepts connections; fails early if PID died.
+iop_wait_port() {
+    local port=$1 secs=$2 pid=${3:-} n
+    for ((n = 0; n < secs * 10; n++)); do
+        iop_port_open "$port" && return 0
+        if [[ -n "$pid" ]] && ! kill -0 "$pid" 2>/dev/null; then
+            iop_log "process $pid exited before listening on $port"
+            return 1
+        fi
+        sleep 0.1
+    done
+    iop_log "nothing listens on 127.0.0.1:$port after ${secs}s"
+    return 1
+}
+
+# iop_wait_for SECONDS COMMAND...: runs COMMAND every 0.2 s until it succeeds or time is up.
+iop_wait_for() {
+    local secs=$1 n
+    shift
+    for ((n = 0; n < secs * 5; n++)); do
+        "$@" && return 0
+        sleep 0.2
+    done
+    return 1
+}
+
+# iop_start NAME COMMAND...: runs COMMAND in the background, output to $IOP_TMP/NAME.log,
+# records its PID in IOP_PID and in the list stopped at exit.
+iop_start() {
+    local name=$1
+    shift
+    "$@" >"$IOP_TMP/$name.log" 2>&1 &
+    IOP_PID=$!
+    IOP_PIDS+=("$IOP_PID")
+}
+
+# ----- mxguard ------------------------------------------------------------------------------
+
+# Sets MXGUARD_BIN, building the debug binary when none is given.
+iop_mxguard_bin() {
+    if [[ -z "${MXGUARD_BIN:-}" ]]; then
+        MXGUARD_BIN="$IOP_ROOT/target/debug/mxguard"
+        iop_log "building mxguard (cargo build)"
+        (cd "$IOP_ROOT" && cargo build --quiet --bin mxguard) || iop_die "cargo build failed"
+    fi
+    [[ -x "$MXGUARD_BIN" ]] || iop_die "no mxguard binary at $MXGUARD_BIN"
+}
+
+# iop_mxguard_start CONFIG PORT: starts `mxguard serve`, waits for PORT. Sets MXGUARD_PID and
+# MXGUARD_LOG.
+iop_mxguard_start() {
+    local config=$1 port=$2
+    iop_mxguard_bin
+    "$MXGUARD_BIN" check-config --config "$config" >/dev/null || iop_die "mxguard rejects $config"
+    MXGUARD_LOG="$IOP_TMP/mxguard.log"
+    iop_start mxguard env RUST_LOG="${RUST_LOG:-info}" "$MXGUARD_BIN" serve --config "$config"
+    MXGUARD_PID=$IOP_PID
+    iop_wait_port "$port" 30 "$MXGUARD_PID" || {
+        tail -n 30 "$MXGUARD_LOG" >&2 || true
+        iop_die "mxguard did not start"
+    }
+}
+
+# ----- smtp-sink ----------------------------------------------------------------------------
+
+# The user smtp-sink drops to when run as root (it refuses to run as root otherwise).
+iop_sink_user_args() {
+    if iop_is_root; then
+        echo "-u nobody"
+    fi
+}
+
+# iop_sink_start NAME PORT DUMPDIR [smtp-sink options…]: an MX on 127.0.0.1:PORT that dumps
+# each message into DUMPDIR (one file per message). Sets IOP_PID.
+iop_sink_start() {
+    local name=$1 port=$2 dump=$3
+    shift 3
+    mkdir -p "$dump"
+    if iop_is_root; then chown nobody "$dump"; fi
+    # shellcheck disable=SC2046
+    iop_start "$name" smtp-sink $(iop_sink_user_args) -4 -h "$name.test" -d "$dump/msg." "$@" \
+        "127.0.0.1:$port" 128
+    iop_wait_port "$port" 10 "$IOP_PID" || iop_die "smtp-sink $name did not start"
+}
+
+# ----- a private Postfix instance -----------------------------------------------------------
+
+# iop_postfix_start DIR SMTPD_PORT RELAYHOST [main.cf line…]: a Postfix whose config, queue,
+# data and mailboxes all live under DIR, with one smtpd on 127.0.0.1:SMTPD_PORT, relaying
+# everything not local to RELAYHOST. The domain local.test is local: all its addresses share
+# the mbox file DIR/mail/mbox. Logs go to DIR/maillog. Never touches /etc/postfix.
+iop_postfix_start() {
+    local dir=$1 port=$2 relayhost=$3
+    shift 3
+    mkdir -p "$dir/conf" "$dir/queue" "$dir/data" "$dir/mail"
+    # The master's lock and the daemons' data live in data_directory, owned by mail_owner;
+    # virtual(8) delivers as uid/gid 65534 (nobody).
+    chown postfix "$dir/data"
+    chown 65534:65534 "$dir/mail"
+    cat >"$dir/conf/main.cf" <<EOF
+compatibility_level = 3.6
+queue_directory = $dir/queue
+data_directory = $dir/data
+mail_owner = postfix
+setgid_group = postdrop
+maillog_file_prefixes = $dir
+maillog_file = $dir/maillog
+myhostname = postfix.local.test
+mydomain = local.test
+myorigin = local.test
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+relayhost = $relayhost
+smtp_dns_support_level = disabled
+smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+alias_maps =
+alias_database =
+local_recipient_maps =
+virtual_mailbox_domains = local.test
+virtual_mailbox_base = $dir/mail
+virtual_mailbox_maps = static:mbox
+virtual_uid_maps = static:65534
+virtual_gid_maps = static:65534
+virtual_minimum_uid = 100
+biff = no
+append_dot_mydomain = no
+delay_warning_time = 0
+smtpd_banner = \$myhostname ESMTP private test instance
+EOF
+    local line
+    for line in "$@"; do
+        echo "$line" >>"$dir/conf/main.cf"
+    done
+    # Only the services a relay needs, none chrooted (so no copies of /etc files are needed).
+    cat >"$dir/conf/master.cf" <<EOF
+127.0.0.1:$port inet  n       -       n       -       -       smtpd
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+local     unix  -       n       n       -       -       local
+virtual   unix  -       n       n       -       -       virtual
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+EOF
+    # The forceenc transport exactly as deploy/postfix/master.cf.snippet ships it.
+    grep -v '^#' "$IOP_ROOT/deploy/postfix/master.cf.snippet" | grep -v '^[[:space:]]*$' \
+        >>"$dir/conf/master.cf"
+    IOP_POSTFIX_DIRS+=("$dir")
+    postfix -c "$dir/conf" check >"$dir/check.log" 2>&1 || {
+        cat "$dir/check.log" >&2
+        iop_die "postfix check failed for $dir"
+    }
+    postfix -c "$dir/conf" start >"$dir/start.log" 2>&1 || {
+        cat "$dir/start.log" >&2
+        tail -n 20 "$dir/maillog" >&2 2>/dev/null || true
+        iop_die "postfix start failed for $dir"
+    }
+    iop_wait_port "$port" 30 || {
+        tail -n 30 "$dir/maillog" >&2 2>/dev/null || true
+        iop_die "private postfix did not listen on $port"
+    }
+}
+
+iop_postfix_stop() {
+    local dir=$1 pid="" n
+    [[ -f "$dir/conf/main.cf" ]] || return 0
+    if [[ -f "$dir/queue/pid/master.pid" ]]; then
+        pid="$(tr -dc '0-9' <"$dir/queue/pid/master.pid")"
+    fi
+    timeout 20 postfix -c "$dir/conf" stop >/dev/null 2>&1 || true
+    [[ -n "$pid" ]] || return 0
+    for ((n = 0; n < 100; n++)); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    iop_log "postfix master $pid still running; killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+}
+
+# iop_postfix_queue_empty DIR: nothing left in the instance's active/incoming/deferred queues.
+iop_postfix_queue_empty() {
+    local dir=$1 q
+    for q in incoming active deferred maildrop hold; do
+        if [[ -n "$(find "$dir/queue/$q" -type f 2>/dev/null | head -n 1)" ]]; then
+            return 1
+        fi
+    done
+    return 0
+}

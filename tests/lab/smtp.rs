@@ -1,0 +1,723 @@
+//! The lab's receiving SMTP servers (RFC 5321): the MX hosts the relay delivers to. A test
+//! scripts each server's [`Behaviour`] — what it advertises, whether it offers STARTTLS and with
+//! which certificate, which replies it gives at greeting, MAIL, RCPT and DATA, whether it is slow
+//! or drops the connection — and can change it while the relay runs (e.g. 451 now, 250 on the
+//! retry). Each server records what it received ([`ReceivedMessage`]): the envelope with its
+//! parameters, the data both as the wire carried it (dot-stuffed) and as the content it stands
+//! for (RFC 5321 §4.5.2), and the TLS facts of the session.
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+/// How long a session waits for the next client line before giving up.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The EHLO extensions a server advertises (RFC 5321 §4.1.1.1). The default advertises all of
+/// them, as a current Postfix does; REQUIRETLS is off unless asked for.
+#[derive(Clone, Debug)]
+pub struct Extensions {
+    pub pipelining: bool,
+    /// RFC 1870; the number is the advertised limit.
+    pub size: Option<u64>,
+    pub eightbitmime: bool,
+    /// RFC 3461.
+    pub dsn: bool,
+    /// RFC 6531.
+    pub smtputf8: bool,
+    /// RFC 2034.
+    pub enhancedstatuscodes: bool,
+    /// RFC 8689; only offered after STARTTLS.
+    pub requiretls: bool,
+}
+
+impl Default for Extensions {
+    fn default() -> Self {
+        Extensions {
+            pipelining: true,
+            size: Some(10_240_000),
+            eightbitmime: true,
+            dsn: true,
+            smtputf8: true,
+            enhancedstatuscodes: true,
+            requiretls: false,
+        }
+    }
+}
+
+/// A receiving server's script. Replies are written as on the wire, without CRLF:
+/// `"550 5.1.1 <bob@example.test>: user unknown"`. The default accepts everything.
+#[derive(Clone)]
+pub struct Behaviour {
+    /// The banner; a non-2xx banner refuses the session (421 closes it at once).
+    pub greeting: String,
+    /// Wait this long before the banner (a slow server).
+    pub greeting_delay: Duration,
+    /// Offer STARTTLS with this configuration.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Answer STARTTLS with this instead of 220 (e.g. `454 4.7.0 TLS not available`).
+    pub starttls_reply: Option<String>,
+    pub extensions: Extensions,
+    /// Answer MAIL with this instead of 250.
+    pub mail_reply: Option<String>,
+    /// Per recipient (lower-cased address): the RCPT reply instead of 250.
+    pub rcpt_replies: HashMap<String, String>,
+    /// The RCPT reply for every recipient not in `rcpt_replies`.
+    pub rcpt_default: Option<String>,
+    /// Answer the DATA command with this instead of 354.
+    pub data_reply: Option<String>,
+    /// The reply after the end of data instead of `250 2.0.0 Ok: queued`.
+    pub end_of_data_reply: Option<String>,
+    /// Close the connection without a word after the first line of message data.
+    pub drop_mid_data: bool,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Behaviour {
+            greeting: "220 mx.lab.test ESMTP lab".into(),
+            greeting_delay: Duration::ZERO,
+            tls: None,
+            starttls_reply: None,
+            extensions: Extensions::default(),
+            mail_reply: None,
+            rcpt_replies: HashMap::new(),
+            rcpt_default: None,
+            data_reply: None,
+            end_of_data_reply: None,
+            drop_mid_data: false,
+        }
+    }
+}
+
+impl Behaviour {
+    /// Plain SMTP, no STARTTLS, everything accepted.
+    pub fn plain() -> Behaviour {
+        Behaviour::default()
+    }
+
+    /// Offers STARTTLS with a PEM certificate chain and key (e.g. from the lab CA).
+    pub fn starttls(self, cert_pem: &str, key_pem: &str) -> Behaviour {
+        self.tls_config(server_tls_config(cert_pem, key_pem))
+    }
+
+    /// Offers STARTTLS with a ready-made configuration (e.g. TLS 1.2 only).
+    pub fn tls_config(mut self, config: Arc<rustls::ServerConfig>) -> Behaviour {
+        self.tls = Some(config);
+        self
+    }
+
+    pub fn greeting(mut self, reply: &str) -> Behaviour {
+        self.greeting = reply.into();
+        self
+    }
+
+    pub fn slow(mut self, delay: Duration) -> Behaviour {
+        self.greeting_delay = delay;
+        self
+    }
+
+    pub fn mail(mut self, reply: &str) -> Behaviour {
+        self.mail_reply = Some(reply.into());
+        self
+    }
+
+    pub fn rcpt(mut self, address: &str, reply: &str) -> Behaviour {
+        self.rcpt_replies
+            .insert(address.to_ascii_lowercase(), reply.into());
+        self
+    }
+
+    pub fn rcpt_default(mut self, reply: &str) -> Behaviour {
+        self.rcpt_default = Some(reply.into());
+        self
+    }
+
+    pub fn data(mut self, reply: &str) -> Behaviour {
+        self.data_reply = Some(reply.into());
+        self
+    }
+
+    pub fn end_of_data(mut self, reply: &str) -> Behaviour {
+        self.end_of_data_reply = Some(reply.into());
+        self
+    }
+
+    pub fn drop_mid_data(mut self) -> Behaviour {
+        self.drop_mid_data = true;
+        self
+    }
+
+    pub fn extensions(mut self, f: impl FnOnce(&mut Extensions)) -> Behaviour {
+        f(&mut self.extensions);
+        self
+    }
+
+    /// Advertises nothing but the bare EHLO line.
+    pub fn no_extensions(self) -> Behaviour {
+        self.extensions(|e| {
+            *e = Extensions {
+                pipelining: false,
+                size: None,
+                eightbitmime: false,
+                dsn: false,
+                smtputf8: false,
+                enhancedstatuscodes: false,
+                requiretls: false,
+            }
+        })
+    }
+}
+
+/// A TLS 1.2/1.3 server configuration from PEM text.
+pub fn server_tls_config(cert_pem: &str, key_pem: &str) -> Arc<rustls::ServerConfig> {
+    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .expect("lab certificate PEM");
+    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+        .expect("lab key PEM")
+        .expect("a private key in the lab key PEM");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+    .expect("TLS versions")
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("lab certificate and key");
+    Arc::new(config)
+}
+
+/// The TLS facts of a session, as the server saw them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// `TLSv1_3` / `TLSv1_2` (rustls's names).
+    pub version: String,
+    pub cipher: String,
+    /// The server name the client sent (SNI), if any.
+    pub sni: Option<String>,
+}
+
+/// One RCPT command the server accepted.
+#[derive(Clone, Debug)]
+pub struct Rcpt {
+    pub address: String,
+    /// ESMTP parameters as given, e.g. `NOTIFY=FAILURE`, `ORCPT=rfc822;bob@example.test`.
+    pub params: Vec<String>,
+}
+
+impl Rcpt {
+    /// The value of parameter `name` (case-insensitive keyword), if given.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        param(&self.params, name)
+    }
+}
+
+/// A message the server accepted with a 2xx after DATA.
+#[derive(Clone, Debug)]
+pub struct ReceivedMessage {
+    pub helo: String,
+    /// The reverse-path without angle brackets; empty for `<>`.
+    pub mail_from: String,
+    /// ESMTP parameters of MAIL, e.g. `BODY=8BITMIME`, `RET=HDRS`, `ENVID=…`.
+    pub mail_params: Vec<String>,
+    /// The recipients accepted in this transaction.
+    pub rcpts: Vec<Rcpt>,
+    /// The message content: dot-unstuffed, ending with the CRLF before the final `.`.
+    pub data: Vec<u8>,
+    /// The data as the wire carried it, dot-stuffing and the final `.CRLF` included.
+    pub raw_data: Vec<u8>,
+    pub tls: Option<TlsInfo>,
+}
+
+impl ReceivedMessage {
+    pub fn mail_param(&self, name: &str) -> Option<&str> {
+        param(&self.mail_params, name)
+    }
+
+    pub fn rcpt_addresses(&self) -> Vec<&str> {
+        self.rcpts.iter().map(|r| r.address.as_str()).collect()
+    }
+
+    pub fn data_text(&self) -> String {
+        String::from_utf8_lossy(&self.data).into_owned()
+    }
+
+    /// Parses the content as an RFC 5322 message.
+    pub fn parse(&self) -> mail_parser::Message<'_> {
+        mail_parser::MessageParser::default()
+            .parse(&self.data)
+            .expect("received data parses as a message")
+    }
+}
+
+fn param<'a>(params: &'a [String], name: &str) -> Option<&'a str> {
+    params.iter().find_map(|p| {
+        let (k, v) = p.split_once('=').unwrap_or((p.as_str(), ""));
+        k.eq_ignore_ascii_case(name).then_some(v)
+    })
+}
+
+/// What a server shares between its sessions and the test.
+struct Shared {
+    name: String,
+    behaviour: Mutex<Behaviour>,
+    connections: AtomicUsize,
+    /// Every line in and out, prefixed `C:` / `S:`, for assertions and for failure output.
+    transcript: Mutex<Vec<String>>,
+    /// TLS handshakes that failed, with the error (a client that rejected our certificate).
+    tls_failures: Mutex<Vec<String>>,
+    messages: Mutex<Vec<ReceivedMessage>>,
+    arrivals: mpsc::UnboundedSender<ReceivedMessage>,
+}
+
+impl Shared {
+    fn note(&self, line: String) {
+        eprintln!("[{}] {line}", self.name);
+        self.transcript.lock().unwrap().push(line);
+    }
+}
+
+/// A running receiving server. Dropping it closes the listener.
+pub struct SmtpServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    arrivals: tokio::sync::Mutex<mpsc::UnboundedReceiver<ReceivedMessage>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl SmtpServer {
+    /// Binds `addr` (port 0 for an ephemeral one) and serves with `behaviour`.
+    pub async fn start(addr: SocketAddr, behaviour: Behaviour) -> io::Result<SmtpServer> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            name: format!("mx {addr}"),
+            behaviour: Mutex::new(behaviour),
+            connections: AtomicUsize::new(0),
+            transcript: Mutex::new(Vec::new()),
+            tls_failures: Mutex::new(Vec::new()),
+            messages: Mutex::new(Vec::new()),
+            arrivals: tx,
+        });
+        let task = tokio::spawn(accept_loop(listener, shared.clone()));
+        Ok(SmtpServer {
+            addr,
+            shared,
+            arrivals: tokio::sync::Mutex::new(rx),
+            task,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Changes the script; sessions already past a step are not affected.
+    pub fn set(&self, f: impl FnOnce(&mut Behaviour)) {
+        f(&mut self.shared.behaviour.lock().unwrap());
+    }
+
+    /// Replaces the script.
+    pub fn set_behaviour(&self, behaviour: Behaviour) {
+        *self.shared.behaviour.lock().unwrap() = behaviour;
+    }
+
+    /// How many connections were accepted so far.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    pub fn transcript(&self) -> Vec<String> {
+        self.shared.transcript.lock().unwrap().clone()
+    }
+
+    pub fn tls_failures(&self) -> Vec<String> {
+        self.shared.tls_failures.lock().unwrap().clone()
+    }
+
+    /// Every message accepted so far.
+    pub fn messages(&self) -> Vec<ReceivedMessage> {
+        self.shared.messages.lock().unwrap().clone()
+    }
+
+    /// The next accepted message not yet returned by this method; panics after `timeout`.
+    pub async fn next_message(&self, timeout: Duration) -> ReceivedMessage {
+        let mut rx = self.arrivals.lock().await;
+        match tokio::time::timeout(timeout, rx.recv()).await {
+            Ok(Some(m)) => m,
+            _ => panic!(
+                "{}: no message within {timeout:?}; transcript:\n{}",
+                self.shared.name,
+                self.transcript().join("\n")
+            ),
+        }
+    }
+
+    /// Waits up to `timeout` for a message; `None` if none came.
+    pub async fn try_next_message(&self, timeout: Duration) -> Option<ReceivedMessage> {
+        let mut rx = self.arrivals.lock().await;
+        tokio::time::timeout(timeout, rx.recv()).await.ok().flatten()
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            continue;
+        };
+        shared.connections.fetch_add(1, Ordering::SeqCst);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            shared.note(format!("-- connection from {peer}"));
+            let outcome = Session::new(shared.clone(), stream).run().await;
+            if let Err(e) = outcome {
+                shared.note(format!("-- session ended: {e}"));
+            }
+        });
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// One SMTP session, over plain TCP and then possibly TLS.
+struct Session {
+    shared: Arc<Shared>,
+    stream: Option<BufReader<Box<dyn Io>>>,
+    tls: Option<TlsInfo>,
+    helo: String,
+    mail: Option<(String, Vec<String>)>,
+    rcpts: Vec<Rcpt>,
+}
+
+enum Step {
+    Continue,
+    Close,
+}
+
+impl Session {
+    fn new(shared: Arc<Shared>, stream: TcpStream) -> Session {
+        Session {
+            shared,
+            stream: Some(BufReader::new(Box::new(stream) as Box<dyn Io>)),
+            tls: None,
+            helo: String::new(),
+            mail: None,
+            rcpts: Vec::new(),
+        }
+    }
+
+    fn behaviour(&self) -> Behaviour {
+        self.shared.behaviour.lock().unwrap().clone()
+    }
+
+    fn io(&mut self) -> &mut BufReader<Box<dyn Io>> {
+        self.stream.as_mut().expect("stream present")
+    }
+
+    async fn reply(&mut self, text: &str) -> io::Result<()> {
+        self.shared.note(format!("S: {text}"));
+        let io = self.io();
+        io.get_mut().write_all(format!("{text}\r\n").as_bytes()).await?;
+        io.get_mut().flush().await
+    }
+
+    /// Reads one line including its line ending; `None` at end of stream.
+    async fn read_line(&mut self) -> io::Result<Option<Vec<u8>>> {
+        let mut line = Vec::new();
+        let n = tokio::time::timeout(IDLE_TIMEOUT, self.io().read_until(b'\n', &mut line))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client idle"))??;
+        Ok((n > 0).then_some(line))
+    }
+
+    async fn run(mut self) -> io::Result<()> {
+        let b = self.behaviour();
+        if !b.greeting_delay.is_zero() {
+            tokio::time::sleep(b.greeting_delay).await;
+        }
+        self.reply(&b.greeting).await?;
+        let refused = !b.greeting.starts_with('2');
+        if b.greeting.starts_with("421") {
+            return Ok(());
+        }
+        while let Some(line) = self.read_line().await? {
+            let text = String::from_utf8_lossy(&line)
+                .trim_end_matches(['\r', '\n'])
+                .to_string();
+            self.shared.note(format!("C: {text}"));
+            let verb = text
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_ascii_uppercase();
+            if refused && verb != "QUIT" {
+                self.reply("503 5.5.1 Bad sequence of commands").await?;
+                continue;
+            }
+            match self.command(&verb, &text).await? {
+                Step::Continue => {}
+                Step::Close => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
+    async fn command(&mut self, verb: &str, text: &str) -> io::Result<Step> {
+        match verb {
+            "EHLO" => {
+                self.helo = text[4..].trim().to_string();
+                self.reset();
+                let lines = self.ehlo_lines();
+                let n = lines.len();
+                for (i, l) in lines.iter().enumerate() {
+                    let sep = if i + 1 == n { ' ' } else { '-' };
+                    self.reply(&format!("250{sep}{l}")).await?;
+                }
+            }
+            "HELO" => {
+                self.helo = text[4..].trim().to_string();
+                self.reset();
+                self.reply("250 mx.lab.test").await?;
+            }
+            "STARTTLS" => return self.starttls().await,
+            "MAIL" => self.mail(text).await?,
+            "RCPT" => self.rcpt(text).await?,
+            "DATA" => return self.data().await,
+            "RSET" => {
+                self.reset();
+                self.reply("250 2.0.0 Ok").await?;
+            }
+            "NOOP" => self.reply("250 2.0.0 Ok").await?,
+            "QUIT" => {
+                self.reply("221 2.0.0 Bye").await?;
+                return Ok(Step::Close);
+            }
+            _ => self.reply("502 5.5.2 Command not recognized").await?,
+        }
+        Ok(Step::Continue)
+    }
+
+    fn ehlo_lines(&self) -> Vec<String> {
+        let b = self.behaviour();
+        let e = &b.extensions;
+        let mut lines = vec!["mx.lab.test".to_string()];
+        if e.pipelining {
+            lines.push("PIPELINING".into());
+        }
+        if let Some(size) = e.size {
+            lines.push(format!("SIZE {size}"));
+        }
+        if b.tls.is_some() && self.tls.is_none() {
+            lines.push("STARTTLS".into());
+        }
+        if e.enhancedstatuscodes {
+            lines.push("ENHANCEDSTATUSCODES".into());
+        }
+        if e.eightbitmime {
+            lines.push("8BITMIME".into());
+        }
+        if e.dsn {
+            lines.push("DSN".into());
+        }
+        if e.smtputf8 {
+            lines.push("SMTPUTF8".into());
+        }
+        if e.requiretls && self.tls.is_some() {
+            lines.push("REQUIRETLS".into());
+        }
+        lines
+    }
+
+    fn reset(&mut self) {
+        self.mail = None;
+        self.rcpts.clear();
+    }
+
+    async fn starttls(&mut self) -> io::Result<Step> {
+        let b = self.behaviour();
+        let config = match (&b.tls, &self.tls) {
+            (Some(c), None) => c.clone(),
+            _ => {
+                self.reply("502 5.5.1 STARTTLS not available").await?;
+                return Ok(Step::Continue);
+            }
+        };
+        if let Some(r) = &b.starttls_reply {
+            self.reply(r).await?;
+            return Ok(Step::Continue);
+        }
+        self.reply("220 2.0.0 Ready to start TLS").await?;
+        let reader = self.stream.take().expect("stream present");
+        if !reader.buffer().is_empty() {
+            // RFC 3207 §4.2: the client must not pipeline commands after STARTTLS.
+            self.shared
+                .note("-- client pipelined data after STARTTLS".into());
+        }
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        match acceptor.accept(reader.into_inner()).await {
+            Ok(tls) => {
+                let conn = tls.get_ref().1;
+                let info = TlsInfo {
+                    version: conn
+                        .protocol_version()
+                        .map(|v| format!("{v:?}"))
+                        .unwrap_or_default(),
+                    cipher: conn
+                        .negotiated_cipher_suite()
+                        .map(|c| format!("{:?}", c.suite()))
+                        .unwrap_or_default(),
+                    sni: conn.server_name().map(str::to_string),
+                };
+                self.shared.note(format!("-- TLS established: {info:?}"));
+                self.tls = Some(info);
+                self.stream = Some(BufReader::new(Box::new(tls) as Box<dyn Io>));
+                // RFC 3207 §4.2: after TLS the session starts over, EHLO included.
+                self.helo.clear();
+                self.reset();
+                Ok(Step::Continue)
+            }
+            Err(e) => {
+                self.shared.note(format!("-- TLS handshake failed: {e}"));
+                self.shared.tls_failures.lock().unwrap().push(e.to_string());
+                Ok(Step::Close)
+            }
+        }
+    }
+
+    async fn mail(&mut self, text: &str) -> io::Result<()> {
+        let Some((from, params)) = parse_path(text, "MAIL FROM:") else {
+            return self.reply("501 5.5.4 Syntax: MAIL FROM:<address>").await;
+        };
+        if self.mail.is_some() {
+            return self.reply("503 5.5.1 Error: nested MAIL command").await;
+        }
+        match self.behaviour().mail_reply {
+            Some(r) => {
+                let ok = r.starts_with('2');
+                self.reply(&r).await?;
+                if ok {
+                    self.mail = Some((from, params));
+                }
+                Ok(())
+            }
+            None => {
+                self.mail = Some((from, params));
+                self.reply("250 2.1.0 Ok").await
+            }
+        }
+    }
+
+    async fn rcpt(&mut self, text: &str) -> io::Result<()> {
+        let Some((to, params)) = parse_path(text, "RCPT TO:") else {
+            return self.reply("501 5.5.4 Syntax: RCPT TO:<address>").await;
+        };
+        if self.mail.is_none() {
+            return self.reply("503 5.5.1 Error: need MAIL command").await;
+        }
+        let b = self.behaviour();
+        let r = b
+            .rcpt_replies
+            .get(&to.to_ascii_lowercase())
+            .or(b.rcpt_default.as_ref())
+            .cloned()
+            .unwrap_or_else(|| "250 2.1.5 Ok".into());
+        if r.starts_with('2') {
+            self.rcpts.push(Rcpt {
+                address: to,
+                params,
+            });
+        }
+        self.reply(&r).await
+    }
+
+    async fn data(&mut self) -> io::Result<Step> {
+        let b = self.behaviour();
+        if self.mail.is_none() || self.rcpts.is_empty() {
+            self.reply("554 5.5.1 Error: no valid recipients").await?;
+            return Ok(Step::Continue);
+        }
+        if let Some(r) = &b.data_reply {
+            self.reply(r).await?;
+            if !r.starts_with('3') {
+                self.reset();
+                return Ok(Step::Continue);
+            }
+        } else {
+            self.reply("354 End data with <CR><LF>.<CR><LF>").await?;
+        }
+        let mut raw = Vec::new();
+        let mut data = Vec::new();
+        loop {
+            let Some(line) = self.read_line().await? else {
+                self.shared.note("-- connection closed during DATA".into());
+                return Ok(Step::Close);
+            };
+            raw.extend_from_slice(&line);
+            if b.drop_mid_data {
+                self.shared.note("-- dropping the connection mid-DATA".into());
+                return Ok(Step::Close);
+            }
+            if line == b".\r\n" {
+                break;
+            }
+            // RFC 5321 §4.5.2: a leading dot was doubled by the client; remove one.
+            let content = line.strip_prefix(b".").unwrap_or(&line);
+            data.extend_from_slice(content);
+        }
+        self.shared
+            .note(format!("-- end of data ({} bytes)", data.len()));
+        let r = b
+            .end_of_data_reply
+            .clone()
+            .unwrap_or_else(|| "250 2.0.0 Ok: queued".into());
+        let (mail_from, mail_params) = self.mail.take().expect("MAIL given");
+        let message = ReceivedMessage {
+            helo: self.helo.clone(),
+            mail_from,
+            mail_params,
+            rcpts: std::mem::take(&mut self.rcpts),
+            data,
+            raw_data: raw,
+            tls: self.tls.clone(),
+        };
+        if r.starts_with('2') {
+            self.shared.messages.lock().unwrap().push(message.clone());
+            let _ = self.shared.arrivals.send(message);
+        }
+        self.reply(&r).await?;
+        Ok(Step::Continue)
+    }
+}
+
+/// Splits `MAIL FROM:<addr> P1 P2` (case-insensitive keyword) into the address and parameters.
+fn parse_path(text: &str, keyword: &str) -> Option<(String, Vec<String>)> {
+    let head = text.get(..keyword.len())?;
+    if !head.eq_ignore_ascii_case(keyword) {
+        return None;
+    }
+    let rest = text[keyword.len()..].trim_start();
+    let rest = rest.strip_prefix('<')?;
+    let close = rest.find('>')?;
+    let address = rest[..close].to_string();
+    let params = rest[close + 1..]
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    Some((address, params))
+}

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# The test command: tests/run.sh
+#
+#   1. installs what the interop scripts need when it is missing (as root, Debian/Ubuntu:
+#      postfix, postfix-pcre, swaks); not root and missing: the interop scripts are skipped
+#      with a message, the Rust tests still run;
+#   2. cargo test --all-targets (hermetic: loopback only, no system packages);
+#   3. every tests/interop/*.sh script, against the debug binary built for step 2.
+#
+# Exits non-zero when anything failed. The last line is the summary over the interop scripts:
+# "N passed, N failed" (the Rust tests report their own counts above it; a failing
+# `cargo test` counts as one failure there too).
+#
+# Environment: SKIP_CARGO_TEST=1 skips step 2; INTEROP="postfix_relay" runs only the named
+# scripts; MXGUARD_BIN overrides the binary the interop scripts use.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+log() { printf '\n=== %s\n' "$*"; }
+
+PASSED=0
+FAILED=0
+SKIPPED=0
+FAILED_NAMES=()
+
+# ----- 1. tools -------------------------------------------------------------------------------
+need_packages() {
+    local missing=()
+    command -v postfix >/dev/null || missing+=(postfix)
+    command -v smtp-sink >/dev/null || missing+=(postfix)
+    command -v swaks >/dev/null || missing+=(swaks)
+    if command -v postconf >/dev/null && ! postconf -m 2>/dev/null | grep -qx pcre; then
+        missing+=(postfix-pcre)
+    elif ! command -v postconf >/dev/null; then
+        missing+=(postfix-pcre)
+    fi
+    printf '%s\n' "${missing[@]}" | sort -u | grep . || true
+}
+
+INTEROP_OK=1
+mapfile -t MISSING < <(need_packages)
+if [[ ${#MISSING[@]} -gt 0 ]]; then
+    if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null; then
+        log "installing ${MISSING[*]}"
+        # No configuration: the package must not set up (or start) a system mail server;
+        # the interop scripts run their own private Postfix instances.
+        if command -v debconf-set-selections >/dev/null; then
+            echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+        fi
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            "${MISSING[@]}" >/dev/null
+    else
+        echo "interop tests SKIPPED: missing ${MISSING[*]} and not root (or no apt-get);" \
+            "install them (apt-get install postfix postfix-pcre swaks) to run tests/interop/"
+        INTEROP_OK=0
+    fi
+fi
+if [[ "$(id -u)" -ne 0 && $INTEROP_OK -eq 1 ]]; then
+    echo "interop tests SKIPPED: they start private Postfix instances, which needs root"
+    INTEROP_OK=0
+fi
+
+# ----- 2. cargo test --------------------------------------------------------------------------
+CARGO_OK=1
+if [[ "${SKIP_CARGO_TEST:-}" != 1 ]]; then
+    log "cargo test --all-targets"
+    if ! cargo test --all-targets; then
+        CARGO_OK=0
+        FAILED=$((FAILED + 1))
+        FAILED_NAMES+=("cargo test")
+    fi
+fi
+
+# ----- 3. interop -----------------------------------------------------------------------------
+if [[ $INTEROP_OK -eq 1 ]]; then
+    if [[ -z "${MXGUARD_BIN:-}" ]]; then
+        log "cargo build --bin mxguard"
+        cargo build --bin mxguard
+        export MXGUARD_BIN="$ROOT/target/debug/mxguard"
+    fi
+    for script in tests/interop/*.sh; do
+        name="$(basename "$script" .sh)"
+        [[ "$name" == lib ]] && continue
+        if [[ -n "${INTEROP:-}" && " $INTEROP " != *" $name "* ]]; then
+            continue
+        fi
+        log "interop: $name"
+        # Each script gets a hard time limit so a hang cannot stall CI.
+        if timeout --kill-after=30 900 bash "$script"; then
+            PASSED=$((PASSED + 1))
+        else
+            FAILED=$((FAILED + 1))
+            FAILED_NAMES+=("$name")
+        fi
+    done
+else
+    SKIPPED=1
+fi
+
+log "summary"
+[[ $CARGO_OK -eq 1 && "${SKIP_CARGO_TEST:-}" != 1 ]] && echo "cargo test: passed"
+[[ $SKIPPED -eq 1 ]] && echo "interop: skipped (see above)"
+[[ ${#FAILED_NAMES[@]} -gt 0 ]] && echo "failed: ${FAILED_NAMES[*]}"
+echo "$PASSED passed, $FAILED failed"
+[[ $FAILED -eq 0 ]]
