@@ -440,7 +440,7 @@ impl Config {
             })?;
         }
         for (i, r) in self.routes.iter().enumerate() {
-            crate::delivery::NextHop::parse(&r.next_hop)
+            crate::next_hop::NextHop::parse(&r.next_hop)
                 .map_err(|e| ConfigError::key(format!("route[{i}].next_hop"), e))?;
             if r.domain.is_empty() || r.domain.contains(char::is_whitespace) {
                 return Err(ConfigError::key(

@@ -3,7 +3,7 @@
 //! and transact, yielding one outcome per recipient.
 //!
 //! The steps, each in its own module:
-//! - [`nexthop`]: static routes (`[host]:port` skips MX lookup);
+//! - [`route`]: static routes (`[host]:port` skips MX lookup);
 //! - `mx`, `dns`: MX resolution (RFC 5321 §5.1, RFC 7505 null MX) and host addresses;
 //! - `session`: TCP connect, greeting, EHLO/HELO, opportunistic STARTTLS (RFC 3207);
 //! - `transaction`: MAIL, RCPT, DATA with SIZE, 8BITMIME, SMTPUTF8 and DSN parameters;
@@ -17,17 +17,18 @@ mod attempt;
 mod data;
 mod dns;
 mod mx;
-mod nexthop;
+mod route;
 mod session;
 mod tls;
 mod transaction;
 
+pub use crate::next_hop::NextHop;
 pub use attempt::{Attempt, Relay, Status, TlsInfo, TlsState};
-pub use nexthop::{route_for, NextHop};
+pub use route::route_for;
 
 use crate::config::Config;
 use crate::envelope::Envelope;
-use crate::queue::QueueId;
+use crate::queue_id::QueueId;
 use crate::reply::{EnhancedCode, Reply};
 use attempt::{Failure, Rank, WorstFailure};
 use hickory_resolver::TokioResolver;

@@ -9,7 +9,7 @@ use super::fields::{
     clean, cut_at_line, header_section, push_field, rfc5322_date, to_crlf, Charset, MAX_FIELD_VALUE,
 };
 use crate::envelope::{BodyType, Envelope, Notify, Recipient, Ret};
-use crate::queue::QueueId;
+use crate::queue_id::QueueId;
 use crate::reply::Reply;
 use mail_builder::headers::address::Address;
 use mail_builder::headers::content_type::ContentType;

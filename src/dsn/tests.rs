@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::envelope::{Envelope, Notify, Recipient, Ret};
-use crate::queue::QueueId;
+use crate::queue_id::QueueId;
 use crate::reply::{EnhancedCode, Reply};
 use mail_parser::{DateTime, MessageParser, MimeHeaders, PartType};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

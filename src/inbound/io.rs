@@ -18,6 +18,9 @@ const READ_BUFFER: usize = 8192;
 /// Replies are flushed once this much is waiting, even inside a pipelined group.
 const MAX_PENDING_OUTPUT: usize = 16 * 1024;
 
+/// How long a closing session waits to deliver its last words.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum IoError {
     #[error("lost connection")]
@@ -86,6 +89,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpIo<S> {
         }
         self.stream.flush().await?;
         Ok(())
+    }
+
+    /// Writes pending replies and closes our direction of the stream (a TLS close_notify, a
+    /// TCP FIN), giving a client that does not read at most `CLOSE_TIMEOUT`.
+    pub async fn close(&mut self) {
+        let close = async {
+            self.flush().await?;
+            self.stream.shutdown().await.map_err(IoError::from)
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
     }
 
     /// Writes pending replies, then waits for more input until `deadline`.

@@ -3,17 +3,14 @@
 //! (RFC 3207) ends the plain session and hands the stream back, and a fresh session, which
 //! remembers nothing of the plaintext one, continues inside TLS.
 
-use super::access::check_relay;
+mod transaction;
+
 use super::auth::{self, Exchange, Step};
 use super::command::{self, Command};
-use super::data::{DataDecoder, Decoded};
 use super::io::{IoError, Line, SmtpIo};
-use super::params::{MailParams, RcptParams};
-use super::received::Trace;
 use super::stats::Stats;
 use super::Inbound;
-use crate::envelope::{ClientInfo, Envelope, Recipient};
-use crate::queue::QueueId;
+use crate::envelope::Envelope;
 use crate::reply::{EnhancedCode, Reply};
 use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -168,9 +165,12 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'a, S> {
         match stop {
             Stop::StartTls => return Ending::StartTls(self.io.into_inner()),
             Stop::Quit | Stop::Closed => {}
-            Stop::Lost(e) => info!("lost connection after {} from {ip}: {e}", self.current),
+            Stop::Lost(e) => info!(
+                "lost connection after {} from {ip}: {e}",
+                self.current.to_uppercase()
+            ),
             Stop::Timeout => {
-                info!("timeout after {} from {ip}", self.current);
+                info!("timeout after {} from {ip}", self.current.to_uppercase());
                 let text = format!("{} Error: timeout exceeded", self.hostname());
                 self.close_with(reply(421, 4, 4, 2, text)).await;
             }
@@ -179,7 +179,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'a, S> {
                 self.close_with(reply(421, 4, 3, 2, text)).await;
             }
         }
-        let _ = self.io.flush().await;
+        self.io.close().await;
         Ending::Closed
     }
 
@@ -196,7 +196,6 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'a, S> {
             }
         }
         loop {
-            self.current = "CONNECT";
             let line = match self.next_line().await {
                 Ok(line) => line,
                 Err(stop) => return stop,
@@ -336,179 +335,6 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'a, S> {
         lines
     }
 
-    async fn mail(&mut self, from: String, params: MailParams) -> Flow {
-        let helo = match &self.state {
-            State::Fresh => return self.send(bad_sequence("send HELO/EHLO first")).await,
-            State::Transaction(..) => return self.send(bad_sequence("nested MAIL command")).await,
-            State::Ready(h) => h.clone(),
-        };
-        // RFC 8689 §4: REQUIRETLS exists only where it was offered, inside TLS.
-        if params.requiretls && !self.tls_active() {
-            let r = reply(555, 5, 5, 4, "Unsupported option: REQUIRETLS");
-            return self.send(r).await;
-        }
-        if !from.is_ascii() && !params.smtputf8 {
-            return self.send(need_smtputf8()).await;
-        }
-        // RFC 1870 §6.2: refuse a declared size over the limit at MAIL.
-        let limit = self.inbound.config.smtpd.message_size_limit;
-        if params.size.is_some_and(|s| s > limit) {
-            let r = reply(552, 5, 3, 4, "Message size exceeds fixed limit");
-            return self.send(r).await;
-        }
-        let mut envelope = Envelope::new(from);
-        envelope.body = params.body;
-        envelope.smtputf8 = params.smtputf8;
-        envelope.ret = params.ret;
-        envelope.envid = params.envid;
-        envelope.requiretls = params.requiretls;
-        self.state = State::Transaction(helo, Box::new(envelope));
-        self.send(reply(250, 2, 1, 0, "Ok")).await
-    }
-
-    async fn rcpt(&mut self, to: String, params: RcptParams) -> Flow {
-        let State::Transaction(_, envelope) = &self.state else {
-            return self.send(bad_sequence("need MAIL command")).await;
-        };
-        // RFC 6531 §3.5: a UTF-8 address needs SMTPUTF8 declared on MAIL.
-        if !to.is_ascii() && !envelope.smtputf8 {
-            return self.send(need_smtputf8()).await;
-        }
-        if envelope.recipients.len() >= self.inbound.config.smtpd.recipient_limit {
-            // RFC 5321 §4.5.3.1.10: 452 tells the client to try the rest in another transaction.
-            let r = reply(452, 4, 5, 3, "Error: too many recipients");
-            return self.send(r).await;
-        }
-        let relay = check_relay(
-            self.client.addr.ip(),
-            &self.inbound.config.access.mynetworks,
-            self.auth_user.is_some(),
-            &to,
-        );
-        if let Err(r) = relay {
-            info!(
-                "reject: RCPT from {}: {r}; from=<{}> to=<{to}>",
-                self.client.ip_text(),
-                envelope.mail_from
-            );
-            return self.send(r).await;
-        }
-        if let State::Transaction(_, envelope) = &mut self.state {
-            envelope.recipients.push(Recipient {
-                address: to,
-                orcpt: params.orcpt,
-                notify: params.notify,
-            });
-        }
-        self.send(reply(250, 2, 1, 5, "Ok")).await
-    }
-
-    async fn data(&mut self) -> Flow {
-        let (helo, envelope) = match std::mem::replace(&mut self.state, State::Fresh) {
-            State::Transaction(h, e) if !e.recipients.is_empty() => (h, e),
-            other => {
-                let r = match &other {
-                    // RFC 2920 §3.1: DATA after all-failed RCPTs gets 554, not 354.
-                    State::Transaction(..) => reply(554, 5, 5, 1, "Error: no valid recipients"),
-                    _ => bad_sequence("need RCPT command"),
-                };
-                self.state = other;
-                return self.send(r).await;
-            }
-        };
-        // Whatever happens from here, the transaction is over (RFC 5321 §4.1.1.4).
-        self.state = State::Ready(helo.clone());
-        self.send(Reply::plain(354, "End data with <CR><LF>.<CR><LF>"))
-            .await?;
-        let smtpd = &self.inbound.config.smtpd;
-        let mut decoder = DataDecoder::new(smtpd.message_size_limit);
-        let deadline = tokio::time::Instant::now() + smtpd.data_timeout;
-        self.io
-            .read_data(&mut decoder, smtpd.timeout, deadline)
-            .await?;
-        match decoder.finish() {
-            Decoded::TooBig { size } => {
-                info!(
-                    "reject: message from {} too big: size={size}",
-                    self.client.ip_text()
-                );
-                let r = reply(552, 5, 3, 4, "Error: message file too big");
-                self.send(r).await
-            }
-            Decoded::Message(content) => self.queue(&helo, *envelope, content).await,
-        }
-    }
-
-    /// Prepends `Received:` and hands the message to the queue; the 250 goes out only once the
-    /// queue says the message is on stable storage.
-    async fn queue(&mut self, helo: &Helo, mut envelope: Envelope, content: Vec<u8>) -> Flow {
-        let config = &self.inbound.config;
-        let recipients: Vec<&str> = envelope
-            .recipients
-            .iter()
-            .map(|r| r.address.as_str())
-            .collect();
-        let tls = self
-            .client
-            .tls
-            .as_ref()
-            .map(|(v, c)| (v.as_str(), c.as_str()));
-        // The id is chosen here, not by the queue, so that `Received:` can name it.
-        let id = QueueId::generate();
-        let trace = Trace {
-            helo: &helo.name,
-            client_name: None,
-            client_ip: self.client.addr.ip(),
-            by: &config.hostname,
-            id: id.as_str(),
-            esmtp: helo.esmtp,
-            tls,
-            authenticated: self.auth_user.is_some(),
-            smtputf8: envelope.smtputf8,
-            recipients: &recipients,
-        };
-        let header = trace.header(time::OffsetDateTime::now_utc());
-        let mut message = Vec::with_capacity(header.len() + content.len());
-        message.extend_from_slice(header.as_bytes());
-        message.extend_from_slice(&content);
-        drop(content);
-
-        envelope.arrival = std::time::SystemTime::now();
-        envelope.client = ClientInfo {
-            helo: helo.name.clone(),
-            addr: self.client.addr.ip().to_canonical().to_string(),
-            tls: self.client.tls.as_ref().map(|(v, c)| format!("{v} {c}")),
-            auth_user: self.auth_user.clone(),
-            listener: config
-                .listeners
-                .get(self.client.listener)
-                .map(|l| l.address.to_string())
-                .unwrap_or_default(),
-        };
-        let (from, nrcpt, size) = (
-            envelope.mail_from.clone(),
-            envelope.recipients.len(),
-            message.len(),
-        );
-        match self.inbound.queue.enqueue_as(id, envelope, message).await {
-            Ok(id) => {
-                info!(
-                    "{id}: client={}, from=<{from}>, nrcpt={nrcpt}, size={size}",
-                    self.client.ip_text()
-                );
-                self.send(reply(250, 2, 0, 0, format!("Ok: queued as {id}")))
-                    .await
-            }
-            Err(r) => {
-                info!(
-                    "reject: queue refused message from {}: {r}",
-                    self.client.ip_text()
-                );
-                self.send(r).await
-            }
-        }
-    }
-
     async fn starttls(&mut self) -> Flow {
         if self.tls_active() {
             return self
@@ -613,11 +439,6 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin + Send> Session<'a, S> {
             self.send(auth::failed()).await
         }
     }
-}
-
-/// RFC 6531 §3.5.
-fn need_smtputf8() -> Reply {
-    reply(553, 5, 6, 7, "Must declare SMTPUTF8 to send UTF8 address")
 }
 
 /// The command's name in the `disconnect` statistics.

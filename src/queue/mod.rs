@@ -1,13 +1,12 @@
 //! The durable queue: accepted messages on stable storage (`spool`), per-recipient delivery
 //! state, and the schedule of attempts and retries (`scheduler`).
 
-mod id;
 mod listing;
 mod retry;
 mod scheduler;
 pub mod spool;
 
-pub use id::QueueId;
+pub use crate::queue_id::QueueId;
 pub use listing::listing;
 pub use retry::{backoff, Decision};
 pub use scheduler::Scheduler;

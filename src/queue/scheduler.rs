@@ -17,7 +17,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -34,19 +34,15 @@ struct Ctx {
     queue: Queue,
     deliverer: Deliverer,
     config: Arc<Config>,
-    /// Outbound SMTP sessions allowed at once (`delivery.max_concurrency`).
-    sessions: Semaphore,
 }
 
 impl Scheduler {
     pub fn new(queue: Queue, deliverer: Deliverer, config: Arc<Config>) -> Scheduler {
-        let sessions = Semaphore::new(config.delivery.max_concurrency);
         Scheduler {
             ctx: Arc::new(Ctx {
                 queue,
                 deliverer,
                 config,
-                sessions,
             }),
         }
     }
@@ -226,7 +222,7 @@ impl<'a> Pass<'a> {
                 .push(i);
         }
         let jobs = by_domain.iter().map(|(domain, rcpts)| async move {
-            let _permit = self.ctx.sessions.acquire().await;
+            // The deliverer bounds concurrent sessions (`delivery.max_concurrency`).
             let job = Job {
                 queue_id: self.id,
                 envelope: self.envelope,

@@ -59,12 +59,7 @@ impl Bounce {
         };
         let ct = msg.content_type();
         let full_type = |ct: &mail_parser::ContentType| {
-            format!(
-                "{}/{}",
-                ct.ctype(),
-                ct.subtype().unwrap_or("")
-            )
-            .to_ascii_lowercase()
+            format!("{}/{}", ct.ctype(), ct.subtype().unwrap_or("")).to_ascii_lowercase()
         };
         let mut bounce = Bounce {
             envelope: m.clone(),

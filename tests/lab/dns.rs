@@ -84,8 +84,7 @@ impl Zone {
             "{owner} is not inside zone {}",
             self.origin
         );
-        self.records
-            .push(Record::from_rdata(owner, LAB_TTL, rdata));
+        self.records.push(Record::from_rdata(owner, LAB_TTL, rdata));
         self
     }
 
@@ -205,7 +204,9 @@ impl LabHandler {
             }
         }
         let catalog = self.0.catalog.read().unwrap().clone();
-        catalog.handle_request::<R, T>(request, response_handle).await
+        catalog
+            .handle_request::<R, T>(request, response_handle)
+            .await
     }
 }
 

@@ -200,8 +200,7 @@ impl Relay {
             .spawn()
             .expect("start the mxguard binary");
         let pid = child.id();
-        self.log
-            .push(format!("-- lab: started mxguard, pid {pid}"));
+        self.log.push(format!("-- lab: started mxguard, pid {pid}"));
         capture(child.stderr.take().expect("stderr piped"), self.log.clone());
         capture(child.stdout.take().expect("stdout piped"), self.log.clone());
         self.child = Some(child);
@@ -221,7 +220,11 @@ impl Relay {
             {
                 return;
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 self.child = None;
                 panic!(
                     "mxguard exited during start-up ({status}); config:\n{}\nlog:\n{}",
@@ -258,8 +261,7 @@ impl Relay {
         let deadline = Instant::now() + PROCESS_TIMEOUT;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
-                self.log
-                    .push(format!("-- lab: mxguard stopped ({status})"));
+                self.log.push(format!("-- lab: mxguard stopped ({status})"));
                 return Some(status);
             }
             if Instant::now() > deadline {
@@ -323,7 +325,10 @@ impl Relay {
                 }
                 next = lines.len().max(mark);
             }
-            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
                 panic!(
                     "no matching relay log line within {timeout:?}; log:\n{}",
                     self.log_lines().join("\n")

@@ -371,7 +371,10 @@ impl SmtpServer {
     /// Waits up to `timeout` for a message; `None` if none came.
     pub async fn try_next_message(&self, timeout: Duration) -> Option<ReceivedMessage> {
         let mut rx = self.arrivals.lock().await;
-        tokio::time::timeout(timeout, rx.recv()).await.ok().flatten()
+        tokio::time::timeout(timeout, rx.recv())
+            .await
+            .ok()
+            .flatten()
     }
 }
 
@@ -433,7 +436,9 @@ impl Session {
     async fn reply(&mut self, text: &str) -> io::Result<()> {
         self.shared.note(format!("S: {text}"));
         let io = self.io();
-        io.get_mut().write_all(format!("{text}\r\n").as_bytes()).await?;
+        io.get_mut()
+            .write_all(format!("{text}\r\n").as_bytes())
+            .await?;
         io.get_mut().flush().await
     }
 
@@ -670,7 +675,8 @@ impl Session {
             };
             raw.extend_from_slice(&line);
             if b.drop_mid_data {
-                self.shared.note("-- dropping the connection mid-DATA".into());
+                self.shared
+                    .note("-- dropping the connection mid-DATA".into());
                 return Ok(Step::Close);
             }
             if line == b".\r\n" {

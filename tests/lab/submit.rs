@@ -218,7 +218,10 @@ mod tests {
 
     #[test]
     fn stuffs_leading_dots() {
-        assert_eq!(dot_stuff(b".a\r\nb\r\n..c\r\n"), b"..a\r\nb\r\n...c\r\n.\r\n");
+        assert_eq!(
+            dot_stuff(b".a\r\nb\r\n..c\r\n"),
+            b"..a\r\nb\r\n...c\r\n.\r\n"
+        );
         assert_eq!(dot_stuff(b"x"), b"x\r\n.\r\n");
     }
 }
