@@ -31,11 +31,15 @@ need_packages() {
     command -v postfix >/dev/null || missing+=(postfix)
     command -v smtp-sink >/dev/null || missing+=(postfix)
     command -v swaks >/dev/null || missing+=(swaks)
-    if command -v postconf >/dev/null && ! postconf -m 2>/dev/null | grep -qx pcre; then
-        missing+=(postfix-pcre)
-    elif ! command -v postconf >/dev/null; then
+    # postconf needs a main.cf; the package may have none ("No configuration"), so ask about
+    # map types against an empty one.
+    local cf
+    cf="$(mktemp -d)"
+    : >"$cf/main.cf"
+    if ! postconf -c "$cf" -m 2>/dev/null | grep -qx pcre; then
         missing+=(postfix-pcre)
     fi
+    rm -rf "$cf"
     printf '%s\n' "${missing[@]}" | sort -u | grep . || true
 }
 

@@ -134,7 +134,7 @@ pub fn build(report: &Report) -> Option<(Envelope, Vec<u8>)> {
             Some("Mail Delivery System"),
             format!("MAILER-DAEMON@{host}"),
         ))
-        .to(Address::new_address(None::<&str>, sender.clone()))
+        .to(Address::new_address(None::<&str>, sender))
         .subject(subject)
         .date(Date::now())
         .message_id(MessageId::new(message_id(report.queue_id, &host)))

@@ -8,12 +8,13 @@
 //!   replayed at start-up; the last record of a recipient wins.
 //!
 //! Durability (DESIGN.md): a message is acknowledged only after the one recipe of this module —
-//! write to `tmp/`, fsync the file, rename into `msg/`, fsync `msg/` — has completed. Many
-//! messages share one round of fsyncs ("group commit"): a committer thread takes every file
-//! written since its last round, syncs them all, renames them all and syncs the directory once,
-//! then acknowledges them together. On these disks one fsync'd file creation costs about as
-//! much as a whole batch, which is how the queue accepts more messages per second than the
-//! disk does fsyncs, without acknowledging anything that is not on stable storage.
+//! write to `tmp/`, fsync the file, rename into `msg/`, fsync `msg/` — has completed. The
+//! expensive steps are shared ("group commit"): each message's file is written and synced on
+//! its own blocking thread, so the syncs of concurrent sessions run at once and the file
+//! system's journal commits them together; a committer thread then takes every synced file
+//! that is waiting, renames them all, syncs the directory once and acknowledges them together.
+//! That is how the queue accepts more messages per second than the disk does fsyncs, without
+//! acknowledging anything that is not on stable storage.
 //!
 //! State records are appended without fsync: losing one in a power failure means a recipient
 //! is tried again (a rare duplicate), never a lost message. A bounce is stored (with the full
@@ -55,10 +56,9 @@ pub enum RcptState {
     Done,
 }
 
-/// A written but not yet synced message file, waiting for the committer.
+/// A written and synced message file in `tmp/`, waiting for the committer to rename it.
 struct Pending {
     id: QueueId,
-    file: File,
     done: oneshot::Sender<io::Result<()>>,
 }
 
@@ -119,14 +119,13 @@ impl Spool {
     ) -> io::Result<()> {
         let header = serde_json::to_vec(envelope).map_err(io::Error::other)?;
         let path = self.tmp.join(id.as_str());
-        let file = tokio::task::spawn_blocking(move || write_new(&path, &header, &message))
+        tokio::task::spawn_blocking(move || write_new(&path, &header, &message))
             .await
             .map_err(io::Error::other)??;
         let (done, wait) = oneshot::channel();
         self.committer
             .send(Pending {
                 id: id.clone(),
-                file,
                 done,
             })
             .map_err(|_| io::Error::other("spool committer has stopped"))?;
@@ -214,7 +213,16 @@ impl Spool {
     }
 }
 
-fn write_new(path: &Path, header: &[u8], message: &[u8]) -> io::Result<File> {
+/// Writes and syncs a new file in `tmp/`; on failure nothing is left behind.
+fn write_new(path: &Path, header: &[u8], message: &[u8]) -> io::Result<()> {
+    let result = write_and_sync(path, header, message);
+    if result.is_err() {
+        let _ = fs::remove_file(path);
+    }
+    result
+}
+
+fn write_and_sync(path: &Path, header: &[u8], message: &[u8]) -> io::Result<()> {
     let mut f = OpenOptions::new().write(true).create_new(true).open(path)?;
     let mut head = Vec::with_capacity(MAGIC.len() + 24 + header.len());
     head.extend_from_slice(MAGIC);
@@ -222,7 +230,7 @@ fn write_new(path: &Path, header: &[u8], message: &[u8]) -> io::Result<File> {
     head.extend_from_slice(header);
     f.write_all(&head)?;
     f.write_all(message)?;
-    Ok(f)
+    f.sync_data()
 }
 
 fn parse_message_file(data: &[u8]) -> io::Result<(Envelope, Vec<u8>)> {
@@ -247,8 +255,8 @@ fn parse_message_file(data: &[u8]) -> io::Result<(Envelope, Vec<u8>)> {
     Ok((envelope, rest[len..].to_vec()))
 }
 
-/// The committer: syncs batches of written files, renames them into `msg/`, syncs the
-/// directory once per batch, then acknowledges the batch.
+/// The committer: renames batches of synced files into `msg/`, syncs the directory once per
+/// batch, then acknowledges the batch.
 fn commit_loop(rx: mpsc::Receiver<Pending>, tmp: &Path, msg: &Path) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -257,10 +265,7 @@ fn commit_loop(rx: mpsc::Receiver<Pending>, tmp: &Path, msg: &Path) {
         }
         let results: Vec<io::Result<()>> = batch
             .iter()
-            .map(|p| {
-                p.file.sync_data()?;
-                fs::rename(tmp.join(p.id.as_str()), msg.join(p.id.as_str()))
-            })
+            .map(|p| fs::rename(tmp.join(p.id.as_str()), msg.join(p.id.as_str())))
             .collect();
         let dir_synced = File::open(msg).and_then(|d| d.sync_all());
         for (p, result) in batch.into_iter().zip(results) {

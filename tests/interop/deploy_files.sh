@@ -61,10 +61,14 @@ else
 fi
 
 # --- status_filter --------------------------------------------------------------------------
-if command -v postmap >/dev/null && postconf -m 2>/dev/null | grep -qx pcre; then
+# Postfix's tools need a main.cf; an empty one in a scratch directory keeps them away from
+# the system's (which may not even exist when the package was installed unconfigured).
+mkdir -p "$IOP_TMP/emptycf"
+: >"$IOP_TMP/emptycf/main.cf"
+if command -v postmap >/dev/null && postconf -c "$IOP_TMP/emptycf" -m 2>/dev/null | grep -qx pcre; then
     check_rule() {
         local got
-        got=$(postmap -q "$1" "pcre:$DEPLOY/status_filter" 2>&1 || true)
+        got=$(postmap -c "$IOP_TMP/emptycf" -q "$1" "pcre:$DEPLOY/status_filter" 2>&1 || true)
         if [[ "$got" == "$2" ]]; then
             echo "ok - status_filter: '$1' -> '${2:-(unchanged)}'"
         else

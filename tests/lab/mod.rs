@@ -114,6 +114,15 @@ impl Lab {
         self.mx(n, behaviour).await
     }
 
+    /// A receiving SMTP server on `[::1]` at the lab's SMTP port, for IPv6 MX hosts (AAAA).
+    /// Loopback has one IPv6 address, so labs share it; the lab's port keeps them apart.
+    pub async fn mx_v6(&self, behaviour: Behaviour) -> SmtpServer {
+        let addr = SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), self.port);
+        SmtpServer::start(addr, behaviour)
+            .await
+            .unwrap_or_else(|e| panic!("lab MX on {addr}: {e}"))
+    }
+
     /// A receiving SMTP server on `127.X.Y.n` at an ephemeral port (for static routes).
     pub async fn smtp_elsewhere(&self, n: u8, behaviour: Behaviour) -> SmtpServer {
         let addr = SocketAddr::new(IpAddr::V4(self.ip(n)), 0);

@@ -6,8 +6,15 @@
 //! parameters, the data both as the wire carried it (dot-stuffed) and as the content it stands
 //! for (RFC 5321 §4.5.2), and the TLS facts of the session.
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use std::collections::HashMap;
+mod behaviour;
+mod received;
+
+// Not every test crate names each of these.
+#[allow(unused_imports)]
+pub use behaviour::{server_tls_config, Behaviour, Extensions};
+#[allow(unused_imports)]
+pub use received::{Rcpt, ReceivedMessage, TlsInfo};
+
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,251 +26,6 @@ use tokio::sync::mpsc;
 
 /// How long a session waits for the next client line before giving up.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The EHLO extensions a server advertises (RFC 5321 §4.1.1.1). The default advertises all of
-/// them, as a current Postfix does; REQUIRETLS is off unless asked for.
-#[derive(Clone, Debug)]
-pub struct Extensions {
-    pub pipelining: bool,
-    /// RFC 1870; the number is the advertised limit.
-    pub size: Option<u64>,
-    pub eightbitmime: bool,
-    /// RFC 3461.
-    pub dsn: bool,
-    /// RFC 6531.
-    pub smtputf8: bool,
-    /// RFC 2034.
-    pub enhancedstatuscodes: bool,
-    /// RFC 8689; only offered after STARTTLS.
-    pub requiretls: bool,
-}
-
-impl Default for Extensions {
-    fn default() -> Self {
-        Extensions {
-            pipelining: true,
-            size: Some(10_240_000),
-            eightbitmime: true,
-            dsn: true,
-            smtputf8: true,
-            enhancedstatuscodes: true,
-            requiretls: false,
-        }
-    }
-}
-
-/// A receiving server's script. Replies are written as on the wire, without CRLF:
-/// `"550 5.1.1 <bob@example.test>: user unknown"`. The default accepts everything.
-#[derive(Clone)]
-pub struct Behaviour {
-    /// The banner; a non-2xx banner refuses the session (421 closes it at once).
-    pub greeting: String,
-    /// Wait this long before the banner (a slow server).
-    pub greeting_delay: Duration,
-    /// Offer STARTTLS with this configuration.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// Answer STARTTLS with this instead of 220 (e.g. `454 4.7.0 TLS not available`).
-    pub starttls_reply: Option<String>,
-    pub extensions: Extensions,
-    /// Answer MAIL with this instead of 250.
-    pub mail_reply: Option<String>,
-    /// Per recipient (lower-cased address): the RCPT reply instead of 250.
-    pub rcpt_replies: HashMap<String, String>,
-    /// The RCPT reply for every recipient not in `rcpt_replies`.
-    pub rcpt_default: Option<String>,
-    /// Answer the DATA command with this instead of 354.
-    pub data_reply: Option<String>,
-    /// The reply after the end of data instead of `250 2.0.0 Ok: queued`.
-    pub end_of_data_reply: Option<String>,
-    /// Close the connection without a word after the first line of message data.
-    pub drop_mid_data: bool,
-}
-
-impl Default for Behaviour {
-    fn default() -> Self {
-        Behaviour {
-            greeting: "220 mx.lab.test ESMTP lab".into(),
-            greeting_delay: Duration::ZERO,
-            tls: None,
-            starttls_reply: None,
-            extensions: Extensions::default(),
-            mail_reply: None,
-            rcpt_replies: HashMap::new(),
-            rcpt_default: None,
-            data_reply: None,
-            end_of_data_reply: None,
-            drop_mid_data: false,
-        }
-    }
-}
-
-impl Behaviour {
-    /// Plain SMTP, no STARTTLS, everything accepted.
-    pub fn plain() -> Behaviour {
-        Behaviour::default()
-    }
-
-    /// Offers STARTTLS with a PEM certificate chain and key (e.g. from the lab CA).
-    pub fn starttls(self, cert_pem: &str, key_pem: &str) -> Behaviour {
-        self.tls_config(server_tls_config(cert_pem, key_pem))
-    }
-
-    /// Offers STARTTLS with a ready-made configuration (e.g. TLS 1.2 only).
-    pub fn tls_config(mut self, config: Arc<rustls::ServerConfig>) -> Behaviour {
-        self.tls = Some(config);
-        self
-    }
-
-    pub fn greeting(mut self, reply: &str) -> Behaviour {
-        self.greeting = reply.into();
-        self
-    }
-
-    pub fn slow(mut self, delay: Duration) -> Behaviour {
-        self.greeting_delay = delay;
-        self
-    }
-
-    pub fn mail(mut self, reply: &str) -> Behaviour {
-        self.mail_reply = Some(reply.into());
-        self
-    }
-
-    pub fn rcpt(mut self, address: &str, reply: &str) -> Behaviour {
-        self.rcpt_replies
-            .insert(address.to_ascii_lowercase(), reply.into());
-        self
-    }
-
-    pub fn rcpt_default(mut self, reply: &str) -> Behaviour {
-        self.rcpt_default = Some(reply.into());
-        self
-    }
-
-    pub fn data(mut self, reply: &str) -> Behaviour {
-        self.data_reply = Some(reply.into());
-        self
-    }
-
-    pub fn end_of_data(mut self, reply: &str) -> Behaviour {
-        self.end_of_data_reply = Some(reply.into());
-        self
-    }
-
-    pub fn drop_mid_data(mut self) -> Behaviour {
-        self.drop_mid_data = true;
-        self
-    }
-
-    pub fn extensions(mut self, f: impl FnOnce(&mut Extensions)) -> Behaviour {
-        f(&mut self.extensions);
-        self
-    }
-
-    /// Advertises nothing but the bare EHLO line.
-    pub fn no_extensions(self) -> Behaviour {
-        self.extensions(|e| {
-            *e = Extensions {
-                pipelining: false,
-                size: None,
-                eightbitmime: false,
-                dsn: false,
-                smtputf8: false,
-                enhancedstatuscodes: false,
-                requiretls: false,
-            }
-        })
-    }
-}
-
-/// A TLS 1.2/1.3 server configuration from PEM text.
-pub fn server_tls_config(cert_pem: &str, key_pem: &str) -> Arc<rustls::ServerConfig> {
-    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .expect("lab certificate PEM");
-    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_bytes())
-        .expect("lab key PEM")
-        .expect("a private key in the lab key PEM");
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-    .expect("TLS versions")
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .expect("lab certificate and key");
-    Arc::new(config)
-}
-
-/// The TLS facts of a session, as the server saw them.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TlsInfo {
-    /// `TLSv1_3` / `TLSv1_2` (rustls's names).
-    pub version: String,
-    pub cipher: String,
-    /// The server name the client sent (SNI), if any.
-    pub sni: Option<String>,
-}
-
-/// One RCPT command the server accepted.
-#[derive(Clone, Debug)]
-pub struct Rcpt {
-    pub address: String,
-    /// ESMTP parameters as given, e.g. `NOTIFY=FAILURE`, `ORCPT=rfc822;bob@example.test`.
-    pub params: Vec<String>,
-}
-
-impl Rcpt {
-    /// The value of parameter `name` (case-insensitive keyword), if given.
-    pub fn param(&self, name: &str) -> Option<&str> {
-        param(&self.params, name)
-    }
-}
-
-/// A message the server accepted with a 2xx after DATA.
-#[derive(Clone, Debug)]
-pub struct ReceivedMessage {
-    pub helo: String,
-    /// The reverse-path without angle brackets; empty for `<>`.
-    pub mail_from: String,
-    /// ESMTP parameters of MAIL, e.g. `BODY=8BITMIME`, `RET=HDRS`, `ENVID=…`.
-    pub mail_params: Vec<String>,
-    /// The recipients accepted in this transaction.
-    pub rcpts: Vec<Rcpt>,
-    /// The message content: dot-unstuffed, ending with the CRLF before the final `.`.
-    pub data: Vec<u8>,
-    /// The data as the wire carried it, dot-stuffing and the final `.CRLF` included.
-    pub raw_data: Vec<u8>,
-    pub tls: Option<TlsInfo>,
-}
-
-impl ReceivedMessage {
-    pub fn mail_param(&self, name: &str) -> Option<&str> {
-        param(&self.mail_params, name)
-    }
-
-    pub fn rcpt_addresses(&self) -> Vec<&str> {
-        self.rcpts.iter().map(|r| r.address.as_str()).collect()
-    }
-
-    pub fn data_text(&self) -> String {
-        String::from_utf8_lossy(&self.data).into_owned()
-    }
-
-    /// Parses the content as an RFC 5322 message.
-    pub fn parse(&self) -> mail_parser::Message<'_> {
-        mail_parser::MessageParser::default()
-            .parse(&self.data)
-            .expect("received data parses as a message")
-    }
-}
-
-fn param<'a>(params: &'a [String], name: &str) -> Option<&'a str> {
-    params.iter().find_map(|p| {
-        let (k, v) = p.split_once('=').unwrap_or((p.as_str(), ""));
-        k.eq_ignore_ascii_case(name).then_some(v)
-    })
-}
 
 /// What a server shares between its sessions and the test.
 struct Shared {
@@ -286,6 +48,7 @@ impl Shared {
 }
 
 /// A running receiving server. Dropping it closes the listener.
+#[must_use = "dropping the server closes it"]
 pub struct SmtpServer {
     addr: SocketAddr,
     shared: Arc<Shared>,

@@ -36,12 +36,12 @@ impl Submission {
         }
     }
 
-    pub fn to(mut self, address: &str) -> Submission {
+    pub fn rcpt(mut self, address: &str) -> Submission {
         self.rcpts.push((address.into(), Vec::new()));
         self
     }
 
-    pub fn to_with(mut self, address: &str, params: &[&str]) -> Submission {
+    pub fn rcpt_with(mut self, address: &str, params: &[&str]) -> Submission {
         self.rcpts.push((
             address.into(),
             params.iter().map(|p| p.to_string()).collect(),

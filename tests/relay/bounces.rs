@@ -12,7 +12,12 @@ use std::time::Duration;
 const BODY_MARK: &str = "unique-body-line-7f3a";
 
 fn mail_with_body(to: &str) -> Vec<u8> {
-    message(SENDER, to, "dsn test", &format!("first line\n{BODY_MARK}\n"))
+    message(
+        SENDER,
+        to,
+        "dsn test",
+        &format!("first line\n{BODY_MARK}\n"),
+    )
 }
 
 /// RCPT 550 → a complete RFC 3464 report: every required field, ENVID and ORCPT echoed,
@@ -30,7 +35,7 @@ async fn rcpt_550_bounces_with_a_complete_report() {
     let s = Submission::new(SENDER, mail_with_body(BOB))
         .param("RET=HDRS")
         .param("ENVID=lab+2Benvid-1")
-        .to_with(BOB, &["ORCPT=rfc822;Bob@Example.test"]);
+        .rcpt_with(BOB, &["ORCPT=rfc822;Bob@Example.test"]);
     let id = submit_ok(relay.addr(), &s).await;
 
     let d = relay.wait_for_delivery(0, BOB, "bounced", WAIT).await;
@@ -45,9 +50,16 @@ async fn rcpt_550_bounces_with_a_complete_report() {
     assert!(!b.human.is_empty(), "a human-readable first part");
 
     let pm = &b.per_message;
-    assert!(pm.must("Reporting-MTA").contains("relay.lab.test"), "{pm:?}");
+    assert!(
+        pm.must("Reporting-MTA").contains("relay.lab.test"),
+        "{pm:?}"
+    );
     assert!(pm.get("Arrival-Date").is_some(), "{pm:?}");
-    assert_eq!(pm.get("Original-Envelope-Id"), Some("lab+envid-1"), "ENVID decoded from xtext: {pm:?}");
+    assert_eq!(
+        pm.get("Original-Envelope-Id"),
+        Some("lab+envid-1"),
+        "ENVID decoded from xtext: {pm:?}"
+    );
 
     assert_eq!(b.per_recipient.len(), 1);
     let r = b.recipient(BOB);
@@ -66,7 +78,10 @@ async fn rcpt_550_bounces_with_a_complete_report() {
     let returned = String::from_utf8_lossy(&returned);
     assert_eq!(ty, "text/rfc822-headers");
     assert!(returned.contains("Subject: dsn test"), "{returned}");
-    assert!(!returned.contains(BODY_MARK), "RET=HDRS: no body\n{returned}");
+    assert!(
+        !returned.contains(BODY_MARK),
+        "RET=HDRS: no body\n{returned}"
+    );
     assert!(mx.messages().is_empty());
 }
 
@@ -74,7 +89,8 @@ async fn rcpt_550_bounces_with_a_complete_report() {
 #[tokio::test]
 async fn ret_full_returns_the_whole_message() {
     let w = World::new().await;
-    w.lab
+    let _mx = w
+        .lab
         .domain_with_mx(
             "example.test",
             3,
@@ -84,7 +100,7 @@ async fn ret_full_returns_the_whole_message() {
     let relay = w.lab.relay().await;
     let s = Submission::new(SENDER, mail_with_body(BOB))
         .param("RET=FULL")
-        .to(BOB);
+        .rcpt(BOB);
     submit_ok(relay.addr(), &s).await;
 
     let b = w.bounce().await;
@@ -92,9 +108,15 @@ async fn ret_full_returns_the_whole_message() {
     assert_eq!(ty, "message/rfc822");
     let returned = String::from_utf8_lossy(&returned);
     assert!(returned.contains("Subject: dsn test"), "{returned}");
-    assert!(returned.contains(BODY_MARK), "RET=FULL: the body too\n{returned}");
+    assert!(
+        returned.contains(BODY_MARK),
+        "RET=FULL: the body too\n{returned}"
+    );
     assert!(b.per_message.get("Original-Envelope-Id").is_none());
-    assert!(b.recipient(BOB).get("Original-Recipient").is_none(), "no ORCPT given");
+    assert!(
+        b.recipient(BOB).get("Original-Recipient").is_none(),
+        "no ORCPT given"
+    );
 }
 
 /// RFC 7505: a null MX is a permanent 5.1.10 failure, decided without any connection.
@@ -147,7 +169,9 @@ async fn mixed_recipients_bounce_only_the_refused_one() {
         )
         .await;
     let relay = w.lab.relay().await;
-    let s = Submission::new(SENDER, mail_with_body(BOB)).to(BOB).to(carol);
+    let s = Submission::new(SENDER, mail_with_body(BOB))
+        .rcpt(BOB)
+        .rcpt(carol);
     submit_ok(relay.addr(), &s).await;
 
     let m = mx.next_message(WAIT).await;
@@ -164,7 +188,8 @@ async fn mixed_recipients_bounce_only_the_refused_one() {
 #[tokio::test]
 async fn a_failed_message_from_the_null_sender_is_not_bounced() {
     let w = World::new().await;
-    w.lab
+    let _mx = w
+        .lab
         .domain_with_mx(
             "example.test",
             3,
@@ -172,15 +197,26 @@ async fn a_failed_message_from_the_null_sender_is_not_bounced() {
         )
         .await;
     let relay = w.lab.relay().await;
-    let s = Submission::new("", message("MAILER-DAEMON@sender.test", BOB, "a bounce", "x\n")).to(BOB);
+    let s = Submission::new(
+        "",
+        message("MAILER-DAEMON@sender.test", BOB, "a bounce", "x\n"),
+    )
+    .rcpt(BOB);
     submit_ok(relay.addr(), &s).await;
 
     let d = relay.wait_for_delivery(0, BOB, "bounced", WAIT).await;
     assert!(
-        w.sender_mx.try_next_message(Duration::from_secs(3)).await.is_none(),
+        w.sender_mx
+            .try_next_message(Duration::from_secs(3))
+            .await
+            .is_none(),
         "no DSN for a null-sender message"
     );
-    let others: Vec<_> = relay.deliveries().into_iter().filter(|x| x.id != d.id).collect();
+    let others: Vec<_> = relay
+        .deliveries()
+        .into_iter()
+        .filter(|x| x.id != d.id)
+        .collect();
     assert!(others.is_empty(), "no further deliveries: {others:?}");
 }
 
@@ -188,7 +224,8 @@ async fn a_failed_message_from_the_null_sender_is_not_bounced() {
 #[tokio::test]
 async fn notify_never_suppresses_the_bounce() {
     let w = World::new().await;
-    w.lab
+    let _mx = w
+        .lab
         .domain_with_mx(
             "example.test",
             3,
@@ -196,11 +233,14 @@ async fn notify_never_suppresses_the_bounce() {
         )
         .await;
     let relay = w.lab.relay().await;
-    let s = Submission::new(SENDER, mail_with_body(BOB)).to_with(BOB, &["NOTIFY=NEVER"]);
+    let s = Submission::new(SENDER, mail_with_body(BOB)).rcpt_with(BOB, &["NOTIFY=NEVER"]);
     submit_ok(relay.addr(), &s).await;
     relay.wait_for_delivery(0, BOB, "bounced", WAIT).await;
     assert!(
-        w.sender_mx.try_next_message(Duration::from_secs(3)).await.is_none(),
+        w.sender_mx
+            .try_next_message(Duration::from_secs(3))
+            .await
+            .is_none(),
         "NOTIFY=NEVER: no DSN"
     );
 }

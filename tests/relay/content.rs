@@ -12,7 +12,10 @@ use crate::support::{World, BOB, SENDER};
 #[tokio::test]
 async fn content_is_preserved_byte_for_byte() {
     let w = World::new().await;
-    let mx = w.lab.domain_with_mx("example.test", 3, Behaviour::plain()).await;
+    let mx = w
+        .lab
+        .domain_with_mx("example.test", 3, Behaviour::plain())
+        .await;
     let relay = w.lab.relay().await;
 
     let mut data = format!(
@@ -26,7 +29,7 @@ async fn content_is_preserved_byte_for_byte() {
     data.extend_from_slice(b"\r\n   trailing spaces   \r\n\tTab\r\n\r\nlast line\r\n");
     let s = Submission::new(SENDER, data.clone())
         .param("BODY=8BITMIME")
-        .to(BOB);
+        .rcpt(BOB);
     submit_ok(relay.addr(), &s).await;
 
     let m = mx.next_message(WAIT).await;
@@ -45,14 +48,20 @@ async fn content_is_preserved_byte_for_byte() {
         );
     }
     let raw = String::from_utf8_lossy(&m.raw_data);
-    assert!(raw.contains("\r\n..starts with a dot\r\n...two dots\r\n..\r\n"), "{raw}");
+    assert!(
+        raw.contains("\r\n..starts with a dot\r\n...two dots\r\n..\r\n"),
+        "{raw}"
+    );
 }
 
 /// RET, ENVID, NOTIFY and ORCPT reach a next hop that advertises DSN, xtext intact.
 #[tokio::test]
 async fn dsn_parameters_are_relayed_to_a_dsn_capable_mx() {
     let w = World::new().await;
-    let mx = w.lab.domain_with_mx("example.test", 3, Behaviour::plain()).await;
+    let mx = w
+        .lab
+        .domain_with_mx("example.test", 3, Behaviour::plain())
+        .await;
     let relay = w.lab.relay().await;
     let s = w
         .mail(BOB, "dsn params")
@@ -72,9 +81,17 @@ async fn dsn_parameters_are_relayed_to_a_dsn_capable_mx() {
 
     let m = mx.next_message(WAIT).await;
     assert_eq!(m.mail_param("RET"), Some("HDRS"), "{:?}", m.mail_params);
-    assert_eq!(m.mail_param("ENVID"), Some("env+2B1"), "{:?}", m.mail_params);
+    assert_eq!(
+        m.mail_param("ENVID"),
+        Some("env+2B1"),
+        "{:?}",
+        m.mail_params
+    );
     let r = &m.rcpts[0];
-    let notify = r.param("NOTIFY").expect("NOTIFY relayed").to_ascii_uppercase();
+    let notify = r
+        .param("NOTIFY")
+        .expect("NOTIFY relayed")
+        .to_ascii_uppercase();
     let mut notify: Vec<&str> = notify.split(',').collect();
     notify.sort();
     assert_eq!(notify, ["FAILURE", "SUCCESS"], "{:?}", r.params);
@@ -102,7 +119,7 @@ async fn dsn_parameters_are_not_sent_to_an_mx_without_dsn() {
     let s = Submission::new(SENDER, crate::lab::submit::message(SENDER, BOB, "x", "y\n"))
         .param("RET=HDRS")
         .param("ENVID=e1")
-        .to_with(BOB, &["NOTIFY=FAILURE", "ORCPT=rfc822;bob@example.test"]);
+        .rcpt_with(BOB, &["NOTIFY=FAILURE", "ORCPT=rfc822;bob@example.test"]);
     submit_ok(relay.addr(), &s).await;
     let m = mx.next_message(WAIT).await;
     for p in ["RET", "ENVID"] {

@@ -5,9 +5,7 @@ use crate::lab::dns::Zone;
 use crate::lab::smtp::{server_tls_config, Behaviour};
 use crate::lab::submit::{message, submit, Submission};
 use crate::lab::{Lab, WAIT};
-use hickory_resolver::config::{
-    ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig,
-};
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
@@ -74,37 +72,57 @@ async fn lab_dns_answers_like_an_authority() {
         .answers()
         .iter()
         .any(|rec| matches!(&rec.data, RData::A(ip) if ip.0 == lab.ip(2))));
-    let aaaa = r.lookup("mx1.example.test.", RecordType::AAAA).await.unwrap();
+    let aaaa = r
+        .lookup("mx1.example.test.", RecordType::AAAA)
+        .await
+        .unwrap();
     assert_eq!(aaaa.answers().len(), 1);
     let txt = r
         .lookup("_mta-sts.example.test.", RecordType::TXT)
         .await
         .unwrap();
     assert!(txt.answers()[0].data.to_string().contains("v=STSv1"));
-    let alias = r.lookup("alias.example.test.", RecordType::A).await.unwrap();
+    let alias = r
+        .lookup("alias.example.test.", RecordType::A)
+        .await
+        .unwrap();
     assert!(alias
         .answers()
         .iter()
         .any(|rec| matches!(&rec.data, RData::A(ip) if ip.0 == lab.ip(2))));
 
     let null = r.lookup("nullmx.test.", RecordType::MX).await.unwrap();
-    assert!(matches!(&null.answers()[0].data, RData::MX(m) if m.preference == 0 && m.exchange.is_root()));
+    assert!(
+        matches!(&null.answers()[0].data, RData::MX(m) if m.preference == 0 && m.exchange.is_root())
+    );
 
     // A name inside a zone that does not exist: NXDOMAIN.
-    let e = r.lookup("nosuch.example.test.", RecordType::MX).await.unwrap_err();
+    let e = r
+        .lookup("nosuch.example.test.", RecordType::MX)
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), Some(ResponseCode::NXDomain), "{e:?}");
     // A name that exists with no MX: NOERROR, no records.
-    let e = r.lookup("mx1.example.test.", RecordType::MX).await.unwrap_err();
+    let e = r
+        .lookup("mx1.example.test.", RecordType::MX)
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), Some(ResponseCode::NoError), "{e:?}");
     // A name under no zone: REFUSED.
-    let e = r.lookup("elsewhere.test.", RecordType::MX).await.unwrap_err();
+    let e = r
+        .lookup("elsewhere.test.", RecordType::MX)
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), Some(ResponseCode::Refused), "{e:?}");
 
     // SERVFAIL on demand, and healed.
     lab.dns.servfail("example.test");
     let e = r.lookup("example.test.", RecordType::MX).await.unwrap_err();
     assert_eq!(code(&e), Some(ResponseCode::ServFail), "{e:?}");
-    let e = r.lookup("mx1.example.test.", RecordType::A).await.unwrap_err();
+    let e = r
+        .lookup("mx1.example.test.", RecordType::A)
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), Some(ResponseCode::ServFail), "{e:?}");
     lab.dns.heal("example.test");
     assert!(r.lookup("example.test.", RecordType::MX).await.is_ok());
@@ -140,18 +158,27 @@ async fn lab_dns_answers_over_tcp() {
 async fn lab_smtp_receives_and_unstuffs() {
     let lab = Lab::new().await;
     let mx = lab
-        .mx(2, Behaviour::plain().rcpt("nobody@example.test", "550 5.1.1 no such user"))
+        .mx(
+            2,
+            Behaviour::plain().rcpt("nobody@example.test", "550 5.1.1 no such user"),
+        )
         .await;
     let body = ".leading dot\n..two dots\nlast";
     let data = message("alice@sender.test", "bob@example.test", "hi", body);
     let s = Submission::new("alice@sender.test", data.clone())
         .param("RET=HDRS")
         .param("ENVID=abc+2Bd")
-        .to_with("bob@example.test", &["NOTIFY=FAILURE", "ORCPT=rfc822;bob@example.test"])
-        .to("nobody@example.test");
+        .rcpt_with(
+            "bob@example.test",
+            &["NOTIFY=FAILURE", "ORCPT=rfc822;bob@example.test"],
+        )
+        .rcpt("nobody@example.test");
     let t = submit(mx.addr(), &s).await;
     assert!(t.greeting.starts_with("220"), "{t:?}");
-    assert!(t.reply_to("RCPT TO:<nobody").unwrap().starts_with("550 5.1.1"));
+    assert!(t
+        .reply_to("RCPT TO:<nobody")
+        .unwrap()
+        .starts_with("550 5.1.1"));
     assert!(t.data_reply().unwrap().starts_with("250"), "{t:?}");
 
     let m = mx.next_message(WAIT).await;
@@ -162,7 +189,10 @@ async fn lab_smtp_receives_and_unstuffs() {
     assert_eq!(m.rcpts[0].param("NOTIFY"), Some("FAILURE"));
     assert_eq!(m.data, data);
     let raw = String::from_utf8(m.raw_data.clone()).unwrap();
-    assert!(raw.contains("\r\n..leading dot\r\n...two dots\r\n"), "{raw}");
+    assert!(
+        raw.contains("\r\n..leading dot\r\n...two dots\r\n"),
+        "{raw}"
+    );
     assert!(raw.ends_with("\r\nlast\r\n.\r\n"));
     assert!(m.tls.is_none());
     assert_eq!(m.parse().subject(), Some("hi"));
@@ -172,13 +202,20 @@ async fn lab_smtp_receives_and_unstuffs() {
 #[tokio::test]
 async fn lab_smtp_scripted_refusals() {
     let lab = Lab::new().await;
-    let mx = lab.mx(2, Behaviour::plain().greeting("421 4.3.2 busy")).await;
-    let s = Submission::new("a@sender.test", message("a@sender.test", "b@x.test", "s", "b"))
-        .to("b@x.test");
+    let mx = lab
+        .mx(2, Behaviour::plain().greeting("421 4.3.2 busy"))
+        .await;
+    let s = Submission::new(
+        "a@sender.test",
+        message("a@sender.test", "b@x.test", "s", "b"),
+    )
+    .rcpt("b@x.test");
     let stream = tokio::net::TcpStream::connect(mx.addr()).await.unwrap();
     let mut r = tokio::io::BufReader::new(stream);
     let mut line = String::new();
-    tokio::io::AsyncBufReadExt::read_line(&mut r, &mut line).await.unwrap();
+    tokio::io::AsyncBufReadExt::read_line(&mut r, &mut line)
+        .await
+        .unwrap();
     assert!(line.starts_with("421"));
 
     mx.set_behaviour(Behaviour::plain().mail("451 4.3.0 try later"));
@@ -188,12 +225,18 @@ async fn lab_smtp_scripted_refusals() {
     mx.set_behaviour(Behaviour::plain().end_of_data("554 5.7.1 rejected"));
     let t = submit(mx.addr(), &s).await;
     assert!(t.data_reply().unwrap().starts_with("554"));
-    assert!(mx.try_next_message(std::time::Duration::from_millis(100)).await.is_none());
+    assert!(mx
+        .try_next_message(std::time::Duration::from_millis(100))
+        .await
+        .is_none());
 
     mx.set_behaviour(Behaviour::plain().no_extensions());
     let t = submit(mx.addr(), &s).await;
     let ehlo = t.reply_to("EHLO").unwrap();
-    assert!(!ehlo.contains("DSN") && !ehlo.contains("PIPELINING"), "{ehlo}");
+    assert!(
+        !ehlo.contains("DSN") && !ehlo.contains("PIPELINING"),
+        "{ehlo}"
+    );
     mx.next_message(WAIT).await;
 }
 
@@ -205,7 +248,12 @@ async fn lab_smtp_starttls() {
     let cert = rcgen::generate_simple_self_signed(vec!["mx.example.test".to_string()]).unwrap();
     let cert_pem = cert.cert.pem();
     let key_pem = cert.signing_key.serialize_pem();
-    let mx = lab.mx(2, Behaviour::plain().tls_config(server_tls_config(&cert_pem, &key_pem))).await;
+    let mx = lab
+        .mx(
+            2,
+            Behaviour::plain().tls_config(server_tls_config(&cert_pem, &key_pem)),
+        )
+        .await;
 
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let stream = tokio::net::TcpStream::connect(mx.addr()).await.unwrap();
@@ -237,17 +285,40 @@ async fn lab_smtp_starttls() {
         .await
         .unwrap();
     let mut r = BufReader::new(tls);
-    r.get_mut().write_all(b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<x@example.test>\r\nDATA\r\n").await.unwrap();
+    r.get_mut()
+        .write_all(b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<x@example.test>\r\nDATA\r\n")
+        .await
+        .unwrap();
     let ehlo = reply(&mut r).await;
     assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
     for _ in 0..3 {
         reply(&mut r).await;
     }
-    r.get_mut().write_all(b"Subject: t\r\n\r\nbody\r\n.\r\nQUIT\r\n").await.unwrap();
+    r.get_mut()
+        .write_all(b"Subject: t\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+        .await
+        .unwrap();
     assert!(reply(&mut r).await.starts_with("250"));
     let m = mx.next_message(WAIT).await;
     let tls = m.tls.expect("TLS recorded");
     assert_eq!(tls.version, "TLSv1_3");
     assert_eq!(tls.sni.as_deref(), Some("mx.example.test"));
     assert_eq!(m.mail_from, "");
+}
+
+/// A slow server's banner comes only after its delay.
+#[tokio::test]
+async fn lab_smtp_slow_greeting() {
+    let lab = Lab::new().await;
+    let delay = std::time::Duration::from_millis(300);
+    let mx = lab.mx(2, Behaviour::plain().slow(delay)).await;
+    let start = std::time::Instant::now();
+    let stream = tokio::net::TcpStream::connect(mx.addr()).await.unwrap();
+    let mut r = tokio::io::BufReader::new(stream);
+    let mut line = String::new();
+    tokio::io::AsyncBufReadExt::read_line(&mut r, &mut line)
+        .await
+        .unwrap();
+    assert!(line.starts_with("220"));
+    assert!(start.elapsed() >= delay);
 }

@@ -12,7 +12,10 @@ use crate::support::{World, BOB};
 #[tokio::test]
 async fn servfail_defers_and_delivers_once_dns_recovers() {
     let w = World::new().await;
-    let mx = w.lab.domain_with_mx("example.test", 3, Behaviour::plain()).await;
+    let mx = w
+        .lab
+        .domain_with_mx("example.test", 3, Behaviour::plain())
+        .await;
     w.lab.dns.servfail("example.test");
     let relay = w.lab.relay().await;
     let id = submit_ok(relay.addr(), &w.mail(BOB, "servfail")).await;
@@ -27,7 +30,10 @@ async fn servfail_defers_and_delivers_once_dns_recovers() {
     mx.next_message(WAIT).await;
     let d = relay.wait_for_delivery(0, BOB, "sent", WAIT).await;
     assert_eq!(d.id, id);
-    assert!(w.sender_mx.messages().is_empty(), "no bounce for a temporary failure");
+    assert!(
+        w.sender_mx.messages().is_empty(),
+        "no bounce for a temporary failure"
+    );
 }
 
 /// A domain no name server answers for (REFUSED) is a resolver problem, not a missing
@@ -42,7 +48,10 @@ async fn a_refused_lookup_is_temporary() {
     assert!(d.field("dsn").unwrap().starts_with("4."), "{}", d.line);
 
     // And once the zone is served, it is delivered.
-    let mx = w.lab.domain_with_mx("unserved.test", 3, Behaviour::plain()).await;
+    let mx = w
+        .lab
+        .domain_with_mx("unserved.test", 3, Behaviour::plain())
+        .await;
     mx.next_message(WAIT).await;
     relay.wait_for_delivery(0, to, "sent", WAIT).await;
 }
@@ -67,7 +76,10 @@ async fn rcpt_4xx_is_retried_until_accepted() {
     let m = mx.next_message(WAIT).await;
     assert_eq!(m.rcpt_addresses(), vec![BOB]);
     assert_eq!(relay.wait_for_delivery(0, BOB, "sent", WAIT).await.id, id);
-    assert!(w.sender_mx.messages().is_empty(), "no bounce for a temporary failure");
+    assert!(
+        w.sender_mx.messages().is_empty(),
+        "no bounce for a temporary failure"
+    );
 }
 
 /// A connection lost in the middle of DATA is a temporary failure; the retry delivers the
@@ -94,7 +106,8 @@ async fn a_connection_dropped_mid_data_is_retried() {
 #[tokio::test]
 async fn a_message_past_max_lifetime_expires_and_bounces() {
     let w = World::new().await;
-    w.lab
+    let _mx = w
+        .lab
         .domain_with_mx(
             "example.test",
             3,
@@ -109,7 +122,11 @@ async fn a_message_past_max_lifetime_expires_and_bounces() {
 
     relay.wait_for_delivery(0, BOB, "deferred", WAIT).await;
     let d = relay.wait_for_delivery(0, BOB, "expired", WAIT).await;
-    assert!(d.field("dsn").unwrap().starts_with("4."), "the last status stays 4.x.x: {}", d.line);
+    assert!(
+        d.field("dsn").unwrap().starts_with("4."),
+        "the last status stays 4.x.x: {}",
+        d.line
+    );
     let b = w.bounce().await;
     let r = b.recipient(BOB);
     assert_eq!(r.must("Action"), "failed");
@@ -162,7 +179,10 @@ async fn an_accepted_message_survives_a_crash() {
     );
     let mx = w
         .lab
-        .mx(3, Behaviour::plain().rcpt_default("451 4.3.0 try again later"))
+        .mx(
+            3,
+            Behaviour::plain().rcpt_default("451 4.3.0 try again later"),
+        )
         .await;
     let mut relay = w.lab.relay().await;
     let id = submit_ok(relay.addr(), &w.mail(BOB, "crash")).await;
@@ -172,5 +192,8 @@ async fn an_accepted_message_survives_a_crash() {
     let mark = relay.log_mark();
     relay.start_again().await;
     mx.next_message(WAIT).await;
-    assert_eq!(relay.wait_for_delivery(mark, BOB, "sent", WAIT).await.id, id);
+    assert_eq!(
+        relay.wait_for_delivery(mark, BOB, "sent", WAIT).await.id,
+        id
+    );
 }

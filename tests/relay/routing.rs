@@ -13,7 +13,10 @@ use crate::support::{World, BOB};
 #[tokio::test]
 async fn delivers_to_the_mx_and_logs_the_delivery_line() {
     let w = World::new().await;
-    let mx = w.lab.domain_with_mx("example.test", 3, Behaviour::plain()).await;
+    let mx = w
+        .lab
+        .domain_with_mx("example.test", 3, Behaviour::plain())
+        .await;
     let relay = w.lab.relay().await;
 
     let id = submit_ok(relay.addr(), &w.mail(BOB, "basic")).await;
@@ -23,23 +26,44 @@ async fn delivers_to_the_mx_and_logs_the_delivery_line() {
     assert!(m.tls.is_none());
 
     let d = relay.wait_for_delivery(0, BOB, "sent", WAIT).await;
-    assert_eq!(d.id, id, "the log line starts with the queue id: {}", d.line);
+    assert_eq!(
+        d.id, id,
+        "the log line starts with the queue id: {}",
+        d.line
+    );
     assert_eq!(
         d.field("relay"),
         Some(format!("mx.example.test[{}]:{}", w.lab.ip(3), w.lab.port()).as_str()),
         "{}",
         d.line
     );
-    let delay: f64 = d.field("delay").expect("delay=").parse().expect("delay is a number");
+    let delay: f64 = d
+        .field("delay")
+        .expect("delay=")
+        .parse()
+        .expect("delay is a number");
     assert!((0.0..60.0).contains(&delay), "{}", d.line);
     assert_eq!(d.field("tls"), Some("none"), "{}", d.line);
     assert_eq!(d.field("policy"), Some("none"), "{}", d.line);
     assert_eq!(d.field("dsn"), Some("2.0.0"), "{}", d.line);
     let keys: Vec<&str> = d.fields.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(&keys[..3], ["relay", "delay", "tls"], "{}", d.line);
-    assert_eq!(keys.last(), Some(&"dsn"), "dsn= comes just before status=: {}", d.line);
-    assert!(d.reply.starts_with("250 2.0.0 Ok: queued"), "the remote reply: {}", d.line);
-    assert!(d.line.ends_with(')'), "the remote reply is last: {}", d.line);
+    assert_eq!(
+        keys.last(),
+        Some(&"dsn"),
+        "dsn= comes just before status=: {}",
+        d.line
+    );
+    assert!(
+        d.reply.starts_with("250 2.0.0 Ok: queued"),
+        "the remote reply: {}",
+        d.line
+    );
+    assert!(
+        d.line.ends_with(')'),
+        "the remote reply is last: {}",
+        d.line
+    );
 }
 
 /// RFC 5321 §5.1: the lowest preference first; a less preferred host is not touched when the
@@ -61,7 +85,11 @@ async fn tries_the_most_preferred_mx_first() {
     submit_ok(relay.addr(), &w.mail(BOB, "preference")).await;
     mx1.next_message(WAIT).await;
     relay.wait_for_delivery(0, BOB, "sent", WAIT).await;
-    assert_eq!(mx2.connections(), 0, "the preference-20 MX must not be contacted");
+    assert_eq!(
+        mx2.connections(),
+        0,
+        "the preference-20 MX must not be contacted"
+    );
 }
 
 /// RFC 5321 §5.1: when the preferred MX refuses the connection, the next one is tried in the
@@ -82,7 +110,11 @@ async fn falls_back_when_the_first_mx_refuses_connections() {
     submit_ok(relay.addr(), &w.mail(BOB, "fallback")).await;
     mx2.next_message(WAIT).await;
     let d = relay.wait_for_delivery(0, BOB, "sent", WAIT).await;
-    assert!(d.field("relay").unwrap().starts_with("mx2.example.test["), "{}", d.line);
+    assert!(
+        d.field("relay").unwrap().starts_with("mx2.example.test["),
+        "{}",
+        d.line
+    );
 }
 
 /// A 4xx greeting is a temporary refusal of that host only: the next MX takes the mail.
@@ -107,7 +139,11 @@ async fn falls_back_when_the_first_mx_greets_with_4xx() {
     mx2.next_message(WAIT).await;
     assert!(mx1.connections() >= 1, "the preferred MX was tried first");
     let d = relay.wait_for_delivery(0, BOB, "sent", WAIT).await;
-    assert!(d.field("relay").unwrap().starts_with("mx2.example.test["), "{}", d.line);
+    assert!(
+        d.field("relay").unwrap().starts_with("mx2.example.test["),
+        "{}",
+        d.line
+    );
 }
 
 /// RFC 5321 §5.1: no MX records → the domain's own address is the single, implicit MX.
@@ -134,7 +170,10 @@ async fn uses_the_domains_address_when_there_is_no_mx() {
 #[tokio::test]
 async fn a_static_route_bypasses_the_mx() {
     let w = World::new().await;
-    let mx = w.lab.domain_with_mx("example.test", 3, Behaviour::plain()).await;
+    let mx = w
+        .lab
+        .domain_with_mx("example.test", 3, Behaviour::plain())
+        .await;
     let hop = w.lab.smtp_elsewhere(7, Behaviour::plain()).await;
     let next_hop = format!("[{}]:{}", hop.addr().ip(), hop.addr().port());
     let relay = w
@@ -147,7 +186,11 @@ async fn a_static_route_bypasses_the_mx() {
     assert_eq!(m.rcpt_addresses(), vec![BOB]);
     let d = relay.wait_for_delivery(0, BOB, "sent", WAIT).await;
     assert!(
-        d.field("relay").unwrap().ends_with(&format!("[{}]:{}", hop.addr().ip(), hop.addr().port())),
+        d.field("relay").unwrap().ends_with(&format!(
+            "[{}]:{}",
+            hop.addr().ip(),
+            hop.addr().port()
+        )),
         "{}",
         d.line
     );
@@ -172,10 +215,42 @@ async fn uses_starttls_opportunistically() {
     submit_ok(relay.addr(), &w.mail(BOB, "tls")).await;
     let m = mx.next_message(WAIT).await;
     let tls = m.tls.expect("the message came over TLS");
-    assert!(tls.version == "TLSv1_3" || tls.version == "TLSv1_2", "{tls:?}");
+    assert!(
+        tls.version == "TLSv1_3" || tls.version == "TLSv1_2",
+        "{tls:?}"
+    );
     let d = relay.wait_for_delivery(0, BOB, "sent", WAIT).await;
     assert_eq!(d.field("tls"), Some("unverified"), "{}", d.line);
-    let version = d.field("tls_version").expect("tls_version= when TLS was used");
+    let version = d
+        .field("tls_version")
+        .expect("tls_version= when TLS was used");
     assert_eq!(version, tls.version.replace('_', "."), "{}", d.line);
-    assert!(d.field("cipher").is_some_and(|c| !c.is_empty()), "{}", d.line);
+    assert!(
+        d.field("cipher").is_some_and(|c| !c.is_empty()),
+        "{}",
+        d.line
+    );
+}
+
+/// RFC 5321 §5.1 covers IPv6: an MX host with only an AAAA record is reached over IPv6.
+#[tokio::test]
+async fn reaches_an_mx_host_over_ipv6() {
+    let w = World::new().await;
+    w.lab.zone(
+        Zone::new("example.test")
+            .mx(10, "mx6.example.test")
+            .aaaa("mx6.example.test", std::net::Ipv6Addr::LOCALHOST),
+    );
+    let mx = w.lab.mx_v6(Behaviour::plain()).await;
+    let relay = w.lab.relay().await;
+
+    submit_ok(relay.addr(), &w.mail(BOB, "ipv6")).await;
+    mx.next_message(WAIT).await;
+    let d = relay.wait_for_delivery(0, BOB, "sent", WAIT).await;
+    assert_eq!(
+        d.field("relay"),
+        Some(format!("mx6.example.test[::1]:{}", w.lab.port()).as_str()),
+        "{}",
+        d.line
+    );
 }

@@ -26,7 +26,11 @@ impl World {
 
     /// A plain message from [`SENDER`] to `to`.
     pub fn mail(&self, to: &str, subject: &str) -> Submission {
-        Submission::new(SENDER, message(SENDER, to, subject, "Hello from the lab.\n")).to(to)
+        Submission::new(
+            SENDER,
+            message(SENDER, to, subject, "Hello from the lab.\n"),
+        )
+        .rcpt(to)
     }
 
     /// The next message at the sender's MX, checked to be a DSN from the null sender to
@@ -34,7 +38,11 @@ impl World {
     pub async fn bounce(&self) -> Bounce {
         let m = self.sender_mx.next_message(WAIT).await;
         assert_eq!(m.mail_from, "", "a DSN comes from the null sender");
-        assert_eq!(m.rcpt_addresses(), vec![SENDER], "a DSN goes to the envelope sender");
+        assert_eq!(
+            m.rcpt_addresses(),
+            vec![SENDER],
+            "a DSN goes to the envelope sender"
+        );
         Bounce::parse(&m)
     }
 }
