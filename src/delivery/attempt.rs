@@ -97,6 +97,9 @@ pub struct Attempt {
     pub tls: TlsInfo,
     /// What set the TLS requirement: `none` for now; later `dane`, `mta-sts`, `local:LEVEL`.
     pub policy: String,
+    /// The next hop speaks DSN (RFC 3461) and took our NOTIFY/ORCPT parameters: from here on it,
+    /// not we, reports success. When false, a NOTIFY=SUCCESS recipient is owed a "relayed" DSN.
+    pub dsn_passed_on: bool,
 }
 
 impl Attempt {
@@ -213,6 +216,7 @@ mod tests {
                 cipher: Some("TLS_AES_256_GCM_SHA384".into()),
             },
             policy: "dane".into(),
+            dsn_passed_on: false,
         };
         assert_eq!(
             a.log_line(
@@ -239,6 +243,7 @@ mod tests {
             relay: None,
             tls: TlsInfo::default(),
             policy: "none".into(),
+            dsn_passed_on: false,
         };
         let line = a.log_line(&id(), "a@b.test", Duration::from_secs(3), Status::Deferred);
         assert_eq!(

@@ -228,6 +228,7 @@ impl Deliverer {
             extensions,
             data_timeout: self.config.delivery.data_timeout,
         };
+        let dsn_passed_on = extensions.has(smtp_proto::EXT_DSN);
         let replies = match connection {
             Connection::Plain(mut client) => tx.run(&mut client).await,
             Connection::Tls(mut client) => tx.run(client.as_mut()).await,
@@ -240,6 +241,7 @@ impl Deliverer {
                 relay: Some(relay.clone()),
                 tls: tls.clone(),
                 policy: NO_POLICY.to_string(),
+                dsn_passed_on,
             })
             .collect()
     }
@@ -255,6 +257,7 @@ fn every_recipient(job: &Job<'_>, failure: Failure) -> Vec<Attempt> {
             relay: failure.relay.clone(),
             tls: TlsInfo::default(),
             policy: NO_POLICY.to_string(),
+            dsn_passed_on: false,
         })
         .collect()
 }

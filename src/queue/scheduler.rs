@@ -243,6 +243,7 @@ impl<'a> Pass<'a> {
     async fn record(mut self, attempts: Vec<Attempt>) -> Option<Duration> {
         let queue_cfg = &self.ctx.config.queue;
         let mut failed: Vec<&Attempt> = Vec::new();
+        let mut relayed: Vec<&Attempt> = Vec::new();
         let mut changed: Vec<usize> = Vec::new();
         for attempt in &attempts {
             let Some(rcpt) = self.envelope.recipients.get(attempt.rcpt) else {
@@ -267,6 +268,9 @@ impl<'a> Pass<'a> {
                 Decision::Delivered => {
                     self.states[attempt.rcpt] = RcptState::Done;
                     changed.push(attempt.rcpt);
+                    if !attempt.dsn_passed_on {
+                        relayed.push(attempt);
+                    }
                 }
                 Decision::Bounce | Decision::Expire => failed.push(attempt),
                 Decision::Retry => {
@@ -286,6 +290,12 @@ impl<'a> Pass<'a> {
                 self.states[a.rcpt] = RcptState::Done;
                 changed.push(a.rcpt);
             }
+        }
+        // RFC 3461 §5.2.2: delivered to a server that does not speak DSN, a NOTIFY=SUCCESS
+        // recipient gets a "relayed" DSN from us, since nobody further on will send one.
+        // (Best effort: the recipient is done either way.)
+        if !relayed.is_empty() {
+            self.send_dsn(&relayed, dsn::Action::Relayed).await;
         }
         self.warn_delayed(&mut changed).await;
         let max_attempts = self
@@ -399,6 +409,7 @@ impl<'a> Pass<'a> {
                     relay: None,
                     tls: TlsInfo::default(),
                     policy: "none".into(),
+                    dsn_passed_on: false,
                 }
             })
             .collect();
