@@ -53,6 +53,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     #[serde(default)]
     pub queue: QueueConfig,
+    #[serde(default)]
+    pub mta_sts: MtaStsConfig,
 }
 
 /// One inbound SMTP listener. Each has its own address and TLS settings.
@@ -176,6 +178,72 @@ pub struct QueueConfig {
     /// (`delay_warning_time`).
     #[serde(default, deserialize_with = "duration")]
     pub delay_warning: Duration,
+}
+
+/// MTA-STS (RFC 8461): discovery, fetching and caching of policies. Policy hosts are verified
+/// against the Web PKI roots plus `delivery.extra_ca_files`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MtaStsConfig {
+    /// Look up and enforce MTA-STS policies.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The policy hosts' HTTPS port: 443 per RFC 8461; another value serves private test beds.
+    #[serde(default = "default_https_port")]
+    pub https_port: u16,
+    /// `http://host:port` of an HTTPS proxy for policy fetches; unset: connect directly.
+    pub proxy: Option<String>,
+    #[serde(default = "default_sts_connect_timeout", deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// The whole fetch, headers and body.
+    #[serde(default = "default_sts_fetch_timeout", deserialize_with = "duration")]
+    pub fetch_timeout: Duration,
+    /// How long a failed first fetch is remembered before the domain is tried again.
+    #[serde(default = "default_sts_negative_ttl", deserialize_with = "duration")]
+    pub negative_ttl: Duration,
+    /// Cached policies not used for this long are dropped instead of refreshed.
+    #[serde(default = "default_sts_unused_after", deserialize_with = "duration")]
+    pub unused_after: Duration,
+    /// Simultaneous background refreshes.
+    #[serde(default = "default_sts_refresh_concurrency")]
+    pub refresh_concurrency: usize,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_https_port() -> u16 {
+    443
+}
+fn default_sts_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_sts_fetch_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_sts_negative_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_sts_unused_after() -> Duration {
+    Duration::from_secs(30 * 86400)
+}
+fn default_sts_refresh_concurrency() -> usize {
+    4
+}
+
+impl Default for MtaStsConfig {
+    fn default() -> Self {
+        MtaStsConfig {
+            enabled: true,
+            https_port: default_https_port(),
+            proxy: None,
+            connect_timeout: default_sts_connect_timeout(),
+            fetch_timeout: default_sts_fetch_timeout(),
+            negative_ttl: default_sts_negative_ttl(),
+            unused_after: default_sts_unused_after(),
+            refresh_concurrency: default_sts_refresh_concurrency(),
+        }
+    }
 }
 
 fn default_hostname() -> String {
@@ -322,6 +390,7 @@ impl Default for Config {
             delivery: DeliveryConfig::default(),
             routes: Vec::new(),
             queue: QueueConfig::default(),
+            mta_sts: MtaStsConfig::default(),
         }
     }
 }
@@ -461,6 +530,14 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if let Some(proxy) = &self.mta_sts.proxy {
+            if !(proxy.starts_with("http://") || proxy.starts_with("https://")) {
+                return Err(ConfigError::key(
+                    "mta_sts.proxy",
+                    "must be an http:// or https:// URL",
+                ));
+            }
+        }
         if self.smtpd.max_connections == 0 {
             return Err(ConfigError::key(
                 "smtpd.max_connections",
@@ -476,6 +553,21 @@ impl Config {
 
     pub fn policy_cache_dir(&self) -> PathBuf {
         self.data_dir.join("policy-cache")
+    }
+
+    /// The policy cache's settings from `[mta_sts]` and `delivery.extra_ca_files`.
+    pub fn policy_settings(&self) -> policy_cache::Settings {
+        let m = &self.mta_sts;
+        policy_cache::Settings {
+            https_port: m.https_port,
+            extra_ca_files: self.delivery.extra_ca_files.clone(),
+            connect_timeout: m.connect_timeout,
+            fetch_timeout: m.fetch_timeout,
+            proxy: m.proxy.clone(),
+            negative_ttl: m.negative_ttl,
+            unused_after: m.unused_after,
+            refresh_concurrency: m.refresh_concurrency.max(1),
+        }
     }
 }
 

@@ -1,1 +1,168 @@
 //! How must a mail domain be reached, and why.
+//!
+//! This crate answers that question for the delivery side of mxguard. Today it knows MTA-STS
+//! (RFC 8461): a domain publishes a TXT record `_mta-sts.<domain>` announcing a policy and an
+//! HTTPS-hosted policy file listing its MX hosts and a mode; senders cache the policy for its
+//! `max_age` and, in `enforce` mode, deliver only to listed MX hosts over authenticated TLS.
+//! DANE (RFC 7672) joins it later.
+//!
+//! - [`sts::record`]: the TXT record (`v=STSv1; id=…`);
+//! - [`sts::policy`]: the policy file, its MX patterns and matching;
+//! - [`sts::fetch`]: fetching the policy over HTTPS, with every RFC 8461 §3.3 restriction;
+//! - [`store`]: the sled-backed cache that survives restarts;
+//! - [`PolicyCache`]: the rules that tie them together (when to fetch, what to keep).
+
+pub mod clock;
+pub mod store;
+pub mod sts;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use sts::policy::{Mode, MxPattern, Policy};
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// What the cache knows about a domain's MTA-STS policy, for one delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StsLookup {
+    /// The domain has no usable MTA-STS policy: deliver as without one. `reason` says why
+    /// (no TXT record, an invalid TXT record, no policy could ever be fetched, expired).
+    NoPolicy { reason: String },
+    /// A valid policy applies.
+    Policy(Arc<ActivePolicy>),
+    /// We cannot tell now (the TXT lookup failed and nothing is cached): try again later.
+    /// RFC 8461 §5: a DNS failure is not the absence of a policy.
+    TempFail { reason: String },
+}
+
+/// A policy in force, with where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActivePolicy {
+    pub domain: String,
+    /// The `id` of the TXT record under which the policy was fetched.
+    pub id: String,
+    pub policy: Policy,
+    pub fetched_at: SystemTime,
+    pub expires_at: SystemTime,
+}
+
+/// Knobs of the cache and its fetcher; `Default` gives the production values.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The policy host's HTTPS port: 443 (RFC 8461 §3.3); other values serve private test beds.
+    pub https_port: u16,
+    /// Extra PEM CA certificates trusted beside the Web PKI roots for policy hosts.
+    pub extra_ca_files: Vec<std::path::PathBuf>,
+    /// Connecting to the policy host.
+    pub connect_timeout: Duration,
+    /// The whole fetch, headers and body (RFC 8461 §3.3 asks for a reasonable limit).
+    pub fetch_timeout: Duration,
+    /// `http://host:port` of an HTTPS proxy (CONNECT); `None` connects directly.
+    pub proxy: Option<String>,
+    /// How long a failed first fetch is remembered, so a broken domain is not refetched for
+    /// every message.
+    pub negative_ttl: Duration,
+    /// Entries not used for this long are dropped (and no longer refreshed).
+    pub unused_after: Duration,
+    /// Simultaneous background refreshes.
+    pub refresh_concurrency: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            https_port: 443,
+            extra_ca_files: Vec::new(),
+            connect_timeout: Duration::from_secs(10),
+            fetch_timeout: Duration::from_secs(30),
+            proxy: None,
+            negative_ttl: Duration::from_secs(300),
+            unused_after: Duration::from_secs(30 * 86400),
+            refresh_concurrency: 4,
+        }
+    }
+}
+
+/// A policy failure seen in `testing` mode (or while enforcing), kept for TLS-RPT (RFC 8460).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FailureRecord {
+    pub domain: String,
+    pub policy_id: String,
+    pub mode: String,
+    /// The MX host where it happened.
+    pub mx_host: String,
+    /// RFC 8460 §4.3 result type, e.g. `certificate-host-mismatch`, `starttls-not-supported`,
+    /// `validation-failure`.
+    pub result_type: String,
+    pub detail: String,
+    pub at: SystemTime,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("policy cache database {path}: {message}")]
+    Open { path: String, message: String },
+    #[error("policy cache: {0}")]
+    Db(String),
+    #[error("policy fetcher: {0}")]
+    Setup(String),
+}
+
+/// The MTA-STS policy cache: discovery, fetch, persistence and refresh (RFC 8461 §3–§5).
+pub struct PolicyCache {
+    inner: cache::Inner,
+}
+
+mod cache;
+
+impl PolicyCache {
+    /// Opens (creating) the sled database under `dir`; `resolver` answers TXT and address
+    /// queries (the policy host is resolved through it, not the system resolver).
+    pub fn open(
+        dir: &std::path::Path,
+        resolver: hickory_resolver::TokioResolver,
+        settings: Settings,
+        clock: Arc<dyn Clock>,
+    ) -> Result<PolicyCache, CacheError> {
+        cache::Inner::open(dir, resolver, settings, clock).map(|inner| PolicyCache { inner })
+    }
+
+    /// The policy to apply to a delivery to `domain` now (RFC 8461 §5.1): checks the TXT id,
+    /// fetches when needed, falls back on the cache as the RFC says.
+    pub async fn lookup(&self, domain: &str) -> StsLookup {
+        self.inner.lookup(domain).await
+    }
+
+    /// Fetches the policy now, whatever the cache holds (operator command, and the re-check
+    /// before a policy failure becomes final, RFC 8461 §5.1).
+    pub async fn refresh(&self, domain: &str) -> StsLookup {
+        self.inner.refresh(domain).await
+    }
+
+    /// Drops everything cached for `domain`; true if there was something.
+    pub fn forget(&self, domain: &str) -> Result<bool, CacheError> {
+        self.inner.forget(domain)
+    }
+
+    /// A human-readable account of what is cached for `domain` and why (`mxguard policy show`).
+    pub fn show(&self, domain: &str) -> String {
+        self.inner.show(domain)
+    }
+
+    /// Records a policy failure (for TLS-RPT; shown by `show`).
+    pub fn record_failure(&self, failure: FailureRecord) {
+        self.inner.record_failure(failure)
+    }
+
+    /// The failures recorded for `domain`, oldest first.
+    pub fn failures(&self, domain: &str) -> Vec<FailureRecord> {
+        self.inner.failures(domain)
+    }
+
+    /// Refreshes cached policies in the background before they expire, spread out over time,
+    /// with bounded concurrency; drops entries unused for `unused_after`. Runs until
+    /// `shutdown` turns true.
+    pub async fn run_refresher(self: Arc<Self>, shutdown: tokio::sync::watch::Receiver<bool>) {
+        self.inner.run_refresher(shutdown).await
+    }
+}

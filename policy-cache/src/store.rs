@@ -1,0 +1,1 @@
+//! The sled-backed store of cached policies, negative entries and failure records.
