@@ -17,9 +17,11 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio_rustls::client::TlsStream;
 
 const WAIT: Duration = Duration::from_secs(10);
 const HOST: &str = "relay.test";
+const GREETING: &str = "220 relay.test ESMTP mxguard";
 
 /// What kind of listener a test needs; the default is the plain one Postfix talks to.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -48,6 +50,35 @@ impl Default for Setup {
             mynetworks: None,
             users: Vec::new(),
             smtpd: "",
+        }
+    }
+}
+
+impl Setup {
+    /// The default server with extra `[smtpd]` lines, e.g. `"recipient_limit = 2"`.
+    fn with_smtpd(smtpd: &'static str) -> Setup {
+        Setup {
+            smtpd,
+            ..Default::default()
+        }
+    }
+
+    /// The default server with these listeners instead of the one plain one.
+    fn with_listeners(listeners: &[Listen]) -> Setup {
+        Setup {
+            listeners: listeners.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    /// One STARTTLS listener where only an authenticated client may relay: loopback is not in
+    /// mynetworks, and `user` is the one AUTH user.
+    fn auth_required(user: &'static str, password: &'static str) -> Setup {
+        Setup {
+            listeners: vec![Listen::StartTls],
+            mynetworks: Some("[]"),
+            users: vec![(user, password)],
+            ..Default::default()
         }
     }
 }
@@ -131,7 +162,14 @@ impl Relay {
     /// Connects to listener `index` and reads the greeting.
     async fn connect(&self, index: usize) -> Smtp<TcpStream> {
         let mut c = self.connect_raw(index).await;
-        c.expect("220 relay.test ESMTP mxguard").await;
+        c.expect(GREETING).await;
+        c
+    }
+
+    /// Connects to listener `index`, reads the greeting and says EHLO.
+    async fn connect_and_ehlo(&self, index: usize) -> Smtp<TcpStream> {
+        let mut c = self.connect(index).await;
+        c.ehlo().await;
         c
     }
 
@@ -141,16 +179,19 @@ impl Relay {
     }
 
     /// Connects to an implicit-TLS listener, handshakes, and reads the greeting.
-    async fn connect_tls(&self, index: usize) -> Smtp<tokio_rustls::client::TlsStream<TcpStream>> {
+    async fn connect_tls(&self, index: usize) -> Smtp<TlsStream<TcpStream>> {
         let stream = TcpStream::connect(self.addrs[index]).await.unwrap();
-        let tls = self
-            .tls
+        let mut c = Smtp::new(self.handshake(stream).await);
+        c.expect(GREETING).await;
+        c
+    }
+
+    /// The client side of a TLS handshake on `stream`, verifying the relay's certificate.
+    async fn handshake(&self, stream: TcpStream) -> TlsStream<TcpStream> {
+        self.tls
             .connect(HOST.try_into().unwrap(), stream)
             .await
-            .unwrap();
-        let mut c = Smtp::new(tls);
-        c.expect("220 relay.test ESMTP mxguard").await;
-        c
+            .unwrap()
     }
 
     fn stored(&self) -> Vec<QueueId> {
@@ -236,6 +277,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Smtp<S> {
         self.cmd(&format!("RCPT TO:<{to}>"), expected).await
     }
 
+    /// MAIL from alice and RCPT to bob, both accepted: the transaction is ready for DATA.
+    async fn alice_to_bob(&mut self) {
+        self.mail("alice@client.test", "250").await;
+        self.rcpt("bob@example.net", "250").await;
+    }
+
     /// DATA, then `body` as given (already dot-stuffed, with its end line): the final reply.
     async fn data(&mut self, body: &str, expected: &str) -> String {
         self.cmd("DATA", "354 ").await;
@@ -251,16 +298,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Smtp<S> {
 
 impl Smtp<TcpStream> {
     /// STARTTLS and the handshake; the session continues inside TLS.
-    async fn starttls(mut self, relay: &Relay) -> Smtp<tokio_rustls::client::TlsStream<TcpStream>> {
+    async fn starttls(mut self, relay: &Relay) -> Smtp<TlsStream<TcpStream>> {
         self.cmd("STARTTLS", "220 2.0.0").await;
         assert!(self.stream.buffer().is_empty());
-        let stream = self.stream.into_inner();
-        let tls = relay
-            .tls
-            .connect(HOST.try_into().unwrap(), stream)
-            .await
-            .unwrap();
-        Smtp::new(tls)
+        Smtp::new(relay.handshake(self.stream.into_inner()).await)
     }
 }
 
@@ -280,8 +321,7 @@ fn lines(reply: &str) -> Vec<&str> {
 #[tokio::test]
 async fn message_is_queued_with_received_header_and_client_facts() {
     let relay = Relay::start(Setup::default()).await;
-    let mut c = relay.connect(0).await;
-    c.ehlo().await;
+    let mut c = relay.connect_and_ehlo(0).await;
     let queued = send_mail(&mut c).await;
     c.cmd("QUIT", "221 2.0.0").await;
     let (envelope, message) = relay.load(&queued);
@@ -307,9 +347,8 @@ async fn message_is_queued_with_received_header_and_client_facts() {
 #[tokio::test]
 async fn ehlo_keywords_depend_on_tls() {
     let relay = Relay::start(Setup {
-        listeners: vec![Listen::StartTls, Listen::Plain],
         users: vec![("alice", "pw")],
-        ..Default::default()
+        ..Setup::with_listeners(&[Listen::StartTls, Listen::Plain])
     })
     .await;
     let mut c = relay.connect(0).await;
@@ -391,11 +430,7 @@ async fn pipelined_transaction_in_one_write() {
 
 #[tokio::test]
 async fn size_limit_on_parameter_and_on_data() {
-    let relay = Relay::start(Setup {
-        smtpd: "message_size_limit = 1000",
-        ..Default::default()
-    })
-    .await;
+    let relay = Relay::start(Setup::with_smtpd("message_size_limit = 1000")).await;
     let mut c = relay.connect(0).await;
     let ehlo = c.ehlo().await;
     assert!(lines(&ehlo).contains(&"SIZE 1000"), "{ehlo}");
@@ -417,13 +452,8 @@ async fn size_limit_on_parameter_and_on_data() {
 
 #[tokio::test]
 async fn recipient_limit() {
-    let relay = Relay::start(Setup {
-        smtpd: "recipient_limit = 2",
-        ..Default::default()
-    })
-    .await;
-    let mut c = relay.connect(0).await;
-    c.ehlo().await;
+    let relay = Relay::start(Setup::with_smtpd("recipient_limit = 2")).await;
+    let mut c = relay.connect_and_ehlo(0).await;
     c.mail("alice@client.test", "250").await;
     c.rcpt("a@example.net", "250").await;
     c.rcpt("b@example.net", "250").await;
@@ -440,8 +470,7 @@ async fn not_an_open_relay() {
         ..Default::default()
     })
     .await;
-    let mut c = relay.connect(0).await;
-    c.ehlo().await;
+    let mut c = relay.connect_and_ehlo(0).await;
     c.mail("alice@client.test", "250").await;
     let r = c.rcpt("bob@example.net", "554 5.7.1").await;
     assert_eq!(r, "554 5.7.1 <bob@example.net>: Relay access denied");
@@ -452,16 +481,8 @@ async fn not_an_open_relay() {
 
 #[tokio::test]
 async fn auth_after_starttls_allows_relay() {
-    let relay = Relay::start(Setup {
-        listeners: vec![Listen::StartTls],
-        mynetworks: Some("[]"),
-        users: vec![("alice", "correct horse")],
-        ..Default::default()
-    })
-    .await;
-    let mut c = relay.connect(0).await;
-    c.ehlo().await;
-    let mut c = c.starttls(&relay).await;
+    let relay = Relay::start(Setup::auth_required("alice", "correct horse")).await;
+    let mut c = relay.connect_and_ehlo(0).await.starttls(&relay).await;
     // RFC 3207 §4.2: after TLS the client must greet again.
     c.mail("alice@client.test", "503 5.5.1").await;
     c.ehlo().await;
@@ -490,16 +511,8 @@ async fn auth_after_starttls_allows_relay() {
 
 #[tokio::test]
 async fn auth_login_and_wrong_password() {
-    let relay = Relay::start(Setup {
-        listeners: vec![Listen::StartTls],
-        mynetworks: Some("[]"),
-        users: vec![("alice", "pw")],
-        ..Default::default()
-    })
-    .await;
-    let mut c = relay.connect(0).await;
-    c.ehlo().await;
-    let mut c = c.starttls(&relay).await;
+    let relay = Relay::start(Setup::auth_required("alice", "pw")).await;
+    let mut c = relay.connect_and_ehlo(0).await.starttls(&relay).await;
     c.ehlo().await;
     // "\0alice\0wrong"
     c.cmd("AUTH PLAIN AGFsaWNlAHdyb25n", "535 5.7.8").await;
@@ -512,21 +525,13 @@ async fn auth_login_and_wrong_password() {
     c.cmd("AUTH LOGIN", "334 VXNlcm5hbWU6").await;
     c.cmd("YWxpY2U=", "334 UGFzc3dvcmQ6").await;
     c.cmd("cHc=", "235 2.7.0").await;
-    c.mail("alice@client.test", "250").await;
-    c.rcpt("bob@example.net", "250").await;
+    c.alice_to_bob().await;
 }
 
 #[tokio::test]
 async fn auth_refused_before_tls() {
-    let relay = Relay::start(Setup {
-        listeners: vec![Listen::StartTls],
-        mynetworks: Some("[]"),
-        users: vec![("alice", "pw")],
-        ..Default::default()
-    })
-    .await;
-    let mut c = relay.connect(0).await;
-    c.ehlo().await;
+    let relay = Relay::start(Setup::auth_required("alice", "pw")).await;
+    let mut c = relay.connect_and_ehlo(0).await;
     // Correct credentials, but in plaintext: refused, and relaying stays closed.
     c.cmd("AUTH PLAIN AGFsaWNlAHB3", "503 5.5.1").await;
     c.mail("alice@client.test", "250").await;
@@ -535,13 +540,8 @@ async fn auth_refused_before_tls() {
 
 #[tokio::test]
 async fn starttls_with_pipelined_commands_is_refused() {
-    let relay = Relay::start(Setup {
-        listeners: vec![Listen::StartTls],
-        ..Default::default()
-    })
-    .await;
-    let mut c = relay.connect(0).await;
-    c.ehlo().await;
+    let relay = Relay::start(Setup::with_listeners(&[Listen::StartTls])).await;
+    let mut c = relay.connect_and_ehlo(0).await;
     // CVE-2011-0411: plaintext commands sent behind STARTTLS must never run inside TLS.
     c.send("STARTTLS\r\nMAIL FROM:<mallory@client.test>\r\n")
         .await;
@@ -551,11 +551,7 @@ async fn starttls_with_pipelined_commands_is_refused() {
 
 #[tokio::test]
 async fn implicit_tls_listener_and_requiretls() {
-    let relay = Relay::start(Setup {
-        listeners: vec![Listen::Implicit],
-        ..Default::default()
-    })
-    .await;
+    let relay = Relay::start(Setup::with_listeners(&[Listen::Implicit])).await;
     let mut c = relay.connect_tls(0).await;
     let ehlo = c.ehlo().await;
     assert!(!lines(&ehlo).contains(&"STARTTLS"), "{ehlo}");
@@ -573,8 +569,7 @@ async fn implicit_tls_listener_and_requiretls() {
 #[tokio::test]
 async fn requiretls_needs_tls() {
     let relay = Relay::start(Setup::default()).await;
-    let mut c = relay.connect(0).await;
-    c.ehlo().await;
+    let mut c = relay.connect_and_ehlo(0).await;
     c.cmd("MAIL FROM:<alice@client.test> REQUIRETLS", "555 5.5.4")
         .await;
 }
@@ -582,8 +577,7 @@ async fn requiretls_needs_tls() {
 #[tokio::test]
 async fn dsn_parameters_are_stored() {
     let relay = Relay::start(Setup::default()).await;
-    let mut c = relay.connect(0).await;
-    c.ehlo().await;
+    let mut c = relay.connect_and_ehlo(0).await;
     c.cmd(
         "MAIL FROM:<alice@client.test> RET=HDRS ENVID=QQ+2B314",
         "250",
@@ -655,8 +649,7 @@ async fn dot_unstuffing_and_bare_lf_normalization() {
     // Commands may end in a bare LF.
     c.send("EHLO client.test\n").await;
     c.expect("250 ").await;
-    c.mail("alice@client.test", "250").await;
-    c.rcpt("bob@example.net", "250").await;
+    c.alice_to_bob().await;
     // A smuggling attempt: `<LF>.<CR><LF>` is not the end of the data, so the "second
     // message" stays inside the first; bare LFs become CRLF.
     let body = "Subject: a\r\n\r\n..stuffed\r\nbare\nlf\r\n\n.\r\nMAIL FROM:<mallory@client.test>\r\n.\r\n";
@@ -673,10 +666,8 @@ async fn dot_unstuffing_and_bare_lf_normalization() {
 #[tokio::test]
 async fn disconnect_mid_data_stores_nothing() {
     let relay = Relay::start(Setup::default()).await;
-    let mut c = relay.connect(0).await;
-    c.ehlo().await;
-    c.mail("alice@client.test", "250").await;
-    c.rcpt("bob@example.net", "250").await;
+    let mut c = relay.connect_and_ehlo(0).await;
+    c.alice_to_bob().await;
     c.cmd("DATA", "354").await;
     c.send("Subject: cut\r\n\r\nhalf a message\r\n").await;
     drop(c);
@@ -689,13 +680,8 @@ async fn disconnect_mid_data_stores_nothing() {
 
 #[tokio::test]
 async fn idle_timeout_closes_with_421() {
-    let relay = Relay::start(Setup {
-        smtpd: "timeout = 1",
-        ..Default::default()
-    })
-    .await;
-    let mut c = relay.connect(0).await;
-    c.ehlo().await;
+    let relay = Relay::start(Setup::with_smtpd("timeout = 1")).await;
+    let mut c = relay.connect_and_ehlo(0).await;
     let started = std::time::Instant::now();
     c.expect("421 4.4.2 relay.test Error: timeout exceeded")
         .await;
@@ -705,15 +691,9 @@ async fn idle_timeout_closes_with_421() {
 
 #[tokio::test]
 async fn data_timeout_stores_nothing() {
-    let relay = Relay::start(Setup {
-        smtpd: "data_timeout = 1",
-        ..Default::default()
-    })
-    .await;
-    let mut c = relay.connect(0).await;
-    c.ehlo().await;
-    c.mail("alice@client.test", "250").await;
-    c.rcpt("bob@example.net", "250").await;
+    let relay = Relay::start(Setup::with_smtpd("data_timeout = 1")).await;
+    let mut c = relay.connect_and_ehlo(0).await;
+    c.alice_to_bob().await;
     c.cmd("DATA", "354").await;
     // A trickle of data that never ends: each piece arrives well within `timeout`, but the
     // whole DATA runs past `data_timeout`.
@@ -728,9 +708,8 @@ async fn data_timeout_stores_nothing() {
 #[tokio::test]
 async fn max_connections_over_all_listeners() {
     let relay = Relay::start(Setup {
-        listeners: vec![Listen::Plain, Listen::Plain],
         smtpd: "max_connections = 1",
-        ..Default::default()
+        ..Setup::with_listeners(&[Listen::Plain, Listen::Plain])
     })
     .await;
     let mut first = relay.connect(0).await;
@@ -755,11 +734,7 @@ async fn max_connections_over_all_listeners() {
 
 #[tokio::test]
 async fn hard_error_limit_closes_session() {
-    let relay = Relay::start(Setup {
-        smtpd: "hard_error_limit = 3",
-        ..Default::default()
-    })
-    .await;
+    let relay = Relay::start(Setup::with_smtpd("hard_error_limit = 3")).await;
     let mut c = relay.connect(0).await;
     c.cmd("BOGUS1", "500").await;
     c.cmd("BOGUS2", "500").await;
@@ -772,8 +747,7 @@ async fn hard_error_limit_closes_session() {
 #[tokio::test]
 async fn smtputf8_addresses_need_the_parameter() {
     let relay = Relay::start(Setup::default()).await;
-    let mut c = relay.connect(0).await;
-    c.ehlo().await;
+    let mut c = relay.connect_and_ehlo(0).await;
     c.mail("jöran@client.test", "553 5.6.7").await;
     c.cmd(
         "MAIL FROM:<jöran@client.test> SMTPUTF8 BODY=8BITMIME",
@@ -790,14 +764,9 @@ async fn smtputf8_addresses_need_the_parameter() {
 
 #[tokio::test]
 async fn each_listener_is_named_in_the_envelope() {
-    let relay = Relay::start(Setup {
-        listeners: vec![Listen::Plain, Listen::Plain],
-        ..Default::default()
-    })
-    .await;
+    let relay = Relay::start(Setup::with_listeners(&[Listen::Plain, Listen::Plain])).await;
     for index in 0..2 {
-        let mut c = relay.connect(index).await;
-        c.ehlo().await;
+        let mut c = relay.connect_and_ehlo(index).await;
         let queued = send_mail(&mut c).await;
         let listener = relay.load(&queued).0.client.listener;
         assert_eq!(listener, relay.addrs[index].to_string());
@@ -808,8 +777,7 @@ async fn each_listener_is_named_in_the_envelope() {
 #[tokio::test]
 async fn shutdown_closes_idle_sessions_and_serve_returns() {
     let relay = Relay::start(Setup::default()).await;
-    let mut c = relay.connect(0).await;
-    c.ehlo().await;
+    let mut c = relay.connect_and_ehlo(0).await;
     relay.shutdown.send(true).unwrap();
     c.expect("421 4.3.2").await;
     c.closed().await;

@@ -75,6 +75,31 @@ impl Default for Scenario {
     }
 }
 
+impl Scenario {
+    /// The default message and envelope, with these outcomes.
+    fn with_outcomes(outcomes: Vec<Outcome>) -> Scenario {
+        Scenario {
+            outcomes,
+            ..Default::default()
+        }
+    }
+
+    /// The default failure, for a message submitted with `RET=ret`.
+    fn with_ret(ret: Ret) -> Scenario {
+        let mut s = Scenario::default();
+        s.envelope.ret = Some(ret);
+        s
+    }
+
+    /// The default failure, with an ENVID and an ORCPT to echo.
+    fn with_envid_and_orcpt() -> Scenario {
+        let mut s = Scenario::default();
+        s.envelope.envid = Some("QQ314159".into());
+        s.outcomes[0].rcpt.orcpt = Some(("rfc822".into(), "Bob@Example.NET".into()));
+        s
+    }
+}
+
 /// A built DSN: its envelope, its bytes, and accessors that read it back with mail-parser.
 struct Dsn {
     envelope: Envelope,
@@ -227,19 +252,14 @@ fn date_secs(value: &str) -> i64 {
 #[test]
 #[ignore]
 fn sample() {
-    let mut s = Scenario::default();
-    s.envelope.envid = Some("QQ314159".into());
-    s.outcomes[0].rcpt.orcpt = Some(("rfc822".into(), "Bob@Example.NET".into()));
+    let mut s = Scenario::with_envid_and_orcpt();
     s.outcomes.push(delayed("dave@example.org"));
     println!("{}", String::from_utf8_lossy(&s.dsn().raw));
 }
 
 #[test]
 fn failure_dsn_has_every_rfc3464_field() {
-    let mut s = Scenario::default();
-    s.envelope.envid = Some("QQ314159".into());
-    s.outcomes[0].rcpt.orcpt = Some(("rfc822".into(), "Bob@Example.NET".into()));
-    let dsn = s.dsn();
+    let dsn = Scenario::with_envid_and_orcpt().dsn();
 
     let msg = dsn.parsed();
     assert_eq!(msg.subject(), Some("Undelivered Mail Returned to Sender"));
@@ -314,18 +334,12 @@ fn null_sender_never_gets_a_dsn() {
 
 #[test]
 fn no_recipients_no_dsn() {
-    let s = Scenario {
-        outcomes: vec![],
-        ..Default::default()
-    };
-    assert!(s.build().is_none());
+    assert!(Scenario::with_outcomes(vec![]).build().is_none());
 }
 
 #[test]
 fn ret_full_returns_the_whole_message() {
-    let mut s = Scenario::default();
-    s.envelope.ret = Some(Ret::Full);
-    let dsn = s.dsn();
+    let dsn = Scenario::with_ret(Ret::Full).dsn();
     let (ctype, body) = dsn.returned();
     assert_eq!(ctype, "message/rfc822");
     assert_eq!(body, original_message(), "returned byte for byte");
@@ -346,9 +360,7 @@ fn no_ret_returns_the_whole_message_like_postfix() {
 
 #[test]
 fn ret_hdrs_returns_the_header_section_only() {
-    let mut s = Scenario::default();
-    s.envelope.ret = Some(Ret::Headers);
-    let dsn = s.dsn();
+    let dsn = Scenario::with_ret(Ret::Headers).dsn();
     let (ctype, body) = dsn.returned();
     assert_eq!(ctype, "text/rfc822-headers");
     let body = String::from_utf8(body).expect("ascii");
@@ -359,8 +371,7 @@ fn ret_hdrs_returns_the_header_section_only() {
 
 #[test]
 fn requiretls_message_never_returns_its_body() {
-    let mut s = Scenario::default();
-    s.envelope.ret = Some(Ret::Full);
+    let mut s = Scenario::with_ret(Ret::Full);
     s.envelope.requiretls = true;
     let dsn = s.dsn();
     assert_eq!(dsn.returned().0, "text/rfc822-headers");
@@ -432,11 +443,7 @@ fn several_recipients_in_one_dsn() {
 
 #[test]
 fn delay_warning() {
-    let s = Scenario {
-        outcomes: vec![delayed("bob@example.net")],
-        ..Default::default()
-    };
-    let dsn = s.dsn();
+    let dsn = Scenario::with_outcomes(vec![delayed("bob@example.net")]).dsn();
     assert_eq!(
         dsn.parsed().subject(),
         Some("Delayed Mail (still being retried)")
@@ -459,15 +466,15 @@ fn delay_warning() {
 
 #[test]
 fn success_report() {
-    let mut ok = failed("bob@example.net", 250, "2.0.0 Ok: queued as 4F2A");
-    ok.action = Action::Delivered;
-    let mut relayed = failed("carol@example.net", 250, "2.0.0 Ok");
-    relayed.action = Action::Relayed;
-    let s = Scenario {
-        outcomes: vec![ok, relayed],
-        ..Default::default()
+    let ok = Outcome {
+        action: Action::Delivered,
+        ..failed("bob@example.net", 250, "2.0.0 Ok: queued as 4F2A")
     };
-    let dsn = s.dsn();
+    let relayed = Outcome {
+        action: Action::Relayed,
+        ..failed("carol@example.net", 250, "2.0.0 Ok")
+    };
+    let dsn = Scenario::with_outcomes(vec![ok, relayed]).dsn();
     assert_eq!(
         dsn.parsed().subject(),
         Some("Successful Mail Delivery Report")
@@ -488,11 +495,7 @@ fn our_own_verdict_has_no_remote_mta() {
         "Domain nullmx.example does not accept mail (null MX)",
     );
     o.remote_mta = None;
-    let s = Scenario {
-        outcomes: vec![o],
-        ..Default::default()
-    };
-    let dsn = s.dsn();
+    let dsn = Scenario::with_outcomes(vec![o]).dsn();
     let r = &dsn.blocks()[1];
     assert_eq!(r.get("Remote-MTA"), None);
     assert_eq!(r.field("Status"), "5.1.10");
@@ -503,16 +506,12 @@ fn our_own_verdict_has_no_remote_mta() {
 
 #[test]
 fn line_breaks_in_a_remote_reply_cannot_inject_fields() {
-    let mut o = failed("bob@example.net", 550, "");
-    o.reply = Reply::from_remote(
+    let o = failed(
+        "bob@example.net",
         550,
         "5.7.1 rejected\r\nX-Injected: yes\r\n\r\nAction: delivered\nStatus: 2.0.0\r\n",
     );
-    let s = Scenario {
-        outcomes: vec![o],
-        ..Default::default()
-    };
-    let dsn = s.dsn();
+    let dsn = Scenario::with_outcomes(vec![o]).dsn();
     let blocks = dsn.blocks();
     assert_eq!(blocks.len(), 2, "no extra block was opened");
     let r = &blocks[1];
@@ -528,13 +527,8 @@ fn line_breaks_in_a_remote_reply_cannot_inject_fields() {
 
 #[test]
 fn very_long_replies_are_capped_and_lines_stay_short() {
-    let mut o = failed("bob@example.net", 550, "");
-    o.reply = Reply::from_remote(550, &format!("5.7.1 {}", "z".repeat(5000)));
-    let s = Scenario {
-        outcomes: vec![o],
-        ..Default::default()
-    };
-    let dsn = s.dsn();
+    let reply = format!("5.7.1 {}", "z".repeat(5000));
+    let dsn = Scenario::with_outcomes(vec![failed("bob@example.net", 550, &reply)]).dsn();
     let diag = dsn.blocks()[1].field("Diagnostic-Code").to_string();
     assert!(diag.len() < 1000, "{}", diag.len());
     assert!(diag.ends_with("..."));

@@ -5,6 +5,8 @@
 //! Its log (tracing, on stderr) is captured line by line so a test can wait for an event such as
 //! the delivery log line (DESIGN.md, "The delivery log line").
 
+use super::submit::{submit_ok, Submission};
+use super::WAIT;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -357,6 +359,17 @@ impl Relay {
             )
             .await;
         DeliveryLine::parse(&line).expect("parsed above")
+    }
+
+    /// Waits up to [`WAIT`] for the delivery log line of `recipient` with `status`, looking at
+    /// the whole log.
+    pub async fn delivery(&self, recipient: &str, status: &str) -> DeliveryLine {
+        self.wait_for_delivery(0, recipient, status, WAIT).await
+    }
+
+    /// Submits `s` to the relay's listener and asserts it was queued; returns the queue id.
+    pub async fn submit(&self, s: &Submission) -> String {
+        submit_ok(self.addr(), s).await
     }
 
     /// Every delivery log line so far.

@@ -3,42 +3,51 @@
 //! gets one (RFC 5321 §4.5.5).
 
 use crate::lab::dns::Zone;
+use crate::lab::relay::Relay;
 use crate::lab::smtp::Behaviour;
-use crate::lab::submit::{message, submit_ok, Submission};
+use crate::lab::submit::{message, Submission};
 use crate::lab::WAIT;
 use crate::support::{World, BOB, SENDER};
-use std::time::Duration;
 
 const BODY_MARK: &str = "unique-body-line-7f3a";
 
-fn mail_with_body(to: &str) -> Vec<u8> {
-    message(
-        SENDER,
-        to,
-        "dsn test",
-        &format!("first line\n{BODY_MARK}\n"),
-    )
+/// A message from [`SENDER`] to [`BOB`] whose body holds [`BODY_MARK`]; no recipients yet.
+fn marked_mail() -> Submission {
+    let body = format!("first line\n{BODY_MARK}\n");
+    Submission::new(SENDER, message(SENDER, BOB, "dsn test", &body))
+}
+
+/// An MX that refuses every recipient, permanently.
+fn no_such_user() -> Behaviour {
+    Behaviour::plain().rcpt_default("550 5.1.1 no such user")
+}
+
+/// The relay bounces `to` with `status` without connecting anywhere (`relay=none`), and the
+/// DSN reports it as failed with that status.
+async fn bounced_without_a_connection(w: &World, relay: &Relay, to: &str, status: &str) {
+    let d = relay.delivery(to, "bounced").await;
+    assert_eq!(d.field("relay"), Some("none"), "{}", d.line);
+    assert_eq!(d.field("dsn"), Some(status), "{}", d.line);
+    let b = w.bounce().await;
+    let r = b.recipient(to);
+    assert_eq!(r.must("Action"), "failed");
+    assert_eq!(r.must("Status"), status);
 }
 
 /// RCPT 550 → a complete RFC 3464 report: every required field, ENVID and ORCPT echoed,
 /// RET=HDRS honoured.
 #[tokio::test]
 async fn rcpt_550_bounces_with_a_complete_report() {
-    let w = World::new().await;
     let rejection = "550 5.1.1 <bob@example.test>: Recipient address rejected: User unknown";
-    let mx = w
-        .lab
-        .domain_with_mx("example.test", 3, Behaviour::plain().rcpt(BOB, rejection))
-        .await;
-    let relay = w.lab.relay().await;
+    let (w, mx, relay) = World::with_example_mx(Behaviour::plain().rcpt(BOB, rejection)).await;
 
-    let s = Submission::new(SENDER, mail_with_body(BOB))
+    let s = marked_mail()
         .param("RET=HDRS")
         .param("ENVID=lab+2Benvid-1")
         .rcpt_with(BOB, &["ORCPT=rfc822;Bob@Example.test"]);
-    let id = submit_ok(relay.addr(), &s).await;
+    let id = relay.submit(&s).await;
 
-    let d = relay.wait_for_delivery(0, BOB, "bounced", WAIT).await;
+    let d = relay.delivery(BOB, "bounced").await;
     assert_eq!(d.id, id);
     assert_eq!(d.field("dsn"), Some("5.1.1"), "{}", d.line);
     assert_eq!(d.reply, rejection, "{}", d.line);
@@ -88,20 +97,9 @@ async fn rcpt_550_bounces_with_a_complete_report() {
 /// RET=FULL returns the whole message as message/rfc822.
 #[tokio::test]
 async fn ret_full_returns_the_whole_message() {
-    let w = World::new().await;
-    let _mx = w
-        .lab
-        .domain_with_mx(
-            "example.test",
-            3,
-            Behaviour::plain().rcpt_default("550 5.1.1 no such user"),
-        )
-        .await;
-    let relay = w.lab.relay().await;
-    let s = Submission::new(SENDER, mail_with_body(BOB))
-        .param("RET=FULL")
-        .rcpt(BOB);
-    submit_ok(relay.addr(), &s).await;
+    let (w, _mx, relay) = World::with_example_mx(no_such_user()).await;
+    let s = marked_mail().param("RET=FULL").rcpt(BOB);
+    relay.submit(&s).await;
 
     let b = w.bounce().await;
     let (ty, returned) = b.returned.clone().expect("RET=FULL returns the message");
@@ -126,15 +124,8 @@ async fn null_mx_bounces_with_5_1_10() {
     w.lab.zone(Zone::new("nullmx.test").null_mx());
     let relay = w.lab.relay().await;
     let to = "bob@nullmx.test";
-    submit_ok(relay.addr(), &w.mail(to, "null mx")).await;
-
-    let d = relay.wait_for_delivery(0, to, "bounced", WAIT).await;
-    assert_eq!(d.field("relay"), Some("none"), "{}", d.line);
-    assert_eq!(d.field("dsn"), Some("5.1.10"), "{}", d.line);
-    let b = w.bounce().await;
-    let r = b.recipient(to);
-    assert_eq!(r.must("Action"), "failed");
-    assert_eq!(r.must("Status"), "5.1.10");
+    relay.submit(&w.mail(to, "null mx")).await;
+    bounced_without_a_connection(&w, &relay, to, "5.1.10").await;
 }
 
 /// A recipient domain that does not exist (NXDOMAIN from its authority): 5.1.2, bounced.
@@ -144,40 +135,24 @@ async fn nxdomain_bounces_with_5_1_2() {
     w.lab.zone(Zone::new("example.test")); // exists, but has no "gone.example.test"
     let relay = w.lab.relay().await;
     let to = "bob@gone.example.test";
-    submit_ok(relay.addr(), &w.mail(to, "nxdomain")).await;
-
-    let d = relay.wait_for_delivery(0, to, "bounced", WAIT).await;
-    assert_eq!(d.field("relay"), Some("none"), "{}", d.line);
-    assert_eq!(d.field("dsn"), Some("5.1.2"), "{}", d.line);
-    let b = w.bounce().await;
-    assert_eq!(b.recipient(to).must("Status"), "5.1.2");
-    assert_eq!(b.recipient(to).must("Action"), "failed");
+    relay.submit(&w.mail(to, "nxdomain")).await;
+    bounced_without_a_connection(&w, &relay, to, "5.1.2").await;
 }
 
 /// One recipient accepted, one refused: the first is delivered, the bounce names only the
 /// second.
 #[tokio::test]
 async fn mixed_recipients_bounce_only_the_refused_one() {
-    let w = World::new().await;
     let carol = "carol@example.test";
-    let mx = w
-        .lab
-        .domain_with_mx(
-            "example.test",
-            3,
-            Behaviour::plain().rcpt(carol, "550 5.1.1 <carol@example.test>: unknown"),
-        )
-        .await;
-    let relay = w.lab.relay().await;
-    let s = Submission::new(SENDER, mail_with_body(BOB))
-        .rcpt(BOB)
-        .rcpt(carol);
-    submit_ok(relay.addr(), &s).await;
+    let refuse_carol = Behaviour::plain().rcpt(carol, "550 5.1.1 <carol@example.test>: unknown");
+    let (w, mx, relay) = World::with_example_mx(refuse_carol).await;
+    let s = marked_mail().rcpt(BOB).rcpt(carol);
+    relay.submit(&s).await;
 
     let m = mx.next_message(WAIT).await;
     assert_eq!(m.rcpt_addresses(), vec![BOB]);
-    relay.wait_for_delivery(0, BOB, "sent", WAIT).await;
-    relay.wait_for_delivery(0, carol, "bounced", WAIT).await;
+    relay.delivery(BOB, "sent").await;
+    relay.delivery(carol, "bounced").await;
     let b = w.bounce().await;
     assert_eq!(b.per_recipient.len(), 1, "{:?}", b.per_recipient);
     assert_eq!(b.recipient(carol).must("Status"), "5.1.1");
@@ -187,31 +162,17 @@ async fn mixed_recipients_bounce_only_the_refused_one() {
 /// negative wait in the suite: after the failure is logged, nothing may arrive for a while.)
 #[tokio::test]
 async fn a_failed_message_from_the_null_sender_is_not_bounced() {
-    let w = World::new().await;
-    let _mx = w
-        .lab
-        .domain_with_mx(
-            "example.test",
-            3,
-            Behaviour::plain().rcpt_default("550 5.1.1 no such user"),
-        )
-        .await;
-    let relay = w.lab.relay().await;
+    let (w, _mx, relay) = World::with_example_mx(no_such_user()).await;
     let s = Submission::new(
         "",
         message("MAILER-DAEMON@sender.test", BOB, "a bounce", "x\n"),
     )
     .rcpt(BOB);
-    submit_ok(relay.addr(), &s).await;
+    relay.submit(&s).await;
 
-    let d = relay.wait_for_delivery(0, BOB, "bounced", WAIT).await;
-    assert!(
-        w.sender_mx
-            .try_next_message(Duration::from_secs(3))
-            .await
-            .is_none(),
-        "no DSN for a null-sender message"
-    );
+    let d = relay.delivery(BOB, "bounced").await;
+    w.no_bounce_arrives("no DSN for a null-sender message")
+        .await;
     let others: Vec<_> = relay
         .deliveries()
         .into_iter()
@@ -223,24 +184,10 @@ async fn a_failed_message_from_the_null_sender_is_not_bounced() {
 /// NOTIFY=NEVER: the failure is logged but the sender asked for no DSN (RFC 3461 §4.1).
 #[tokio::test]
 async fn notify_never_suppresses_the_bounce() {
-    let w = World::new().await;
-    let _mx = w
-        .lab
-        .domain_with_mx(
-            "example.test",
-            3,
-            Behaviour::plain().rcpt_default("550 5.1.1 no such user"),
-        )
+    let (w, _mx, relay) = World::with_example_mx(no_such_user()).await;
+    relay
+        .submit(&marked_mail().rcpt_with(BOB, &["NOTIFY=NEVER"]))
         .await;
-    let relay = w.lab.relay().await;
-    let s = Submission::new(SENDER, mail_with_body(BOB)).rcpt_with(BOB, &["NOTIFY=NEVER"]);
-    submit_ok(relay.addr(), &s).await;
-    relay.wait_for_delivery(0, BOB, "bounced", WAIT).await;
-    assert!(
-        w.sender_mx
-            .try_next_message(Duration::from_secs(3))
-            .await
-            .is_none(),
-        "NOTIFY=NEVER: no DSN"
-    );
+    relay.delivery(BOB, "bounced").await;
+    w.no_bounce_arrives("NOTIFY=NEVER: no DSN").await;
 }

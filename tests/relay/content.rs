@@ -3,7 +3,7 @@
 //! be relayed to a DSN-capable next hop (RFC 3461 §4.1–4.4) and only to one.
 
 use crate::lab::smtp::Behaviour;
-use crate::lab::submit::{submit_ok, Submission};
+use crate::lab::submit::{message, Submission};
 use crate::lab::WAIT;
 use crate::support::{World, BOB, SENDER};
 
@@ -11,12 +11,7 @@ use crate::support::{World, BOB, SENDER};
 /// lines starting with '.' are dot-stuffed on the wire.
 #[tokio::test]
 async fn content_is_preserved_byte_for_byte() {
-    let w = World::new().await;
-    let mx = w
-        .lab
-        .domain_with_mx("example.test", 3, Behaviour::plain())
-        .await;
-    let relay = w.lab.relay().await;
+    let (_w, mx, relay) = World::with_example_mx(Behaviour::plain()).await;
 
     let mut data = format!(
         "From: <{SENDER}>\r\nTo: <{BOB}>\r\nSubject: exact\r\nMIME-Version: 1.0\r\n\
@@ -30,7 +25,7 @@ async fn content_is_preserved_byte_for_byte() {
     let s = Submission::new(SENDER, data.clone())
         .param("BODY=8BITMIME")
         .rcpt(BOB);
-    submit_ok(relay.addr(), &s).await;
+    relay.submit(&s).await;
 
     let m = mx.next_message(WAIT).await;
     assert_eq!(m.mail_param("BODY"), Some("8BITMIME"));
@@ -57,12 +52,7 @@ async fn content_is_preserved_byte_for_byte() {
 /// RET, ENVID, NOTIFY and ORCPT reach a next hop that advertises DSN, xtext intact.
 #[tokio::test]
 async fn dsn_parameters_are_relayed_to_a_dsn_capable_mx() {
-    let w = World::new().await;
-    let mx = w
-        .lab
-        .domain_with_mx("example.test", 3, Behaviour::plain())
-        .await;
-    let relay = w.lab.relay().await;
+    let (w, mx, relay) = World::with_example_mx(Behaviour::plain()).await;
     let s = w
         .mail(BOB, "dsn params")
         .param("RET=HDRS")
@@ -77,7 +67,7 @@ async fn dsn_parameters_are_relayed_to_a_dsn_capable_mx() {
         )],
         ..s
     };
-    submit_ok(relay.addr(), &s).await;
+    relay.submit(&s).await;
 
     let m = mx.next_message(WAIT).await;
     assert_eq!(m.mail_param("RET"), Some("HDRS"), "{:?}", m.mail_params);
@@ -106,21 +96,13 @@ async fn dsn_parameters_are_relayed_to_a_dsn_capable_mx() {
 /// RFC 3461 §4: DSN parameters go only to a server that advertised DSN.
 #[tokio::test]
 async fn dsn_parameters_are_not_sent_to_an_mx_without_dsn() {
-    let w = World::new().await;
-    let mx = w
-        .lab
-        .domain_with_mx(
-            "example.test",
-            3,
-            Behaviour::plain().extensions(|e| e.dsn = false),
-        )
-        .await;
-    let relay = w.lab.relay().await;
-    let s = Submission::new(SENDER, crate::lab::submit::message(SENDER, BOB, "x", "y\n"))
+    let no_dsn = Behaviour::plain().extensions(|e| e.dsn = false);
+    let (_w, mx, relay) = World::with_example_mx(no_dsn).await;
+    let s = Submission::new(SENDER, message(SENDER, BOB, "x", "y\n"))
         .param("RET=HDRS")
         .param("ENVID=e1")
         .rcpt_with(BOB, &["NOTIFY=FAILURE", "ORCPT=rfc822;bob@example.test"]);
-    submit_ok(relay.addr(), &s).await;
+    relay.submit(&s).await;
     let m = mx.next_message(WAIT).await;
     for p in ["RET", "ENVID"] {
         assert!(m.mail_param(p).is_none(), "{:?}", m.mail_params);

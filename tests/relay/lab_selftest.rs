@@ -6,24 +6,37 @@ use crate::lab::smtp::{server_tls_config, Behaviour};
 use crate::lab::submit::{message, submit, Submission};
 use crate::lab::{Lab, WAIT};
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig};
+use hickory_resolver::lookup::Lookup;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{RData, RecordType};
-use hickory_resolver::Resolver;
-use std::net::SocketAddr;
+use hickory_resolver::{Resolver, ResolverBuilder};
+use std::net::{Ipv4Addr, SocketAddr};
 
+/// A resolver that asks only `server` (UDP, then TCP), never /etc/hosts, and caches nothing.
 fn resolver(server: SocketAddr) -> Resolver<TokioRuntimeProvider> {
-    let mut udp = ConnectionConfig::udp();
-    udp.port = server.port();
-    let mut tcp = ConnectionConfig::tcp();
-    tcp.port = server.port();
-    let ns = NameServerConfig::new(server.ip(), true, vec![udp, tcp]);
+    let mut builder = resolver_over(
+        server,
+        vec![ConnectionConfig::udp(), ConnectionConfig::tcp()],
+    );
+    builder.options_mut().cache_size = 0;
+    builder.build().unwrap()
+}
+
+/// A resolver builder that asks only `server` over each of `connections`, never /etc/hosts.
+fn resolver_over(
+    server: SocketAddr,
+    mut connections: Vec<ConnectionConfig>,
+) -> ResolverBuilder<TokioRuntimeProvider> {
+    for c in &mut connections {
+        c.port = server.port();
+    }
+    let ns = NameServerConfig::new(server.ip(), true, connections);
     let config = ResolverConfig::from_parts(None, vec![], vec![ns]);
     let mut builder = Resolver::builder_with_config(config, TokioRuntimeProvider::default());
     builder.options_mut().use_hosts_file = ResolveHosts::Never;
-    builder.options_mut().cache_size = 0;
-    builder.build().unwrap()
+    builder
 }
 
 fn code(e: &NetError) -> Option<ResponseCode> {
@@ -32,6 +45,34 @@ fn code(e: &NetError) -> Option<ResponseCode> {
         NetError::Dns(DnsError::NoRecordsFound(nr)) => Some(nr.response_code),
         _ => None,
     }
+}
+
+/// Asserts that `query`, a name and a record type such as `"example.test. MX"`, fails with the
+/// response code `expected`.
+async fn fails_with(r: &Resolver<TokioRuntimeProvider>, query: &str, expected: ResponseCode) {
+    let (name, rtype) = query.split_once(' ').expect("name and type");
+    let rtype: RecordType = rtype.parse().expect("a record type");
+    let e = r.lookup(name, rtype).await.unwrap_err();
+    assert_eq!(code(&e), Some(expected), "{e:?}");
+}
+
+/// Whether `lookup` answers with the A record `ip`.
+fn has_a(lookup: &Lookup, ip: Ipv4Addr) -> bool {
+    lookup
+        .answers()
+        .iter()
+        .any(|rec| matches!(&rec.data, RData::A(a) if a.0 == ip))
+}
+
+/// Connects to `addr` and reads the first line the server sends.
+async fn first_line(addr: SocketAddr) -> String {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut r = tokio::io::BufReader::new(stream);
+    let mut line = String::new();
+    tokio::io::AsyncBufReadExt::read_line(&mut r, &mut line)
+        .await
+        .unwrap();
+    line
 }
 
 #[tokio::test]
@@ -68,10 +109,7 @@ async fn lab_dns_answers_like_an_authority() {
     );
 
     let a = r.lookup("mx1.example.test.", RecordType::A).await.unwrap();
-    assert!(a
-        .answers()
-        .iter()
-        .any(|rec| matches!(&rec.data, RData::A(ip) if ip.0 == lab.ip(2))));
+    assert!(has_a(&a, lab.ip(2)));
     let aaaa = r
         .lookup("mx1.example.test.", RecordType::AAAA)
         .await
@@ -86,10 +124,7 @@ async fn lab_dns_answers_like_an_authority() {
         .lookup("alias.example.test.", RecordType::A)
         .await
         .unwrap();
-    assert!(alias
-        .answers()
-        .iter()
-        .any(|rec| matches!(&rec.data, RData::A(ip) if ip.0 == lab.ip(2))));
+    assert!(has_a(&alias, lab.ip(2)));
 
     let null = r.lookup("nullmx.test.", RecordType::MX).await.unwrap();
     assert!(
@@ -97,33 +132,16 @@ async fn lab_dns_answers_like_an_authority() {
     );
 
     // A name inside a zone that does not exist: NXDOMAIN.
-    let e = r
-        .lookup("nosuch.example.test.", RecordType::MX)
-        .await
-        .unwrap_err();
-    assert_eq!(code(&e), Some(ResponseCode::NXDomain), "{e:?}");
+    fails_with(&r, "nosuch.example.test. MX", ResponseCode::NXDomain).await;
     // A name that exists with no MX: NOERROR, no records.
-    let e = r
-        .lookup("mx1.example.test.", RecordType::MX)
-        .await
-        .unwrap_err();
-    assert_eq!(code(&e), Some(ResponseCode::NoError), "{e:?}");
+    fails_with(&r, "mx1.example.test. MX", ResponseCode::NoError).await;
     // A name under no zone: REFUSED.
-    let e = r
-        .lookup("elsewhere.test.", RecordType::MX)
-        .await
-        .unwrap_err();
-    assert_eq!(code(&e), Some(ResponseCode::Refused), "{e:?}");
+    fails_with(&r, "elsewhere.test. MX", ResponseCode::Refused).await;
 
     // SERVFAIL on demand, and healed.
     lab.dns.servfail("example.test");
-    let e = r.lookup("example.test.", RecordType::MX).await.unwrap_err();
-    assert_eq!(code(&e), Some(ResponseCode::ServFail), "{e:?}");
-    let e = r
-        .lookup("mx1.example.test.", RecordType::A)
-        .await
-        .unwrap_err();
-    assert_eq!(code(&e), Some(ResponseCode::ServFail), "{e:?}");
+    fails_with(&r, "example.test. MX", ResponseCode::ServFail).await;
+    fails_with(&r, "mx1.example.test. A", ResponseCode::ServFail).await;
     lab.dns.heal("example.test");
     assert!(r.lookup("example.test.", RecordType::MX).await.is_ok());
 
@@ -132,8 +150,7 @@ async fn lab_dns_answers_like_an_authority() {
     let mx = r.lookup("example.test.", RecordType::MX).await.unwrap();
     assert_eq!(mx.answers().len(), 1);
     lab.dns.remove_zone("example.test");
-    let e = r.lookup("example.test.", RecordType::MX).await.unwrap_err();
-    assert_eq!(code(&e), Some(ResponseCode::Refused), "{e:?}");
+    fails_with(&r, "example.test. MX", ResponseCode::Refused).await;
     assert!(lab.dns.queries().iter().any(|q| q == "example.test. MX"));
 }
 
@@ -141,13 +158,9 @@ async fn lab_dns_answers_like_an_authority() {
 async fn lab_dns_answers_over_tcp() {
     let lab = Lab::new().await;
     lab.zone(Zone::new("example.test").a("a.example.test", lab.ip(9)));
-    let mut tcp = ConnectionConfig::tcp();
-    tcp.port = lab.dns.addr().port();
-    let ns = NameServerConfig::new(lab.dns.addr().ip(), true, vec![tcp]);
-    let config = ResolverConfig::from_parts(None, vec![], vec![ns]);
-    let mut builder = Resolver::builder_with_config(config, TokioRuntimeProvider::default());
-    builder.options_mut().use_hosts_file = ResolveHosts::Never;
-    let r = builder.build().unwrap();
+    let r = resolver_over(lab.dns.addr(), vec![ConnectionConfig::tcp()])
+        .build()
+        .unwrap();
     let a = r.lookup("a.example.test.", RecordType::A).await.unwrap();
     assert_eq!(a.answers().len(), 1);
 }
@@ -210,13 +223,7 @@ async fn lab_smtp_scripted_refusals() {
         message("a@sender.test", "b@x.test", "s", "b"),
     )
     .rcpt("b@x.test");
-    let stream = tokio::net::TcpStream::connect(mx.addr()).await.unwrap();
-    let mut r = tokio::io::BufReader::new(stream);
-    let mut line = String::new();
-    tokio::io::AsyncBufReadExt::read_line(&mut r, &mut line)
-        .await
-        .unwrap();
-    assert!(line.starts_with("421"));
+    assert!(first_line(mx.addr()).await.starts_with("421"));
 
     mx.set_behaviour(Behaviour::plain().mail("451 4.3.0 try later"));
     let t = submit(mx.addr(), &s).await;
@@ -313,12 +320,6 @@ async fn lab_smtp_slow_greeting() {
     let delay = std::time::Duration::from_millis(300);
     let mx = lab.mx(2, Behaviour::plain().slow(delay)).await;
     let start = std::time::Instant::now();
-    let stream = tokio::net::TcpStream::connect(mx.addr()).await.unwrap();
-    let mut r = tokio::io::BufReader::new(stream);
-    let mut line = String::new();
-    tokio::io::AsyncBufReadExt::read_line(&mut r, &mut line)
-        .await
-        .unwrap();
-    assert!(line.starts_with("220"));
+    assert!(first_line(mx.addr()).await.starts_with("220"));
     assert!(start.elapsed() >= delay);
 }

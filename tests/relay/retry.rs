@@ -1,26 +1,45 @@
 //! Temporary failures are retried (with the lab's short backoff) and survive a restart; a
 //! message that outlives `queue.max_lifetime` bounces as expired.
 
-use crate::lab::dns::Zone;
-use crate::lab::smtp::Behaviour;
-use crate::lab::submit::submit_ok;
+use crate::lab::relay::Relay;
+use crate::lab::smtp::{Behaviour, SmtpServer};
 use crate::lab::WAIT;
 use crate::support::{World, BOB};
+
+/// An MX that defers every recipient.
+fn try_again_later() -> Behaviour {
+    Behaviour::plain().rcpt_default("451 4.3.0 try again later")
+}
+
+/// Submits a message to [`BOB`] and waits until the relay has deferred it; the queue id.
+async fn submit_deferred(w: &World, relay: &Relay, subject: &str) -> String {
+    let id = relay.submit(&w.mail(BOB, subject)).await;
+    relay.delivery(BOB, "deferred").await;
+    id
+}
+
+/// With the relay stopped, lets `mx` accept again, starts the next relay process and checks
+/// that it delivers message `id`.
+async fn next_process_delivers(relay: &mut Relay, mx: &SmtpServer, id: &str) {
+    mx.set(|b| b.rcpt_default = None);
+    let mark = relay.log_mark();
+    relay.start_again().await;
+    mx.next_message(WAIT).await;
+    let d = relay.wait_for_delivery(mark, BOB, "sent", WAIT).await;
+    assert_eq!(d.id, id, "the same queued message");
+}
 
 /// A SERVFAIL from the recipient domain's DNS is temporary: deferred with relay=none and a
 /// 4.x.x status, then delivered once the DNS answers again.
 #[tokio::test]
 async fn servfail_defers_and_delivers_once_dns_recovers() {
     let w = World::new().await;
-    let mx = w
-        .lab
-        .domain_with_mx("example.test", 3, Behaviour::plain())
-        .await;
+    let mx = w.example_mx(Behaviour::plain()).await;
     w.lab.dns.servfail("example.test");
     let relay = w.lab.relay().await;
-    let id = submit_ok(relay.addr(), &w.mail(BOB, "servfail")).await;
+    let id = relay.submit(&w.mail(BOB, "servfail")).await;
 
-    let d = relay.wait_for_delivery(0, BOB, "deferred", WAIT).await;
+    let d = relay.delivery(BOB, "deferred").await;
     assert_eq!(d.id, id);
     assert_eq!(d.field("relay"), Some("none"), "{}", d.line);
     assert!(d.field("dsn").unwrap().starts_with("4."), "{}", d.line);
@@ -28,12 +47,9 @@ async fn servfail_defers_and_delivers_once_dns_recovers() {
 
     w.lab.dns.heal("example.test");
     mx.next_message(WAIT).await;
-    let d = relay.wait_for_delivery(0, BOB, "sent", WAIT).await;
+    let d = relay.delivery(BOB, "sent").await;
     assert_eq!(d.id, id);
-    assert!(
-        w.sender_mx.messages().is_empty(),
-        "no bounce for a temporary failure"
-    );
+    w.no_bounce_yet("no bounce for a temporary failure");
 }
 
 /// A domain no name server answers for (REFUSED) is a resolver problem, not a missing
@@ -43,8 +59,8 @@ async fn a_refused_lookup_is_temporary() {
     let w = World::new().await;
     let relay = w.lab.relay().await;
     let to = "bob@unserved.test";
-    submit_ok(relay.addr(), &w.mail(to, "refused")).await;
-    let d = relay.wait_for_delivery(0, to, "deferred", WAIT).await;
+    relay.submit(&w.mail(to, "refused")).await;
+    let d = relay.delivery(to, "deferred").await;
     assert!(d.field("dsn").unwrap().starts_with("4."), "{}", d.line);
 
     // And once the zone is served, it is delivered.
@@ -53,51 +69,36 @@ async fn a_refused_lookup_is_temporary() {
         .domain_with_mx("unserved.test", 3, Behaviour::plain())
         .await;
     mx.next_message(WAIT).await;
-    relay.wait_for_delivery(0, to, "sent", WAIT).await;
+    relay.delivery(to, "sent").await;
 }
 
 /// RCPT 4xx: deferred with the remote reply, delivered on a later attempt.
 #[tokio::test]
 async fn rcpt_4xx_is_retried_until_accepted() {
-    let w = World::new().await;
     let busy = "450 4.2.0 <bob@example.test>: mailbox busy";
-    let mx = w
-        .lab
-        .domain_with_mx("example.test", 3, Behaviour::plain().rcpt(BOB, busy))
-        .await;
-    let relay = w.lab.relay().await;
-    let id = submit_ok(relay.addr(), &w.mail(BOB, "retry")).await;
+    let (w, mx, relay) = World::with_example_mx(Behaviour::plain().rcpt(BOB, busy)).await;
+    let id = relay.submit(&w.mail(BOB, "retry")).await;
 
-    let d = relay.wait_for_delivery(0, BOB, "deferred", WAIT).await;
+    let d = relay.delivery(BOB, "deferred").await;
     assert_eq!(d.field("dsn"), Some("4.2.0"), "{}", d.line);
     assert_eq!(d.reply, busy, "{}", d.line);
 
     mx.set(|b| b.rcpt_replies.clear());
     let m = mx.next_message(WAIT).await;
     assert_eq!(m.rcpt_addresses(), vec![BOB]);
-    assert_eq!(relay.wait_for_delivery(0, BOB, "sent", WAIT).await.id, id);
-    assert!(
-        w.sender_mx.messages().is_empty(),
-        "no bounce for a temporary failure"
-    );
+    assert_eq!(relay.delivery(BOB, "sent").await.id, id);
+    w.no_bounce_yet("no bounce for a temporary failure");
 }
 
 /// A connection lost in the middle of DATA is a temporary failure; the retry delivers the
 /// message once (the receiver never acknowledged the first copy).
 #[tokio::test]
 async fn a_connection_dropped_mid_data_is_retried() {
-    let w = World::new().await;
-    let mx = w
-        .lab
-        .domain_with_mx("example.test", 3, Behaviour::plain().drop_mid_data())
-        .await;
-    let relay = w.lab.relay().await;
-    submit_ok(relay.addr(), &w.mail(BOB, "dropped")).await;
-
-    relay.wait_for_delivery(0, BOB, "deferred", WAIT).await;
+    let (w, mx, relay) = World::with_example_mx(Behaviour::plain().drop_mid_data()).await;
+    submit_deferred(&w, &relay, "dropped").await;
     mx.set(|b| b.drop_mid_data = false);
     mx.next_message(WAIT).await;
-    relay.wait_for_delivery(0, BOB, "sent", WAIT).await;
+    relay.delivery(BOB, "sent").await;
     assert_eq!(mx.messages().len(), 1);
 }
 
@@ -106,22 +107,13 @@ async fn a_connection_dropped_mid_data_is_retried() {
 #[tokio::test]
 async fn a_message_past_max_lifetime_expires_and_bounces() {
     let w = World::new().await;
-    let _mx = w
-        .lab
-        .domain_with_mx(
-            "example.test",
-            3,
-            Behaviour::plain().rcpt_default("451 4.3.0 try again later"),
-        )
-        .await;
+    let _mx = w.example_mx(try_again_later()).await;
     let relay = w
         .lab
         .start_relay(w.lab.relay_config().max_lifetime("3s"))
         .await;
-    submit_ok(relay.addr(), &w.mail(BOB, "expiring")).await;
-
-    relay.wait_for_delivery(0, BOB, "deferred", WAIT).await;
-    let d = relay.wait_for_delivery(0, BOB, "expired", WAIT).await;
+    submit_deferred(&w, &relay, "expiring").await;
+    let d = relay.delivery(BOB, "expired").await;
     assert!(
         d.field("dsn").unwrap().starts_with("4."),
         "the last status stays 4.x.x: {}",
@@ -144,56 +136,20 @@ async fn a_message_past_max_lifetime_expires_and_bounces() {
 /// (SIGTERM, fix the MX, start again).
 #[tokio::test]
 async fn a_restarted_relay_resumes_a_deferred_message() {
-    let w = World::new().await;
-    let mx = w
-        .lab
-        .domain_with_mx(
-            "example.test",
-            3,
-            Behaviour::plain().rcpt_default("451 4.3.0 try again later"),
-        )
-        .await;
-    let mut relay = w.lab.relay().await;
-    let id = submit_ok(relay.addr(), &w.mail(BOB, "restart")).await;
-    relay.wait_for_delivery(0, BOB, "deferred", WAIT).await;
+    let (w, mx, mut relay) = World::with_example_mx(try_again_later()).await;
+    let id = submit_deferred(&w, &relay, "restart").await;
 
     let status = relay.stop().await.expect("was running");
     assert!(status.success(), "clean exit on SIGTERM: {status}");
-    mx.set(|b| b.rcpt_default = None);
-    let mark = relay.log_mark();
-    relay.start_again().await;
-
-    mx.next_message(WAIT).await;
-    let d = relay.wait_for_delivery(mark, BOB, "sent", WAIT).await;
-    assert_eq!(d.id, id, "the same queued message");
+    next_process_delivers(&mut relay, &mx, &id).await;
 }
 
 /// After SIGKILL (a crash) an accepted message is still delivered by the next process.
 #[tokio::test]
 async fn an_accepted_message_survives_a_crash() {
-    let w = World::new().await;
-    w.lab.zone(
-        Zone::new("example.test")
-            .mx(10, "mx.example.test")
-            .a("mx.example.test", w.lab.ip(3)),
-    );
-    let mx = w
-        .lab
-        .mx(
-            3,
-            Behaviour::plain().rcpt_default("451 4.3.0 try again later"),
-        )
-        .await;
-    let mut relay = w.lab.relay().await;
-    let id = submit_ok(relay.addr(), &w.mail(BOB, "crash")).await;
-    relay.wait_for_delivery(0, BOB, "deferred", WAIT).await;
+    let (w, mx, mut relay) = World::with_example_mx(try_again_later()).await;
+    let id = submit_deferred(&w, &relay, "crash").await;
+
     relay.kill();
-    mx.set(|b| b.rcpt_default = None);
-    let mark = relay.log_mark();
-    relay.start_again().await;
-    mx.next_message(WAIT).await;
-    assert_eq!(
-        relay.wait_for_delivery(mark, BOB, "sent", WAIT).await.id,
-        id
-    );
+    next_process_delivers(&mut relay, &mx, &id).await;
 }

@@ -3,29 +3,43 @@
 //! (DESIGN.md, "The delivery log line").
 
 use crate::lab::dns::Zone;
+use crate::lab::relay::DeliveryLine;
 use crate::lab::smtp::Behaviour;
-use crate::lab::submit::submit_ok;
 use crate::lab::WAIT;
 use crate::support::{World, BOB};
+
+/// The delivery line names `mx2.example.test` as the host that took the mail.
+fn assert_relayed_by_mx2(d: &DeliveryLine) {
+    assert!(
+        d.field("relay").unwrap().starts_with("mx2.example.test["),
+        "{}",
+        d.line
+    );
+}
+
+/// `example.test` with two MX hosts: `mx1.example.test` (preference 10) at the lab host `mx1`
+/// and `mx2.example.test` (preference 20) at the lab host `mx2`.
+fn two_mx_hosts(w: &World, mx1: u8, mx2: u8) -> Zone {
+    Zone::new("example.test")
+        .mx(10, "mx1.example.test")
+        .mx(20, "mx2.example.test")
+        .a("mx1.example.test", w.lab.ip(mx1))
+        .a("mx2.example.test", w.lab.ip(mx2))
+}
 
 /// The basic path, and the log line's contract: `ID: to=<…>, relay=host[ip]:port, delay=…,
 /// tls=…, …, dsn=2.0.0, status=sent (250 …)`, with the remote reply last.
 #[tokio::test]
 async fn delivers_to_the_mx_and_logs_the_delivery_line() {
-    let w = World::new().await;
-    let mx = w
-        .lab
-        .domain_with_mx("example.test", 3, Behaviour::plain())
-        .await;
-    let relay = w.lab.relay().await;
+    let (w, mx, relay) = World::with_example_mx(Behaviour::plain()).await;
 
-    let id = submit_ok(relay.addr(), &w.mail(BOB, "basic")).await;
+    let id = relay.submit(&w.mail(BOB, "basic")).await;
     let m = mx.next_message(WAIT).await;
     assert_eq!(m.mail_from, crate::support::SENDER);
     assert_eq!(m.rcpt_addresses(), vec![BOB]);
     assert!(m.tls.is_none());
 
-    let d = relay.wait_for_delivery(0, BOB, "sent", WAIT).await;
+    let d = relay.delivery(BOB, "sent").await;
     assert_eq!(
         d.id, id,
         "the log line starts with the queue id: {}",
@@ -82,9 +96,7 @@ async fn tries_the_most_preferred_mx_first() {
     let mx2 = w.lab.mx(4, Behaviour::plain()).await;
     let relay = w.lab.relay().await;
 
-    submit_ok(relay.addr(), &w.mail(BOB, "preference")).await;
-    mx1.next_message(WAIT).await;
-    relay.wait_for_delivery(0, BOB, "sent", WAIT).await;
+    w.deliver(&relay, "preference", &mx1).await;
     assert_eq!(
         mx2.connections(),
         0,
@@ -97,37 +109,19 @@ async fn tries_the_most_preferred_mx_first() {
 #[tokio::test]
 async fn falls_back_when_the_first_mx_refuses_connections() {
     let w = World::new().await;
-    w.lab.zone(
-        Zone::new("example.test")
-            .mx(10, "mx1.example.test")
-            .mx(20, "mx2.example.test")
-            .a("mx1.example.test", w.lab.ip(9)) // nothing listens there
-            .a("mx2.example.test", w.lab.ip(4)),
-    );
+    w.lab.zone(two_mx_hosts(&w, 9, 4)); // nothing listens on the lab host 9
     let mx2 = w.lab.mx(4, Behaviour::plain()).await;
     let relay = w.lab.relay().await;
 
-    submit_ok(relay.addr(), &w.mail(BOB, "fallback")).await;
-    mx2.next_message(WAIT).await;
-    let d = relay.wait_for_delivery(0, BOB, "sent", WAIT).await;
-    assert!(
-        d.field("relay").unwrap().starts_with("mx2.example.test["),
-        "{}",
-        d.line
-    );
+    let (_, d) = w.deliver(&relay, "fallback", &mx2).await;
+    assert_relayed_by_mx2(&d);
 }
 
 /// A 4xx greeting is a temporary refusal of that host only: the next MX takes the mail.
 #[tokio::test]
 async fn falls_back_when_the_first_mx_greets_with_4xx() {
     let w = World::new().await;
-    w.lab.zone(
-        Zone::new("example.test")
-            .mx(10, "mx1.example.test")
-            .mx(20, "mx2.example.test")
-            .a("mx1.example.test", w.lab.ip(3))
-            .a("mx2.example.test", w.lab.ip(4)),
-    );
+    w.lab.zone(two_mx_hosts(&w, 3, 4));
     let mx1 = w
         .lab
         .mx(3, Behaviour::plain().greeting("421 4.3.2 mx1 is busy"))
@@ -135,15 +129,9 @@ async fn falls_back_when_the_first_mx_greets_with_4xx() {
     let mx2 = w.lab.mx(4, Behaviour::plain()).await;
     let relay = w.lab.relay().await;
 
-    submit_ok(relay.addr(), &w.mail(BOB, "busy first")).await;
-    mx2.next_message(WAIT).await;
+    let (_, d) = w.deliver(&relay, "busy first", &mx2).await;
     assert!(mx1.connections() >= 1, "the preferred MX was tried first");
-    let d = relay.wait_for_delivery(0, BOB, "sent", WAIT).await;
-    assert!(
-        d.field("relay").unwrap().starts_with("mx2.example.test["),
-        "{}",
-        d.line
-    );
+    assert_relayed_by_mx2(&d);
 }
 
 /// RFC 5321 §5.1: no MX records → the domain's own address is the single, implicit MX.
@@ -155,9 +143,7 @@ async fn uses_the_domains_address_when_there_is_no_mx() {
     let mx = w.lab.mx(3, Behaviour::plain()).await;
     let relay = w.lab.relay().await;
 
-    submit_ok(relay.addr(), &w.mail(BOB, "implicit mx")).await;
-    mx.next_message(WAIT).await;
-    let d = relay.wait_for_delivery(0, BOB, "sent", WAIT).await;
+    let (_, d) = w.deliver(&relay, "implicit mx", &mx).await;
     assert_eq!(
         d.field("relay"),
         Some(format!("example.test[{}]:{}", w.lab.ip(3), w.lab.port()).as_str()),
@@ -170,10 +156,7 @@ async fn uses_the_domains_address_when_there_is_no_mx() {
 #[tokio::test]
 async fn a_static_route_bypasses_the_mx() {
     let w = World::new().await;
-    let mx = w
-        .lab
-        .domain_with_mx("example.test", 3, Behaviour::plain())
-        .await;
+    let mx = w.example_mx(Behaviour::plain()).await;
     let hop = w.lab.smtp_elsewhere(7, Behaviour::plain()).await;
     let next_hop = format!("[{}]:{}", hop.addr().ip(), hop.addr().port());
     let relay = w
@@ -181,10 +164,8 @@ async fn a_static_route_bypasses_the_mx() {
         .start_relay(w.lab.relay_config().route("example.test", &next_hop))
         .await;
 
-    submit_ok(relay.addr(), &w.mail(BOB, "routed")).await;
-    let m = hop.next_message(WAIT).await;
+    let (m, d) = w.deliver(&relay, "routed", &hop).await;
     assert_eq!(m.rcpt_addresses(), vec![BOB]);
-    let d = relay.wait_for_delivery(0, BOB, "sent", WAIT).await;
     assert!(
         d.field("relay").unwrap().ends_with(&format!(
             "[{}]:{}",
@@ -209,17 +190,15 @@ async fn uses_starttls_opportunistically() {
     let w = World::new().await;
     let (cert, key) = w.lab.ca.issue(&["mx.example.test"]);
     let behaviour = Behaviour::plain().starttls(&cert, &key);
-    let mx = w.lab.domain_with_mx("example.test", 3, behaviour).await;
+    let mx = w.example_mx(behaviour).await;
     let relay = w.lab.relay().await;
 
-    submit_ok(relay.addr(), &w.mail(BOB, "tls")).await;
-    let m = mx.next_message(WAIT).await;
+    let (m, d) = w.deliver(&relay, "tls", &mx).await;
     let tls = m.tls.expect("the message came over TLS");
     assert!(
         tls.version == "TLSv1_3" || tls.version == "TLSv1_2",
         "{tls:?}"
     );
-    let d = relay.wait_for_delivery(0, BOB, "sent", WAIT).await;
     assert_eq!(d.field("tls"), Some("unverified"), "{}", d.line);
     let version = d
         .field("tls_version")
@@ -244,9 +223,7 @@ async fn reaches_an_mx_host_over_ipv6() {
     let mx = w.lab.mx_v6(Behaviour::plain()).await;
     let relay = w.lab.relay().await;
 
-    submit_ok(relay.addr(), &w.mail(BOB, "ipv6")).await;
-    mx.next_message(WAIT).await;
-    let d = relay.wait_for_delivery(0, BOB, "sent", WAIT).await;
+    let (_, d) = w.deliver(&relay, "ipv6", &mx).await;
     assert_eq!(
         d.field("relay"),
         Some(format!("mx6.example.test[::1]:{}", w.lab.port()).as_str()),
