@@ -125,6 +125,10 @@ pub struct DnsConfig {
     /// Time for one query before it counts as a temporary failure.
     #[serde(default = "default_dns_timeout", deserialize_with = "duration")]
     pub timeout: Duration,
+    /// DNS responses kept in memory (within their TTLs). Every message looks up MX, address and
+    /// `_mta-sts` records of its domain; a relay serving many domains wants room for them all.
+    #[serde(default = "default_dns_cache_size")]
+    pub cache_size: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -303,6 +307,9 @@ fn default_dnssec() -> DnssecMode {
 fn default_dns_timeout() -> Duration {
     Duration::from_secs(10)
 }
+fn default_dns_cache_size() -> u64 {
+    32_768
+}
 fn default_smtp_port() -> u16 {
     25
 }
@@ -352,6 +359,7 @@ impl Default for DnsConfig {
             dnssec: default_dnssec(),
             trust_anchor_file: None,
             timeout: default_dns_timeout(),
+            cache_size: default_dns_cache_size(),
         }
     }
 }

@@ -1,9 +1,11 @@
 //! The `mxguard` command line. Thin: every command calls the library.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use mxguard::config::Config;
+use mxguard::control::{self, ClientError, PolicyAction, Reply, Request};
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 
 #[derive(Parser)]
@@ -40,6 +42,31 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Show, refresh or forget a domain's cached MTA-STS policy: through the running daemon's
+    /// control socket, or directly in the cache when no daemon runs.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// What is cached for the domain, and why.
+    Show(PolicyArgs),
+    /// Fetch the domain's policy now, whatever the cache holds; print it, then the cache.
+    Refresh(PolicyArgs),
+    /// Drop everything cached for the domain.
+    Forget(PolicyArgs),
+}
+
+#[derive(Args)]
+struct PolicyArgs {
+    /// The recipient domain, e.g. example.com.
+    domain: String,
+    /// TOML configuration file (the daemon's); without it, the built-in defaults apply.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
 }
 
 fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
@@ -49,7 +76,7 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     }
 }
 
-fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -60,16 +87,16 @@ fn main() -> std::process::ExitCode {
         )
         .init();
     match run(cli) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("mxguard: {e:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let done = match cli.command {
         Command::Serve { config } => serve(load_config(config.as_ref())?),
         Command::CheckConfig { config } => {
             load_config(Some(&config))?;
@@ -89,6 +116,49 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", mxguard::queue::listing(&config.spool_dir())?);
             Ok(())
         }
+        Command::Policy { command } => {
+            let (action, args) = match command {
+                PolicyCommand::Show(args) => (PolicyAction::Show, args),
+                PolicyCommand::Refresh(args) => (PolicyAction::Refresh, args),
+                PolicyCommand::Forget(args) => (PolicyAction::Forget, args),
+            };
+            return policy(action, args);
+        }
+    };
+    done.map(|()| ExitCode::SUCCESS)
+}
+
+/// `mxguard policy …`: asks the daemon over its control socket; when none listens, opens the
+/// cache here and runs the same command (sled lets only one process open the database).
+fn policy(action: PolicyAction, args: PolicyArgs) -> anyhow::Result<ExitCode> {
+    let config = load_config(args.config.as_ref())?;
+    let request = Request::new(action, &args.domain)?;
+    let socket = control::socket_path(&config.data_dir);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let reply: Reply = runtime.block_on(async {
+        match control::request(&socket, &request).await {
+            Ok(reply) => Ok(reply),
+            Err(ClientError::NotRunning(_)) => {
+                mxguard::tls::install_crypto_provider();
+                let cache = control::open_cache(&config).with_context(|| {
+                    format!(
+                        "no daemon answers on {}, so opening the cache",
+                        socket.display()
+                    )
+                })?;
+                Ok(control::execute(&cache, &request).await)
+            }
+            Err(e) => Err(anyhow::Error::from(e)),
+        }
+    })?;
+    if reply.ok {
+        print!("{}", reply.text);
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprint!("{}", reply.text);
+        Ok(ExitCode::FAILURE)
     }
 }
 

@@ -39,12 +39,18 @@ pub async fn run(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Result
         path: config.spool_dir().display().to_string(),
         source,
     })?;
-    let deliverer =
-        Deliverer::new(config.clone()).map_err(|e| ServerError::Setup(e.to_string()))?;
+    let policies = open_policy_cache(&config)?;
+    let deliverer = Deliverer::new(config.clone(), policies.clone())
+        .map_err(|e| ServerError::Setup(e.to_string()))?;
     let inbound = Arc::new(
         Inbound::new(config.clone(), queue.clone())
             .map_err(|e| ServerError::Setup(e.to_string()))?,
     );
+    // Bound before the SMTP listeners, so that a relay that accepts mail also answers
+    // `mxguard policy …`.
+    let control =
+        crate::control::ControlListener::bind(&crate::control::socket_path(&config.data_dir))
+            .map_err(|e| ServerError::Setup(e.to_string()))?;
     let mut sockets = Vec::new();
     for (index, l) in config.listeners.iter().enumerate() {
         let socket = TcpListener::bind(l.address)
@@ -63,6 +69,8 @@ pub async fn run(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Result
         tracing::info!("listening on {local} ({mode})");
         sockets.push((socket, index));
     }
+    let control = tokio::spawn(control.serve(policies.clone(), shutdown.clone()));
+    let refresher = policies.map(|p| tokio::spawn(p.run_refresher(shutdown.clone())));
     let scheduler =
         tokio::spawn(Scheduler::new(queue, deliverer, config.clone()).run(shutdown.clone()));
     tracing::info!(
@@ -74,8 +82,27 @@ pub async fn run(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Result
     if let Err(e) = scheduler.await {
         tracing::error!("scheduler: {e}");
     }
+    if let Err(e) = control.await {
+        tracing::error!("control socket: {e}");
+    }
+    if let Some(Err(e)) = futures::future::OptionFuture::from(refresher).await {
+        tracing::error!("MTA-STS policy refresher: {e}");
+    }
     tracing::info!("mxguard stopped");
     Ok(())
+}
+
+/// The MTA-STS policy cache under `data_dir`, when `mta_sts.enabled`; opened as the command
+/// line opens it when no daemon runs.
+fn open_policy_cache(
+    config: &Config,
+) -> Result<Option<Arc<policy_cache::PolicyCache>>, ServerError> {
+    if !config.mta_sts.enabled {
+        return Ok(None);
+    }
+    let cache =
+        crate::control::open_cache(config).map_err(|e| ServerError::Setup(e.to_string()))?;
+    Ok(Some(Arc::new(cache)))
 }
 
 /// One daemon per data directory: two schedulers on one spool would deliver everything twice.

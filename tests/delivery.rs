@@ -43,7 +43,7 @@ async fn deliver_with(
     message: &[u8],
     domain: &str,
 ) -> Vec<Attempt> {
-    let deliverer = Deliverer::new(Arc::new(config)).expect("deliverer");
+    let deliverer = Deliverer::new(Arc::new(config), None).expect("deliverer");
     let id = QueueId::generate();
     let recipients: Vec<usize> = (0..env.recipients.len()).collect();
     let job = Job {

@@ -4,7 +4,7 @@
 #   1. installs what the interop scripts need when it is missing (as root, Debian/Ubuntu:
 #      postfix, postfix-pcre, swaks); not root and missing: the interop scripts are skipped
 #      with a message, the Rust tests still run;
-#   2. cargo test --all-targets (hermetic: loopback only, no system packages);
+#   2. cargo test --workspace --all-targets (hermetic: loopback only, no system packages);
 #   3. every tests/interop/*.sh script, against the debug binary built for step 2.
 #
 # Exits non-zero when anything failed. The last line is the summary over the interop scripts:
@@ -70,8 +70,8 @@ fi
 # ----- 2. cargo test --------------------------------------------------------------------------
 CARGO_OK=1
 if [[ "${SKIP_CARGO_TEST:-}" != 1 ]]; then
-    log "cargo test --all-targets"
-    if ! cargo test --all-targets; then
+    log "cargo test --workspace --all-targets"
+    if ! cargo test --workspace --all-targets; then
         CARGO_OK=0
         FAILED=$((FAILED + 1))
         FAILED_NAMES+=("cargo test")

@@ -115,6 +115,8 @@ pub struct PolicyCache {
 
 mod cache;
 
+pub use cache::RefreshSummary;
+
 impl PolicyCache {
     /// Opens (creating) the sled database under `dir`; `resolver` answers TXT and address
     /// queries (the policy host is resolved through it, not the system resolver).
@@ -164,5 +166,11 @@ impl PolicyCache {
     /// `shutdown` turns true.
     pub async fn run_refresher(self: Arc<Self>, shutdown: tokio::sync::watch::Receiver<bool>) {
         self.inner.run_refresher(shutdown).await
+    }
+
+    /// One pass of the refresher, now: drops unused entries, refetches the policies whose
+    /// refresh time has come. `run_refresher` runs this every minute.
+    pub async fn refresh_due(&self) -> RefreshSummary {
+        self.inner.refresh_due().await
     }
 }

@@ -4,6 +4,7 @@
 //! Also the failure type the attempt machinery passes around: every failure carries the
 //! [`Reply`] it becomes, so what the log and the DSN say is decided where the failure happens.
 
+use super::tls_failure::ResultType;
 use crate::queue_id::QueueId;
 use crate::reply::Reply;
 use std::fmt;
@@ -84,6 +85,41 @@ impl Status {
     }
 }
 
+/// The MTA-STS policy an attempt ran under, for the log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StsFacts {
+    /// The policy's id (from the TXT record it was fetched under); `-` when unknown.
+    pub id: String,
+    /// The `mx` pattern the dialled host matched; `None` when it matched none (or no host was
+    /// dialled).
+    pub mx: Option<String>,
+}
+
+/// What set the TLS requirement of an attempt: the `policy=` field of the log line, followed
+/// by `sts_id=`/`sts_mx=` when MTA-STS applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedPolicy {
+    /// `none`, `mta-sts`, `mta-sts-testing`; later `dane`, `local:LEVEL`.
+    pub name: String,
+    pub sts: Option<StsFacts>,
+}
+
+impl AppliedPolicy {
+    /// A policy without MTA-STS facts (`none`, later `dane`, `local:LEVEL`).
+    pub fn named(name: &str) -> AppliedPolicy {
+        AppliedPolicy {
+            name: name.to_string(),
+            sts: None,
+        }
+    }
+}
+
+impl From<&str> for AppliedPolicy {
+    fn from(name: &str) -> AppliedPolicy {
+        AppliedPolicy::named(name)
+    }
+}
+
 /// One recipient's outcome of one delivery attempt. The reply decides: positive → sent,
 /// transient (4xx) → retry, permanent (5xx) → bounce; the queue makes that call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,8 +131,9 @@ pub struct Attempt {
     /// The host the reply came from; `None` when no SMTP session was reached.
     pub relay: Option<Relay>,
     pub tls: TlsInfo,
-    /// What set the TLS requirement: `none` for now; later `dane`, `mta-sts`, `local:LEVEL`.
-    pub policy: String,
+    /// What set the TLS requirement (`none`, `mta-sts`, `mta-sts-testing`; later `dane`,
+    /// `local:LEVEL`), and the MTA-STS facts when a policy applied.
+    pub policy: AppliedPolicy,
     /// The next hop speaks DSN (RFC 3461) and took our NOTIFY/ORCPT parameters: from here on it,
     /// not we, reports success. When false, a NOTIFY=SUCCESS recipient is owed a "relayed" DSN.
     pub dsn_passed_on: bool,
@@ -105,8 +142,9 @@ pub struct Attempt {
 impl Attempt {
     /// The delivery log line:
     /// `ID: to=<a@b>, relay=h[ip]:port, delay=0.84, tls=…, [tls_version=…, cipher=…, ]policy=…,
-    /// dsn=X.Y.Z, status=sent (REPLY)`. `tls_version`/`cipher` are omitted when `tls=none`;
-    /// the reply comes last, on one line, because it is the peer's text.
+    /// [sts_id=…, sts_mx=…, ]dsn=X.Y.Z, status=sent (REPLY)`. `tls_version`/`cipher` are
+    /// omitted when `tls=none`, `sts_id`/`sts_mx` when no MTA-STS policy applied; the reply
+    /// comes last, on one line, because it is the peer's text.
     pub fn log_line(&self, id: &QueueId, to: &str, delay: Duration, status: Status) -> String {
         let relay = self
             .relay
@@ -126,9 +164,16 @@ impl Attempt {
                 self.tls.cipher.clone().unwrap_or_else(dash)
             ));
         }
+        line.push_str(&format!(", policy={}", one_line(&self.policy.name)));
+        if let Some(sts) = &self.policy.sts {
+            line.push_str(&format!(
+                ", sts_id={}, sts_mx={}",
+                one_line(&sts.id),
+                one_line(sts.mx.as_deref().unwrap_or("-"))
+            ));
+        }
         line.push_str(&format!(
-            ", policy={}, dsn={}, status={} ({})",
-            one_line(&self.policy),
+            ", dsn={}, status={} ({})",
             self.reply.status(),
             status.as_str(),
             one_line(&self.reply.to_string())
@@ -148,13 +193,17 @@ fn one_line(text: &str) -> String {
 /// the most informative one (DESIGN.md: "the status of the most specific failure seen").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Rank {
+    /// An MX host left out by an enforced MTA-STS policy (RFC 8461 §4.1): reported only when
+    /// no authorized host got as far as failing.
+    PolicyMx,
     /// An MX host name that does not exist or has no address.
     DnsNotFound,
     /// A lookup that failed for now (SERVFAIL, timeout, refused).
     DnsTemporary,
     /// TCP connect refused or timed out.
     Connect,
-    /// A TLS handshake that failed (reported only if the plaintext retry fails too).
+    /// A TLS handshake that failed (reported only if the plaintext retry fails too), or a
+    /// host that failed the TLS a policy requires.
     Tls,
     /// A reply the server actually sent (greeting, EHLO).
     Reply,
@@ -167,28 +216,54 @@ pub(crate) struct Failure {
     /// `None` when no SMTP session was reached (DNS, connect): the log says `relay=none`.
     pub relay: Option<Relay>,
     pub rank: Rank,
+    /// Set when the host failed a policy's TLS requirement (RFC 8460 §4.3 result type).
+    pub result_type: Option<ResultType>,
 }
 
 impl Failure {
     pub fn new(reply: Reply, relay: Option<Relay>, rank: Rank) -> Self {
-        Failure { reply, relay, rank }
+        Failure {
+            reply,
+            relay,
+            rank,
+            result_type: None,
+        }
+    }
+
+    /// The host failed a policy (not authorized, TLS, certificate), not the network or DNS.
+    pub fn is_policy_failure(&self) -> bool {
+        self.result_type.is_some()
     }
 }
 
 /// Keeps the most informative failure seen over several hosts; among equals, the latest
 /// (Postfix reports the last host's failure too).
 #[derive(Debug, Default)]
-pub(crate) struct WorstFailure(Option<Failure>);
+pub(crate) struct WorstFailure {
+    best: Option<Failure>,
+    /// Some failure was not a policy's (DNS, connect, a server's reply).
+    other_seen: bool,
+}
 
 impl WorstFailure {
     pub fn record(&mut self, failure: Failure) {
-        if self.0.as_ref().is_none_or(|best| failure.rank >= best.rank) {
-            self.0 = Some(failure);
+        self.other_seen |= !failure.is_policy_failure();
+        if self
+            .best
+            .as_ref()
+            .is_none_or(|best| failure.rank >= best.rank)
+        {
+            self.best = Some(failure);
         }
     }
 
+    /// Failures were seen, and every one was a policy's (RFC 8461 §5.1: worth a re-check).
+    pub fn only_policy_failures(&self) -> bool {
+        self.best.is_some() && !self.other_seen
+    }
+
     pub fn take(self) -> Option<Failure> {
-        self.0
+        self.best
     }
 }
 
@@ -254,6 +329,55 @@ mod tests {
     }
 
     #[test]
+    fn log_line_under_mta_sts() {
+        let mut a = Attempt {
+            rcpt: 0,
+            reply: Reply::from_remote(250, "2.0.0 Ok"),
+            relay: Some(Relay {
+                host: "mx1.example.net".into(),
+                addr: "192.0.2.25:25".parse().unwrap(),
+            }),
+            tls: TlsInfo {
+                state: TlsState::Verified,
+                version: Some("TLSv1.3".into()),
+                cipher: Some("TLS13_AES_256_GCM_SHA384".into()),
+            },
+            policy: AppliedPolicy {
+                name: "mta-sts".into(),
+                sts: Some(StsFacts {
+                    id: "20261123".into(),
+                    mx: Some("*.example.net".into()),
+                }),
+            },
+            dsn_passed_on: false,
+        };
+        assert_eq!(
+            a.log_line(&id(), "bob@example.net", Duration::ZERO, Status::Sent),
+            "0123456789ABCDEF0: to=<bob@example.net>, relay=mx1.example.net[192.0.2.25]:25, \
+             delay=0.00, tls=verified, tls_version=TLSv1.3, cipher=TLS13_AES_256_GCM_SHA384, \
+             policy=mta-sts, sts_id=20261123, sts_mx=*.example.net, dsn=2.0.0, \
+             status=sent (250 2.0.0 Ok)"
+        );
+        a.relay = None;
+        a.tls = TlsInfo::default();
+        a.policy.sts = Some(StsFacts {
+            id: "20261123".into(),
+            mx: None,
+        });
+        a.reply = Reply::new(
+            451,
+            EnhancedCode::new(4, 7, 5),
+            "MX host mx.evil.test not authorized by MTA-STS policy for example.net",
+        );
+        assert_eq!(
+            a.log_line(&id(), "bob@example.net", Duration::ZERO, Status::Deferred),
+            "0123456789ABCDEF0: to=<bob@example.net>, relay=none, delay=0.00, tls=none, \
+             policy=mta-sts, sts_id=20261123, sts_mx=-, dsn=4.7.5, status=deferred (451 4.7.5 \
+             MX host mx.evil.test not authorized by MTA-STS policy for example.net)"
+        );
+    }
+
+    #[test]
     fn ipv6_relay() {
         let r = Relay {
             host: "mx.test".into(),
@@ -276,5 +400,18 @@ mod tests {
         w.record(f(450, Rank::Connect));
         w.record(f(451, Rank::Connect));
         assert_eq!(w.take().unwrap().reply.code, 451);
+    }
+
+    #[test]
+    fn policy_failures_alone_are_told_apart() {
+        let mut policy = Failure::new(Reply::plain(451, "x"), None, Rank::Tls);
+        policy.result_type = Some(ResultType::StarttlsNotSupported);
+        let mut w = WorstFailure::default();
+        assert!(!w.only_policy_failures());
+        w.record(policy.clone());
+        assert!(w.only_policy_failures());
+        w.record(Failure::new(Reply::plain(451, "y"), None, Rank::Connect));
+        assert!(!w.only_policy_failures());
+        assert_eq!(w.take().unwrap().reply.text, "x");
     }
 }

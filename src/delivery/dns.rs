@@ -16,10 +16,6 @@ use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use hickory_resolver::TokioResolver;
 use std::net::IpAddr;
 
-/// Responses kept in the resolver's cache. MX and address answers are small; the cache only
-/// saves repeat lookups for busy domains within their TTL.
-const CACHE_SIZE: u64 = 1024;
-
 /// Builds the resolver: the configured name servers (UDP, TCP on truncation or error), or the
 /// system's `/etc/resolv.conf`. The hosts file is never consulted for mail routing.
 pub(crate) fn build_resolver(config: &DnsConfig) -> Result<TokioResolver, NetError> {
@@ -46,7 +42,7 @@ pub(crate) fn build_resolver(config: &DnsConfig) -> Result<TokioResolver, NetErr
     opts.use_hosts_file = ResolveHosts::Never;
     opts.timeout = config.timeout;
     opts.attempts = 2;
-    opts.cache_size = CACHE_SIZE;
+    opts.cache_size = config.cache_size;
     opts.try_tcp_on_error = true;
     builder.build()
 }

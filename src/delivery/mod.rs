@@ -5,25 +5,37 @@
 //! The steps, each in its own module:
 //! - [`route`]: static routes (`[host]:port` skips MX lookup);
 //! - `mx`, `dns`: MX resolution (RFC 5321 §5.1, RFC 7505 null MX) and host addresses;
-//! - `session`: TCP connect, greeting, EHLO/HELO, opportunistic STARTTLS (RFC 3207);
+//! - `requirement`: the TLS the destination demands (MTA-STS, RFC 8461 §5), decided purely
+//!   from the policy lookup, and what that means for each MX host;
+//! - `hosts`: trying the hosts in order under that requirement, reporting policy failures;
+//! - `session`: TCP connect, greeting, EHLO/HELO, STARTTLS (RFC 3207), opportunistic or required;
+//! - `tls`, `tls_failure`: client TLS (opportunistic, PKIX-verified) and how a host that fails
+//!   a requirement is reported (reply, TLS-RPT result type);
 //! - `transaction`: MAIL, RCPT, DATA with SIZE, 8BITMIME, SMTPUTF8 and DSN parameters;
 //! - `attempt`: the per-recipient outcome and the delivery log line.
 //!
 //! Hosts are tried in order, and each host's addresses in order, until one session reaches
 //! MAIL FROM; what that session's server says then is final for this attempt. When no host
 //! can be used, every recipient gets the most informative failure seen.
+//!
+//! MTA-STS applies to the MX hosts of the recipient domain itself. A static route (`[host]` or
+//! the MX hosts of another name) is the operator's choice of next hop, like a Postfix transport
+//! map entry: no MTA-STS policy is looked up for it.
 
 mod attempt;
 mod data;
-mod dns;
+pub(crate) mod dns;
+mod hosts;
 mod mx;
+mod requirement;
 mod route;
 mod session;
 mod tls;
+mod tls_failure;
 mod transaction;
 
 pub use crate::next_hop::NextHop;
-pub use attempt::{Attempt, Relay, Status, TlsInfo, TlsState};
+pub use attempt::{AppliedPolicy, Attempt, Relay, Status, StsFacts, TlsInfo, TlsState};
 pub use route::route_for;
 
 use crate::config::Config;
@@ -32,20 +44,18 @@ use crate::queue_id::QueueId;
 use crate::reply::{EnhancedCode, Reply};
 use attempt::{Failure, Rank, WorstFailure};
 use hickory_resolver::TokioResolver;
-use session::{Connection, Next, Session, SessionContext};
-use std::net::SocketAddr;
+use hosts::Run;
+use policy_cache::PolicyCache;
+use requirement::TlsRequirement;
 use std::sync::Arc;
+use std::time::SystemTime;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsConnector;
-use transaction::Transaction;
 
 /// At most this many addresses (over all MX hosts) are tried in one attempt, like Postfix's
 /// `smtp_mx_address_limit`: a domain with dozens of MX addresses that all time out must not
 /// hold a delivery slot for an hour.
 pub const MAX_ADDRESSES: usize = 10;
-
-/// The reason given in `policy=` until DANE, MTA-STS and local levels set one.
-const NO_POLICY: &str = "none";
 
 /// One delivery attempt's input: some recipients of one message, all in one domain.
 pub struct Job<'a> {
@@ -65,6 +75,10 @@ pub enum DeliveryInitError {
     Resolver(String),
     #[error("TLS client configuration: {0}")]
     Tls(#[from] rustls::Error),
+    #[error("TLS trust roots: {0}")]
+    Roots(#[from] crate::tls::TlsSetupError),
+    #[error("TLS certificate verifier: {0}")]
+    Verifier(String),
 }
 
 /// Delivers jobs; one per process, shared by the scheduler's tasks.
@@ -73,6 +87,11 @@ pub struct Deliverer {
     resolver: TokioResolver,
     /// Opportunistic TLS (any certificate) for STARTTLS.
     opportunistic: TlsConnector,
+    /// PKIX checking (Web PKI roots plus `delivery.extra_ca_files`) for hosts whose
+    /// certificate a policy requires to be valid, or wants reported on.
+    pkix: tls::PkixChecker,
+    /// MTA-STS policies (RFC 8461); `None` when `mta_sts.enabled` is false.
+    policies: Option<Arc<PolicyCache>>,
     /// Bounds simultaneous SMTP sessions (`delivery.max_concurrency`).
     sessions: Semaphore,
 }
@@ -81,19 +100,30 @@ pub struct Deliverer {
 struct Plan {
     hosts: Vec<String>,
     port: u16,
+    /// The hosts are the recipient domain's own MX hosts (no static route): its MTA-STS
+    /// policy applies to them.
+    own_mx: bool,
 }
 
 impl Deliverer {
-    /// Builds the resolver (`config.dns`) and the client TLS configuration.
-    pub fn new(config: Arc<Config>) -> Result<Deliverer, DeliveryInitError> {
+    /// Builds the resolver (`config.dns`) and the client TLS configurations. `policies` is the
+    /// MTA-STS policy cache, `None` when MTA-STS is disabled.
+    pub fn new(
+        config: Arc<Config>,
+        policies: Option<Arc<PolicyCache>>,
+    ) -> Result<Deliverer, DeliveryInitError> {
         let resolver = dns::build_resolver(&config.dns)
             .map_err(|e| DeliveryInitError::Resolver(e.to_string()))?;
         let opportunistic = tls::opportunistic_connector()?;
+        let roots = crate::tls::root_store(&config.delivery.extra_ca_files)?;
+        let pkix = tls::PkixChecker::new(roots).map_err(DeliveryInitError::Verifier)?;
         let sessions = Semaphore::new(config.delivery.max_concurrency.max(1));
         Ok(Deliverer {
             config,
             resolver,
             opportunistic,
+            pkix,
+            policies,
             sessions,
         })
     }
@@ -106,17 +136,29 @@ impl Deliverer {
         }
         let plan = match self.plan(job.domain).await {
             Ok(plan) => plan,
-            Err(failure) => return every_recipient(job, failure),
-        };
-        // Never closed; a failure to acquire would only mean "no limit".
-        let _permit = self.sessions.acquire().await.ok();
-        let mut worst = WorstFailure::default();
-        match self.try_hosts(job, &plan, &mut worst).await {
-            Some(attempts) => attempts,
-            None => {
-                let failure = worst.take().unwrap_or_else(|| no_host(job.domain));
-                every_recipient(job, failure)
+            Err(failure) => {
+                let none = TlsRequirement::Opportunistic.applied(None);
+                return every_recipient(job, failure, none);
             }
+        };
+        let looked_up_at = SystemTime::now();
+        let requirement = match self.requirement(job.domain, &plan).await {
+            Ok(requirement) => requirement,
+            Err(failure) => return every_recipient(job, failure, sts_unknown()),
+        };
+        let worst = match self.run(job, &plan, &requirement).await {
+            Ok(attempts) => return attempts,
+            Err(worst) => worst,
+        };
+        let Some(newer) = self
+            .recheck(job.domain, &requirement, &worst, looked_up_at)
+            .await
+        else {
+            return failed(job, worst, &requirement);
+        };
+        match self.run(job, &plan, &newer).await {
+            Ok(attempts) => attempts,
+            Err(worst) => failed(job, worst, &newer),
         }
     }
 
@@ -128,127 +170,93 @@ impl Deliverer {
             Some(hop) if hop.no_mx => Plan {
                 port: hop.port.unwrap_or(default_port),
                 hosts: vec![hop.host],
+                own_mx: false,
             },
             Some(hop) => Plan {
                 hosts: mx::mx_hosts(&self.resolver, &hop.host).await?,
                 port: hop.port.unwrap_or(default_port),
+                own_mx: false,
             },
             None => Plan {
                 hosts: mx::mx_hosts(&self.resolver, domain).await?,
                 port: default_port,
+                own_mx: true,
             },
         };
         Ok(plan)
     }
 
-    /// Hosts in order, each host's addresses in order, up to [`MAX_ADDRESSES`]. `None` when no
-    /// session reached a transaction; `worst` then holds the failure to report.
-    async fn try_hosts(
+    /// The TLS the job's hosts must offer: from the domain's MTA-STS policy when one applies.
+    async fn requirement(&self, domain: &str, plan: &Plan) -> Result<TlsRequirement, Failure> {
+        match &self.policies {
+            Some(policies) if plan.own_mx => {
+                requirement::requirement(policies.lookup(domain).await, domain)
+            }
+            _ => Ok(TlsRequirement::Opportunistic),
+        }
+    }
+
+    /// One pass over the plan's hosts under `requirement`, holding a session slot.
+    async fn run(
         &self,
         job: &Job<'_>,
         plan: &Plan,
-        worst: &mut WorstFailure,
-    ) -> Option<Vec<Attempt>> {
-        let mut budget = MAX_ADDRESSES;
-        'hosts: for host in &plan.hosts {
-            if budget == 0 {
-                break;
-            }
-            // RFC 5321 §5.1: a host whose address cannot be found is skipped.
-            let addrs = match mx::host_addresses(&self.resolver, host).await {
-                Ok(addrs) => addrs,
-                Err(failure) => {
-                    worst.record(failure);
-                    continue;
-                }
-            };
-            for ip in addrs.into_iter().take(budget) {
-                budget -= 1;
-                let relay = Relay {
-                    host: host.clone(),
-                    addr: SocketAddr::new(ip, plan.port),
-                };
-                match self.try_address(job, &relay, worst).await {
-                    Ok(attempts) => return Some(attempts),
-                    Err(Next::Host) => continue 'hosts,
-                    Err(_) => continue,
-                }
-            }
+        requirement: &TlsRequirement,
+    ) -> Result<Vec<Attempt>, WorstFailure> {
+        // Never closed; a failure to acquire would only mean "no limit".
+        let _permit = self.sessions.acquire().await.ok();
+        let mut run = Run::new(self, job, requirement, plan.port);
+        match run.try_hosts(&plan.hosts).await {
+            Some(attempts) => Ok(attempts),
+            None => Err(run.into_worst()),
         }
-        None
     }
 
-    /// One address: a session (with STARTTLS if offered, else or after a failed handshake in
-    /// plaintext), then the transaction. On failure, records why and says what to try next.
-    async fn try_address(
+    /// RFC 8461 §5.1: "senders SHOULD check for an updated policy before failing" mail for an
+    /// enforced policy. When every host failed because of the policy (not authorized, TLS,
+    /// certificate) and the policy was not fetched just now, fetch it again; a policy that
+    /// changed (id, mode or MX patterns) gets one more pass.
+    async fn recheck(
         &self,
-        job: &Job<'_>,
-        relay: &Relay,
-        worst: &mut WorstFailure,
-    ) -> Result<Vec<Attempt>, Next> {
-        let ctx = self.session_context();
-        let session = match session::open(&ctx, relay, true).await {
-            Ok(session) => session,
-            Err(e) if e.next == Next::Plaintext => {
-                // Postfix level `may`: a failed handshake is retried without TLS.
-                worst.record(e.failure);
-                session::open(&ctx, relay, false).await.map_err(|e| {
-                    worst.record(e.failure);
-                    e.next
-                })?
-            }
-            Err(e) => {
-                worst.record(e.failure);
-                return Err(e.next);
-            }
+        domain: &str,
+        requirement: &TlsRequirement,
+        worst: &WorstFailure,
+        looked_up_at: SystemTime,
+    ) -> Option<TlsRequirement> {
+        let TlsRequirement::StsEnforce(policy) = requirement else {
+            return None;
         };
-        Ok(self.transact(job, session).await)
-    }
-
-    fn session_context(&self) -> SessionContext<'_> {
-        let d = &self.config.delivery;
-        SessionContext {
-            hostname: &self.config.hostname,
-            connect_timeout: d.connect_timeout,
-            command_timeout: d.command_timeout,
-            tls: &self.opportunistic,
+        // A policy fetched by this very lookup is as fresh as a re-fetch would be.
+        if !worst.only_policy_failures() || policy.fetched_at >= looked_up_at {
+            return None;
         }
-    }
-
-    async fn transact(&self, job: &Job<'_>, session: Session) -> Vec<Attempt> {
-        let Session {
-            relay,
-            connection,
-            extensions,
-            tls,
-        } = session;
-        let tx = Transaction {
-            job,
-            relay: &relay,
-            extensions,
-            data_timeout: self.config.delivery.data_timeout,
+        let policies = self.policies.as_ref()?;
+        let refreshed = policies.refresh(domain).await;
+        let Ok(newer) = requirement::requirement(refreshed, domain) else {
+            tracing::info!("{domain}: MTA-STS re-check before failing: lookup failed");
+            return None;
         };
-        let dsn_passed_on = extensions.has(smtp_proto::EXT_DSN);
-        let replies = match connection {
-            Connection::Plain(mut client) => tx.run(&mut client).await,
-            Connection::Tls(mut client) => tx.run(client.as_mut()).await,
-        };
-        replies
-            .into_iter()
-            .map(|(rcpt, reply)| Attempt {
-                rcpt,
-                reply,
-                relay: Some(relay.clone()),
-                tls: tls.clone(),
-                policy: NO_POLICY.to_string(),
-                dsn_passed_on,
-            })
-            .collect()
+        if !newer.differs_from(requirement) {
+            tracing::info!(
+                "{domain}: MTA-STS re-check before failing: policy {} unchanged",
+                policy.id
+            );
+            return None;
+        }
+        let now = newer.applied(None);
+        tracing::info!(
+            "{domain}: MTA-STS re-check before failing: policy {} (enforce) changed, now \
+             policy={}, sts_id={}; trying again",
+            policy.id,
+            now.name,
+            now.sts.as_ref().map_or("-", |s| s.id.as_str())
+        );
+        Some(newer)
     }
 }
 
 /// The same failure for every recipient of the job.
-fn every_recipient(job: &Job<'_>, failure: Failure) -> Vec<Attempt> {
+fn every_recipient(job: &Job<'_>, failure: Failure, policy: AppliedPolicy) -> Vec<Attempt> {
     job.recipients
         .iter()
         .map(|&rcpt| Attempt {
@@ -256,10 +264,29 @@ fn every_recipient(job: &Job<'_>, failure: Failure) -> Vec<Attempt> {
             reply: failure.reply.clone(),
             relay: failure.relay.clone(),
             tls: TlsInfo::default(),
-            policy: NO_POLICY.to_string(),
+            policy: policy.clone(),
             dsn_passed_on: false,
         })
         .collect()
+}
+
+/// Every recipient gets the most informative failure of a pass in which no host took the mail.
+fn failed(job: &Job<'_>, worst: WorstFailure, requirement: &TlsRequirement) -> Vec<Attempt> {
+    let failure = worst.take().unwrap_or_else(|| no_host(job.domain));
+    let host = failure.relay.as_ref().map(|r| r.host.as_str());
+    let policy = requirement.applied(host);
+    every_recipient(job, failure, policy)
+}
+
+/// The log facts when the MTA-STS lookup itself failed: MTA-STS decided, no policy known.
+fn sts_unknown() -> AppliedPolicy {
+    AppliedPolicy {
+        name: "mta-sts".to_string(),
+        sts: Some(StsFacts {
+            id: "-".to_string(),
+            mx: None,
+        }),
+    }
 }
 
 /// Only reachable with an empty host list, which MX resolution never returns.
@@ -283,14 +310,14 @@ mod tests {
     fn builds_with_configured_nameservers_outside_a_runtime() {
         let mut config = Config::default();
         config.dns.nameservers = vec!["127.0.0.1:53".parse().unwrap()];
-        assert!(Deliverer::new(Arc::new(config)).is_ok());
+        assert!(Deliverer::new(Arc::new(config), None).is_ok());
     }
 
     #[tokio::test]
     async fn a_job_without_recipients_has_no_attempts() {
         let mut config = Config::default();
         config.dns.nameservers = vec!["127.0.0.1:9".parse().unwrap()];
-        let deliverer = Deliverer::new(Arc::new(config)).unwrap();
+        let deliverer = Deliverer::new(Arc::new(config), None).unwrap();
         let id = QueueId::generate();
         let env = Envelope::new("a@b.test");
         let job = Job {

@@ -1,11 +1,14 @@
 //! Opening an SMTP session with one MX address (RFC 5321 §3.1, §4.1.1.1; RFC 3207 STARTTLS):
-//! TCP connect, the greeting, EHLO (HELO for old servers), and opportunistic STARTTLS followed
-//! by a second EHLO (RFC 3207 §4.2: the client must discard what it knew before TLS).
+//! TCP connect, the greeting, EHLO (HELO for old servers), and STARTTLS — opportunistic, or
+//! required by a policy — followed by a second EHLO (RFC 3207 §4.2: the client must discard
+//! what it knew before TLS).
 //!
 //! Failures here concern the host, not the message: the caller moves on to the next address or
 //! the next MX host, as Postfix does.
 
 use super::attempt::{Failure, Rank, Relay, TlsInfo, TlsState};
+use super::tls::CheckedHandshake;
+use super::tls_failure::TlsFailure;
 use crate::reply::{EnhancedCode, Reply};
 use mail_send::SmtpClient;
 use smtp_proto::{EhloResponse, Response, EXT_START_TLS};
@@ -26,8 +29,32 @@ pub(crate) struct SessionContext<'a> {
     pub connect_timeout: Duration,
     /// Per command reply (greeting, EHLO, STARTTLS, MAIL, RCPT, DATA).
     pub command_timeout: Duration,
-    /// For opportunistic STARTTLS.
-    pub tls: &'a TlsConnector,
+}
+
+/// How a session uses STARTTLS.
+#[derive(Clone, Copy)]
+pub(crate) enum StartTls<'a> {
+    /// Plaintext: the retry after a failed opportunistic handshake.
+    Skip,
+    /// RFC 7435: STARTTLS with this connector when offered; plaintext when not offered or
+    /// refused.
+    Opportunistic(&'a TlsConnector),
+    /// STARTTLS must be offered and the handshake, certificate check included, must succeed:
+    /// never plaintext (RFC 8461 §5, enforce mode). The session's TLS counts as verified.
+    Required(&'a CheckedHandshake),
+}
+
+/// What became of STARTTLS in a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StartTlsSeen {
+    /// Not asked for ([`StartTls::Skip`]).
+    NotTried,
+    /// The server did not list STARTTLS in its EHLO reply.
+    NotOffered,
+    /// The server answered STARTTLS with this reply.
+    Refused(Reply),
+    /// The session runs over TLS.
+    Started,
 }
 
 /// An SMTP session after EHLO, in plaintext or TLS.
@@ -65,6 +92,7 @@ pub(crate) struct Session {
     pub connection: Connection,
     pub extensions: Extensions,
     pub tls: TlsInfo,
+    pub starttls: StartTlsSeen,
 }
 
 /// What to try after a failed session.
@@ -90,11 +118,11 @@ impl SessionError {
     }
 }
 
-/// Opens a session with `relay`; with `try_tls`, uses STARTTLS when the server offers it.
+/// Opens a session with `relay`, using STARTTLS as `starttls` says.
 pub(crate) async fn open(
     ctx: &SessionContext<'_>,
     relay: &Relay,
-    try_tls: bool,
+    starttls: StartTls<'_>,
 ) -> Result<Session, SessionError> {
     let stream = connect(relay, ctx.connect_timeout)
         .await
@@ -105,37 +133,78 @@ pub(crate) async fn open(
     };
     greet(&mut client, relay, ctx.command_timeout).await?;
     let extensions = hello(&mut client, ctx.hostname, relay).await?;
-    if !(try_tls && extensions.has(EXT_START_TLS)) {
-        return Ok(plain(relay, client, extensions));
-    }
-    match client.cmd(b"STARTTLS\r\n").await {
-        Ok(r) if r.code == 220 => {}
-        Ok(r) => {
-            // Opportunistic TLS (RFC 7435): a refused STARTTLS means plaintext, like no STARTTLS.
-            tracing::info!(
-                "{}: STARTTLS refused ({}), continuing in plaintext",
-                relay,
-                remote_reply(&r)
-            );
-            return Ok(plain(relay, client, extensions));
+    let (connector, required) = match starttls {
+        StartTls::Skip => return Ok(plain(relay, client, extensions, StartTlsSeen::NotTried)),
+        StartTls::Opportunistic(connector) => (connector, None),
+        StartTls::Required(checked) => (&checked.connector, Some(checked)),
+    };
+    if let Err(seen) = ask_starttls(&mut client, relay, extensions).await? {
+        if required.is_none() {
+            return Ok(plain(relay, client, extensions, seen));
         }
-        Err(e) => {
-            return Err(SessionError::new(
-                lost(relay, &e, "sending STARTTLS"),
-                Next::Address,
-            ))
-        }
+        return Err(tls_not_started(&mut client, relay, seen).await);
     }
-    let client = start_tls(client, ctx.tls, relay).await?;
-    tls_session(client, ctx.hostname, relay).await
+    let client = match required {
+        Some(checked) => start_verified_tls(client, checked, relay).await?,
+        None => start_tls(client, connector, relay).await?,
+    };
+    tls_session(client, ctx.hostname, relay, required.is_some()).await
 }
 
-fn plain(relay: &Relay, client: SmtpClient<TcpStream>, extensions: Extensions) -> Session {
+/// RFC 8461 §5: under a policy that requires TLS, a server that does not start it gets no
+/// mail from us, and certainly no plaintext.
+async fn tls_not_started(
+    client: &mut SmtpClient<TcpStream>,
+    relay: &Relay,
+    seen: StartTlsSeen,
+) -> SessionError {
+    quit(client).await;
+    let failure = match seen {
+        StartTlsSeen::Refused(r) => TlsFailure::Refused(r),
+        _ => TlsFailure::NotOffered,
+    };
+    tracing::info!("{relay}: {}", failure.detail());
+    SessionError::new(failure.into_failure(Some(relay.clone())), Next::Address)
+}
+
+/// Sends STARTTLS when offered. `Ok(Ok(()))`: go ahead with the handshake; `Ok(Err(seen))`:
+/// no TLS in this session (not offered, or refused with the reply in `seen`).
+async fn ask_starttls(
+    client: &mut SmtpClient<TcpStream>,
+    relay: &Relay,
+    extensions: Extensions,
+) -> Result<Result<(), StartTlsSeen>, SessionError> {
+    if !extensions.has(EXT_START_TLS) {
+        return Ok(Err(StartTlsSeen::NotOffered));
+    }
+    match client.cmd(b"STARTTLS\r\n").await {
+        Ok(r) if r.code == 220 => Ok(Ok(())),
+        Ok(r) => {
+            let reply = remote_reply(&r);
+            // Opportunistic TLS (RFC 7435): a refused STARTTLS means plaintext, like no
+            // STARTTLS; under a policy, the caller turns it into a failure.
+            tracing::info!("{relay}: STARTTLS refused ({reply})");
+            Ok(Err(StartTlsSeen::Refused(reply)))
+        }
+        Err(e) => Err(SessionError::new(
+            lost(relay, &e, "sending STARTTLS"),
+            Next::Address,
+        )),
+    }
+}
+
+fn plain(
+    relay: &Relay,
+    client: SmtpClient<TcpStream>,
+    extensions: Extensions,
+    starttls: StartTlsSeen,
+) -> Session {
     Session {
         relay: relay.clone(),
         connection: Connection::Plain(client),
         extensions,
         tls: TlsInfo::default(),
+        starttls,
     }
 }
 
@@ -166,11 +235,33 @@ async fn start_tls(
     })
 }
 
-/// RFC 3207 §4.2: after TLS, EHLO again and forget the plaintext extensions.
+/// The handshake under a policy: a refused certificate or any other handshake failure ends
+/// this address's session, with no plaintext retry (RFC 8461 §5: no fallback under enforce).
+async fn start_verified_tls(
+    client: SmtpClient<TcpStream>,
+    checked: &CheckedHandshake,
+    relay: &Relay,
+) -> Result<SmtpClient<TlsStream<TcpStream>>, SessionError> {
+    client
+        .into_tls(&checked.connector, &relay.host)
+        .await
+        .map_err(|e| {
+            let failure = match checked.verdict() {
+                Some(Err(cert)) => TlsFailure::Certificate(cert),
+                _ => TlsFailure::Handshake(e.to_string()),
+            };
+            tracing::info!("{relay}: {}", failure.detail());
+            SessionError::new(failure.into_failure(Some(relay.clone())), Next::Address)
+        })
+}
+
+/// RFC 3207 §4.2: after TLS, EHLO again and forget the plaintext extensions. `verified`: the
+/// certificate was checked under a policy that requires it.
 async fn tls_session(
     mut client: SmtpClient<TlsStream<TcpStream>>,
     hostname: &str,
     relay: &Relay,
+    verified: bool,
 ) -> Result<Session, SessionError> {
     let (version, cipher) = crate::tls::describe(client.tls_connection()).unzip();
     let extensions = hello(&mut client, hostname, relay).await?;
@@ -179,10 +270,15 @@ async fn tls_session(
         connection: Connection::Tls(Box::new(client)),
         extensions,
         tls: TlsInfo {
-            state: TlsState::Unverified,
+            state: if verified {
+                TlsState::Verified
+            } else {
+                TlsState::Unverified
+            },
             version,
             cipher,
         },
+        starttls: StartTlsSeen::Started,
     })
 }
 

@@ -14,6 +14,7 @@
 pub mod bounce;
 pub mod ca;
 pub mod dns;
+pub mod https;
 pub mod relay;
 pub mod smtp;
 pub mod submit;

@@ -1,0 +1,607 @@
+//! The control socket: how `mxguard policy …` reaches a running daemon.
+//!
+//! The MTA-STS policy cache is a sled database, and sled lets one process open it at a time.
+//! While `mxguard serve` runs, the operator's commands therefore go through the daemon: it
+//! listens on a Unix socket, `<data_dir>/control.sock` (mode 0600, and only peers running as
+//! the daemon's user or root are served), and runs each command against its own cache. When no
+//! daemon listens, the command line opens the cache itself and runs the very same code
+//! ([`execute`]), so the output is the same either way.
+//!
+//! The protocol is one request line and one reply, then the daemon closes the connection:
+//!
+//! ```text
+//! → policy show example.com\n              (at most 512 bytes, UTF-8)
+//! ← ok\n                                   (or `error\n`)
+//! ← text for the operator, any number of lines
+//! ```
+//!
+//! Commands: `policy show DOMAIN`, `policy refresh DOMAIN`, `policy forget DOMAIN`. Anything
+//! else, an over-long line, or a line that is not UTF-8 gets an `error` reply naming the fault.
+
+use crate::config::Config;
+use policy_cache::{ActivePolicy, Mode, PolicyCache, StsLookup, SystemClock};
+use std::fmt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+/// The longest request line accepted, newline included: a command word or two and a domain
+/// name (at most 253 octets, RFC 1035 §2.3.4) fit with room to spare.
+pub const MAX_REQUEST: usize = 512;
+/// How long a client may take to send its request line.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one command may run. A refresh is bounded by the fetcher's own timeouts; this only
+/// makes sure that no connection lingers whatever happens.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long writing the reply may take (the client stopped reading).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; more wait to be accepted.
+const MAX_CONNECTIONS: usize = 8;
+/// The longest reply a client reads: the cache's account of one domain is far shorter.
+const MAX_REPLY: u64 = 1 << 20;
+
+/// The control socket of the daemon whose data directory is `data_dir`.
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("control.sock")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("control socket {path}: {source}")]
+    Socket {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("control socket {0}: a file that is not a socket is in the way")]
+    NotASocket(String),
+    #[error("DNS resolver: {0}")]
+    Resolver(String),
+    #[error(transparent)]
+    Cache(#[from] policy_cache::CacheError),
+}
+
+/// What the operator asks about a domain's policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyAction {
+    /// What is cached, and why.
+    Show,
+    /// Fetch now, whatever the cache holds.
+    Refresh,
+    /// Drop everything cached.
+    Forget,
+}
+
+impl PolicyAction {
+    fn word(self) -> &'static str {
+        match self {
+            PolicyAction::Show => "show",
+            PolicyAction::Refresh => "refresh",
+            PolicyAction::Forget => "forget",
+        }
+    }
+}
+
+/// One command, as sent over the socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub action: PolicyAction,
+    /// Lower-case, without a trailing dot.
+    pub domain: String,
+}
+
+/// Why a request line was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("request longer than {MAX_REQUEST} bytes")]
+    TooLong,
+    #[error("request is not UTF-8")]
+    NotUtf8,
+    #[error("empty request")]
+    Empty,
+    #[error("unknown command {0:?} (expected: policy show|refresh|forget DOMAIN)")]
+    Unknown(String),
+    #[error("bad domain {0:?}")]
+    BadDomain(String),
+}
+
+impl Request {
+    pub fn new(action: PolicyAction, domain: &str) -> Result<Request, RequestError> {
+        Ok(Request {
+            action,
+            domain: normalize_domain(domain)?,
+        })
+    }
+
+    /// Parses one request line (without its line end).
+    pub fn parse(line: &str) -> Result<Request, RequestError> {
+        let words: Vec<&str> = line.split_ascii_whitespace().collect();
+        let action = match words.as_slice() {
+            [] => return Err(RequestError::Empty),
+            ["policy", "show", _] => PolicyAction::Show,
+            ["policy", "refresh", _] => PolicyAction::Refresh,
+            ["policy", "forget", _] => PolicyAction::Forget,
+            _ => return Err(RequestError::Unknown(truncate(line, 80))),
+        };
+        Request::new(action, words[2])
+    }
+}
+
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "policy {} {}", self.action.word(), self.domain)
+    }
+}
+
+/// A domain as the operator types it, made canonical: lower case, no trailing dot. Only its
+/// shape is checked here (length, no spaces or control characters); the cache applies IDNA.
+fn normalize_domain(domain: &str) -> Result<String, RequestError> {
+    let d = domain.strip_suffix('.').unwrap_or(domain).to_lowercase();
+    let shape_ok = !d.is_empty()
+        && d.len() <= 253
+        && !d.starts_with('.')
+        && !d.contains("..")
+        && !d
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "/\\@:[]".contains(c));
+    if shape_ok {
+        Ok(d)
+    } else {
+        Err(RequestError::BadDomain(truncate(domain, 80)))
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    text.chars().take(max).collect()
+}
+
+/// The answer to one request: success or failure, and text for the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub ok: bool,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn ok(text: String) -> Reply {
+        Reply { ok: true, text }
+    }
+
+    pub fn error(text: String) -> Reply {
+        Reply { ok: false, text }
+    }
+
+    /// The bytes on the wire: the status line, then the text.
+    pub fn encode(&self) -> Vec<u8> {
+        let status = if self.ok { "ok\n" } else { "error\n" };
+        let mut out = Vec::with_capacity(status.len() + self.text.len());
+        out.extend_from_slice(status.as_bytes());
+        out.extend_from_slice(self.text.as_bytes());
+        out
+    }
+
+    /// Reads a reply back; `None` when the status line is missing or unknown.
+    pub fn decode(bytes: &[u8]) -> Option<Reply> {
+        let text = String::from_utf8_lossy(bytes);
+        let (status, rest) = text.split_once('\n')?;
+        let ok = match status {
+            "ok" => true,
+            "error" => false,
+            _ => return None,
+        };
+        Some(Reply {
+            ok,
+            text: rest.to_string(),
+        })
+    }
+}
+
+/// Runs one command against `cache`: the same code serves the daemon and the command line.
+pub async fn execute(cache: &PolicyCache, request: &Request) -> Reply {
+    let domain = request.domain.as_str();
+    match request.action {
+        PolicyAction::Show => Reply::ok(with_newline(cache.show(domain))),
+        PolicyAction::Refresh => {
+            let lookup = cache.refresh(domain).await;
+            let mut text = describe_lookup(domain, &lookup);
+            text.push_str("\n\n");
+            text.push_str(&with_newline(cache.show(domain)));
+            match lookup {
+                StsLookup::TempFail { .. } => Reply::error(text),
+                StsLookup::Policy(_) | StsLookup::NoPolicy { .. } => Reply::ok(text),
+            }
+        }
+        PolicyAction::Forget => match cache.forget(domain) {
+            Ok(true) => Reply::ok(format!("forgot {domain}\n")),
+            Ok(false) => Reply::ok(format!("nothing cached for {domain}\n")),
+            Err(e) => Reply::error(format!("{e}\n")),
+        },
+    }
+}
+
+/// One line (then the policy's MX patterns) saying what a refresh produced.
+fn describe_lookup(domain: &str, lookup: &StsLookup) -> String {
+    match lookup {
+        StsLookup::Policy(active) => describe_policy(active),
+        StsLookup::NoPolicy { reason } => format!("{domain}: no MTA-STS policy: {reason}"),
+        StsLookup::TempFail { reason } => {
+            format!("{domain}: cannot tell now (temporary failure): {reason}")
+        }
+    }
+}
+
+fn describe_policy(active: &ActivePolicy) -> String {
+    let mode = match active.policy.mode {
+        Mode::Enforce => "enforce",
+        Mode::Testing => "testing",
+        Mode::None => "none",
+    };
+    let mx: Vec<&str> = active.policy.mx.iter().map(|p| p.0.as_str()).collect();
+    format!(
+        "{}: policy id={} mode={} max_age={} mx={} fetched={} expires={}",
+        active.domain,
+        active.id,
+        mode,
+        active.policy.max_age,
+        mx.join(","),
+        humantime::format_rfc3339_seconds(active.fetched_at),
+        humantime::format_rfc3339_seconds(active.expires_at),
+    )
+}
+
+fn with_newline(mut text: String) -> String {
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text
+}
+
+/// Opens the policy cache of `config` in this process, with a resolver built as delivery
+/// builds its own (`[dns]`), for the command line when no daemon runs.
+pub fn open_cache(config: &Config) -> Result<PolicyCache, ControlError> {
+    let resolver = crate::delivery::dns::build_resolver(&config.dns)
+        .map_err(|e| ControlError::Resolver(e.to_string()))?;
+    Ok(PolicyCache::open(
+        &config.policy_cache_dir(),
+        resolver,
+        config.policy_settings(),
+        Arc::new(SystemClock),
+    )?)
+}
+
+/// The daemon's side: a bound control socket, not yet serving.
+pub struct ControlListener {
+    listener: UnixListener,
+    /// Removed again when serving ends.
+    path: PathBuf,
+}
+
+impl ControlListener {
+    /// Binds `path` with mode 0600, first removing a socket left by a daemon that did not
+    /// stop cleanly. The caller holds the data directory's lock, so no live daemon owns it.
+    pub fn bind(path: &Path) -> Result<ControlListener, ControlError> {
+        let err = |source| ControlError::Socket {
+            path: path.display().to_string(),
+            source,
+        };
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path).map_err(err)?,
+            Ok(_) => return Err(ControlError::NotASocket(path.display().to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err(e)),
+        }
+        let listener = UnixListener::bind(path).map_err(err)?;
+        // Peers are also checked by uid when they connect, which covers the moment between
+        // bind and chmod.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+        Ok(ControlListener {
+            listener,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Serves requests until `shutdown` turns true, then removes the socket file. Without a
+    /// policy cache (`mta_sts.enabled = false`) every policy command gets an error reply.
+    pub async fn serve(
+        self,
+        policies: Option<Arc<PolicyCache>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let mut handlers = JoinSet::new();
+        let mut stop = std::pin::pin!(async move {
+            // A dropped sender also means that nobody can keep us running.
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        });
+        loop {
+            let permit = tokio::select! {
+                permit = limit.clone().acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                _ = &mut stop => break,
+            };
+            let accepted = tokio::select! {
+                accepted = self.listener.accept() => accepted,
+                _ = &mut stop => break,
+            };
+            while handlers.try_join_next().is_some() {}
+            match accepted {
+                Ok((stream, _)) => {
+                    if !peer_allowed(&stream) {
+                        tracing::warn!("control socket: refused a peer of another user");
+                        continue;
+                    }
+                    let policies = policies.clone();
+                    handlers.spawn(async move {
+                        handle(stream, policies.as_deref()).await;
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!("control socket: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        // Commands still running are abandoned: a refresh in flight is harmless to cut.
+        handlers.shutdown().await;
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            tracing::warn!("control socket {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// Only our own user and root may command the daemon.
+fn peer_allowed(stream: &UnixStream) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    match stream.peer_cred() {
+        Ok(cred) => cred.uid() == me || cred.uid() == 0,
+        Err(_) => false,
+    }
+}
+
+/// One connection: read the request, run it, write the reply. Never panics on what the peer
+/// sends; every fault becomes an `error` reply or a closed connection.
+async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, policies: Option<&PolicyCache>) {
+    let reply = match tokio::time::timeout(READ_TIMEOUT, read_request(&mut stream)).await {
+        Err(_) => Reply::error("timed out reading the request\n".into()),
+        Ok(Err(e)) => Reply::error(format!("{e}\n")),
+        Ok(Ok(request)) => match policies {
+            None => Reply::error("MTA-STS is disabled in this daemon (mta_sts.enabled)\n".into()),
+            Some(cache) => {
+                tracing::info!("control socket: {request}");
+                match tokio::time::timeout(COMMAND_TIMEOUT, execute(cache, &request)).await {
+                    Ok(reply) => reply,
+                    Err(_) => Reply::error(format!("{request}: timed out\n")),
+                }
+            }
+        },
+    };
+    let write = async {
+        stream.write_all(&reply.encode()).await?;
+        stream.shutdown().await
+    };
+    if let Ok(Err(e)) | Err(e) = tokio::time::timeout(WRITE_TIMEOUT, write)
+        .await
+        .map_err(std::io::Error::from)
+    {
+        tracing::debug!("control socket: writing the reply: {e}");
+    }
+}
+
+/// Reads one line of at most [`MAX_REQUEST`] bytes (the end of input also ends it).
+async fn read_request<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Request, RequestError> {
+    let mut line = Vec::new();
+    let mut reader = BufReader::new(stream.take(MAX_REQUEST as u64));
+    // An I/O error mid-line leaves what was read; the parse below judges it.
+    let _ = reader.read_until(b'\n', &mut line).await;
+    if line.last() != Some(&b'\n') && line.len() >= MAX_REQUEST {
+        return Err(RequestError::TooLong);
+    }
+    let text = std::str::from_utf8(&line).map_err(|_| RequestError::NotUtf8)?;
+    Request::parse(text.trim_end_matches(['\r', '\n']))
+}
+
+/// Why the command line could not get an answer from the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing listens on the socket (no file, or a file left by a stopped daemon).
+    #[error("no daemon listens on {0}")]
+    NotRunning(String),
+    #[error("control socket {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("control socket {0}: no answer within {COMMAND_TIMEOUT:?}")]
+    Timeout(String),
+    #[error("control socket {0}: malformed reply")]
+    Malformed(String),
+}
+
+/// Sends `request` to the daemon listening on `path` and returns its reply.
+pub async fn request(path: &Path, request: &Request) -> Result<Reply, ClientError> {
+    let shown = path.display().to_string();
+    let mut stream = match UnixStream::connect(path).await {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Err(ClientError::NotRunning(shown));
+        }
+        Err(source) => {
+            return Err(ClientError::Io {
+                path: shown,
+                source,
+            })
+        }
+    };
+    let exchange = async {
+        stream.write_all(format!("{request}\n").as_bytes()).await?;
+        let mut bytes = Vec::new();
+        // Margin over the daemon's own limit, so its timeout reply arrives first.
+        (&mut stream)
+            .take(MAX_REPLY)
+            .read_to_end(&mut bytes)
+            .await?;
+        Ok::<_, std::io::Error>(bytes)
+    };
+    let bytes = tokio::time::timeout(COMMAND_TIMEOUT + WRITE_TIMEOUT, exchange)
+        .await
+        .map_err(|_| ClientError::Timeout(shown.clone()))?
+        .map_err(|source| ClientError::Io {
+            path: shown.clone(),
+            source,
+        })?;
+    Reply::decode(&bytes).ok_or(ClientError::Malformed(shown))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good(line: &str, action: PolicyAction, domain: &str) {
+        assert_eq!(
+            Request::parse(line),
+            Ok(Request {
+                action,
+                domain: domain.into()
+            }),
+            "{line:?}"
+        );
+    }
+
+    fn bad(line: &str) -> RequestError {
+        Request::parse(line).expect_err(line)
+    }
+
+    #[test]
+    fn parses_requests() {
+        good("policy show example.com", PolicyAction::Show, "example.com");
+        good(
+            "policy refresh Example.COM.",
+            PolicyAction::Refresh,
+            "example.com",
+        );
+        good("  policy   forget a.b  ", PolicyAction::Forget, "a.b");
+        good(
+            "policy show bücher.example",
+            PolicyAction::Show,
+            "bücher.example",
+        );
+        assert_eq!(bad(""), RequestError::Empty);
+        assert!(matches!(bad("policy list"), RequestError::Unknown(_)));
+        assert!(matches!(bad("queue flush x"), RequestError::Unknown(_)));
+        assert!(matches!(bad("policy show a b"), RequestError::Unknown(_)));
+        assert!(matches!(
+            bad("policy show a..b"),
+            RequestError::BadDomain(_)
+        ));
+        assert!(matches!(bad("policy show ."), RequestError::BadDomain(_)));
+        assert!(matches!(bad("policy show a/b"), RequestError::BadDomain(_)));
+        assert!(matches!(
+            bad("policy show a\u{7}b"),
+            RequestError::BadDomain(_)
+        ));
+        let long = format!("policy show {}.com", "a".repeat(260));
+        assert!(matches!(bad(&long), RequestError::BadDomain(_)));
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        let r = Request::new(PolicyAction::Refresh, "Example.org.").unwrap();
+        assert_eq!(r.to_string(), "policy refresh example.org");
+        assert_eq!(Request::parse(&r.to_string()), Ok(r));
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        for reply in [
+            Reply::ok("a\nb\n".into()),
+            Reply::error("no\n".into()),
+            Reply::ok(String::new()),
+        ] {
+            assert_eq!(Reply::decode(&reply.encode()), Some(reply));
+        }
+        assert_eq!(Reply::decode(b""), None);
+        assert_eq!(Reply::decode(b"maybe\ntext"), None);
+    }
+
+    /// Runs `handle` over an in-memory pipe with `input` from the client; returns the reply.
+    async fn exchange(input: &[u8]) -> Reply {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let task = tokio::spawn(handle(server, None));
+        // The server may reply and close before reading everything; that is fine.
+        let _ = client.write_all(input).await;
+        let _ = client.shutdown().await;
+        let mut bytes = Vec::new();
+        client.read_to_end(&mut bytes).await.unwrap();
+        task.await.unwrap();
+        Reply::decode(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn bad_input_gets_an_error_reply() {
+        let r = exchange(b"frobnicate\n").await;
+        assert!(!r.ok);
+        assert!(r.text.contains("unknown command"), "{}", r.text);
+        let r = exchange(&[b'x'; 2000]).await;
+        assert!(!r.ok);
+        assert!(r.text.contains("longer than"), "{}", r.text);
+        let r = exchange(b"policy show \xff\xfe\n").await;
+        assert!(r.text.contains("not UTF-8"), "{}", r.text);
+        let r = exchange(b"").await;
+        assert!(r.text.contains("empty request"), "{}", r.text);
+    }
+
+    #[tokio::test]
+    async fn without_a_cache_policy_commands_are_refused() {
+        let r = exchange(b"policy show example.com\r\n").await;
+        assert!(!r.ok);
+        assert!(r.text.contains("MTA-STS is disabled"), "{}", r.text);
+    }
+
+    #[tokio::test]
+    async fn serves_a_socket_and_removes_it_on_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = socket_path(dir.path());
+        // A stale socket from a crashed daemon is replaced.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let (tx, rx) = watch::channel(false);
+        let listener = ControlListener::bind(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let task = tokio::spawn(listener.serve(None, rx));
+        let req = Request::new(PolicyAction::Forget, "example.com").unwrap();
+        let reply = request(&path, &req).await.unwrap();
+        assert!(!reply.ok);
+        tx.send(true).unwrap();
+        task.await.unwrap();
+        assert!(!path.exists());
+        assert!(matches!(
+            request(&path, &req).await,
+            Err(ClientError::NotRunning(_))
+        ));
+    }
+
+    #[test]
+    fn refuses_to_replace_a_file_that_is_not_a_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = socket_path(dir.path());
+        std::fs::write(&path, "precious").unwrap();
+        assert!(matches!(
+            ControlListener::bind(&path),
+            Err(ControlError::NotASocket(_))
+        ));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious");
+    }
+}

@@ -1,0 +1,298 @@
+//! One pass over a job's hosts under its TLS requirement: hosts in order (RFC 5321 §5.1), each
+//! host's addresses in order, until a session reaches a transaction.
+//!
+//! What the requirement changes (RFC 8461 §4, §5): under an enforced MTA-STS policy, hosts
+//! outside the policy are skipped and the others must give verified TLS, with no plaintext
+//! fallback; under a testing policy, delivery is opportunistic but every would-be failure is
+//! reported to the policy cache (for TLS-RPT, RFC 8460). Each pass evaluates its own job's
+//! policy: nothing learnt about a host is kept for another job, whose domain may say otherwise.
+
+use super::attempt::{Attempt, Failure, Rank, Relay, WorstFailure};
+use super::requirement::{HostPlan, TlsRequirement};
+use super::session::{self, Connection, Next, Session, SessionContext, StartTls, StartTlsSeen};
+use super::tls::CheckedHandshake;
+use super::tls_failure::{ResultType, TlsFailure};
+use super::transaction::Transaction;
+use super::{mx, Deliverer, Job, MAX_ADDRESSES};
+use crate::reply::{EnhancedCode, Reply};
+use policy_cache::FailureRecord;
+use std::net::SocketAddr;
+use std::time::SystemTime;
+use tokio_rustls::TlsConnector;
+
+/// One pass over the hosts of one job under one requirement.
+pub(crate) struct Run<'a> {
+    deliverer: &'a Deliverer,
+    job: &'a Job<'a>,
+    requirement: &'a TlsRequirement,
+    /// The SMTP port of every host.
+    port: u16,
+    /// The failure to report if no host takes the mail.
+    worst: WorstFailure,
+    /// A host outside the policy already counts as a failure: only the most preferred one
+    /// is named to the recipients.
+    unauthorized_counted: bool,
+}
+
+impl<'a> Run<'a> {
+    pub fn new(
+        deliverer: &'a Deliverer,
+        job: &'a Job<'a>,
+        requirement: &'a TlsRequirement,
+        port: u16,
+    ) -> Run<'a> {
+        Run {
+            deliverer,
+            job,
+            requirement,
+            port,
+            worst: WorstFailure::default(),
+            unauthorized_counted: false,
+        }
+    }
+
+    pub fn into_worst(self) -> WorstFailure {
+        self.worst
+    }
+
+    /// Hosts in order, each host's addresses in order, up to [`MAX_ADDRESSES`]. `None` when no
+    /// session reached a transaction; the worst failure then says why.
+    pub async fn try_hosts(&mut self, hosts: &[String]) -> Option<Vec<Attempt>> {
+        let mut budget = MAX_ADDRESSES;
+        'hosts: for host in hosts {
+            if budget == 0 {
+                break;
+            }
+            let plan = self.requirement.host_plan(host, self.job.domain);
+            if !self.admit(host, &plan) {
+                continue;
+            }
+            // RFC 5321 §5.1: a host whose address cannot be found is skipped.
+            let addrs = match mx::host_addresses(&self.deliverer.resolver, host).await {
+                Ok(addrs) => addrs,
+                Err(failure) => {
+                    self.worst.record(failure);
+                    continue;
+                }
+            };
+            for ip in addrs.into_iter().take(budget) {
+                budget -= 1;
+                let relay = Relay {
+                    host: host.clone(),
+                    addr: SocketAddr::new(ip, self.port),
+                };
+                match self.try_address(&relay, &plan).await {
+                    Ok(attempts) => return Some(attempts),
+                    Err(Next::Host) => continue 'hosts,
+                    Err(_) => continue,
+                }
+            }
+        }
+        None
+    }
+
+    /// Whether to try `host` at all; reports a host outside the policy.
+    fn admit(&mut self, host: &str, plan: &HostPlan) -> bool {
+        match plan {
+            HostPlan::Skip(failure) => {
+                // RFC 8461 §4.1: senders must not deliver to MX hosts that match no pattern.
+                let domain = self.job.domain;
+                tracing::info!("{domain}: skipping MX host {host}: {}", failure.detail());
+                self.report(host, failure);
+                if !self.unauthorized_counted {
+                    self.unauthorized_counted = true;
+                    self.worst.record(failure.clone().into_failure(None));
+                }
+                false
+            }
+            HostPlan::Probe { pattern: None } => {
+                // RFC 8461 §5: in testing mode, deliver anyway, but report.
+                let failure = TlsFailure::NotAuthorized {
+                    host: host.to_string(),
+                    domain: self.job.domain.to_string(),
+                };
+                self.report(host, &failure);
+                true
+            }
+            _ => true,
+        }
+    }
+
+    /// One address: a session as the host's plan says, then the transaction. On failure,
+    /// records why and says what to try next.
+    async fn try_address(&mut self, relay: &Relay, plan: &HostPlan) -> Result<Vec<Attempt>, Next> {
+        let session = match plan {
+            HostPlan::Verified { .. } => self.open_verified(relay).await?,
+            HostPlan::Probe { .. } => self.open_probe(relay).await?,
+            HostPlan::Opportunistic => {
+                let connector = &self.deliverer.opportunistic;
+                self.open_opportunistic(relay, connector, false).await?
+            }
+            HostPlan::Skip(_) => return Err(Next::Host),
+        };
+        Ok(self.transact(session).await)
+    }
+
+    fn session_context(&self) -> SessionContext<'a> {
+        let config = &self.deliverer.config;
+        SessionContext {
+            hostname: &config.hostname,
+            connect_timeout: config.delivery.connect_timeout,
+            command_timeout: config.delivery.command_timeout,
+        }
+    }
+
+    /// STARTTLS if offered, else (or after a failed handshake) plaintext: Postfix level `may`.
+    /// With `probe`, a failed handshake is reported as a policy would-be failure.
+    async fn open_opportunistic(
+        &mut self,
+        relay: &Relay,
+        connector: &TlsConnector,
+        probe: bool,
+    ) -> Result<Session, Next> {
+        let ctx = self.session_context();
+        match session::open(&ctx, relay, StartTls::Opportunistic(connector)).await {
+            Ok(session) => Ok(session),
+            Err(e) if e.next == Next::Plaintext => {
+                if probe {
+                    let failure = TlsFailure::Handshake(e.failure.reply.text.clone());
+                    self.report(&relay.host, &failure);
+                }
+                self.worst.record(e.failure);
+                session::open(&ctx, relay, StartTls::Skip)
+                    .await
+                    .map_err(|e| {
+                        self.worst.record(e.failure);
+                        e.next
+                    })
+            }
+            Err(e) => {
+                self.worst.record(e.failure);
+                Err(e.next)
+            }
+        }
+    }
+
+    /// RFC 8461 §4.2, §5 (enforce): STARTTLS offered, TLS 1.2+, a certificate PKIX-valid for
+    /// the MX host name, or no session at all.
+    async fn open_verified(&mut self, relay: &Relay) -> Result<Session, Next> {
+        let checked = self.checked_handshake(true)?;
+        let ctx = self.session_context();
+        match session::open(&ctx, relay, StartTls::Required(&checked)).await {
+            Ok(session) => Ok(session),
+            Err(e) => {
+                if let Some(result_type) = e.failure.result_type {
+                    self.report_raw(&relay.host, result_type, &e.failure.reply.text);
+                }
+                self.worst.record(e.failure);
+                Err(e.next)
+            }
+        }
+    }
+
+    /// RFC 8461 §5 (testing): opportunistic delivery, with the certificate checked as
+    /// enforce mode would, and every would-be failure reported.
+    async fn open_probe(&mut self, relay: &Relay) -> Result<Session, Next> {
+        let checked = self.checked_handshake(false)?;
+        let session = self
+            .open_opportunistic(relay, &checked.connector, true)
+            .await?;
+        let failure = match &session.starttls {
+            StartTlsSeen::NotOffered => Some(TlsFailure::NotOffered),
+            StartTlsSeen::Refused(r) => Some(TlsFailure::Refused(r.clone())),
+            StartTlsSeen::Started => match checked.verdict() {
+                Some(Err(e)) => Some(TlsFailure::Certificate(e)),
+                _ => None,
+            },
+            StartTlsSeen::NotTried => None,
+        };
+        if let Some(failure) = failure {
+            self.report(&relay.host, &failure);
+        }
+        Ok(session)
+    }
+
+    /// A connector of its own for one handshake. Failing to build one is our fault, never the
+    /// destination's: transient 4.3.0, never 4.7.5 (DESIGN.md), and ranked high so that the
+    /// operator sees it rather than whatever other hosts said.
+    fn checked_handshake(&mut self, enforce: bool) -> Result<CheckedHandshake, Next> {
+        self.deliverer.pkix.handshake(enforce).map_err(|e| {
+            tracing::error!("TLS client setup: {e}");
+            self.worst.record(Failure::new(
+                Reply::new(
+                    451,
+                    EnhancedCode::new(4, 3, 0),
+                    format!("TLS client setup failed: {e}"),
+                ),
+                None,
+                Rank::Reply,
+            ));
+            Next::Host
+        })
+    }
+
+    /// A policy failure at `mx_host`, for TLS-RPT (RFC 8460) and the log.
+    fn report(&self, mx_host: &str, failure: &TlsFailure) {
+        self.report_raw(mx_host, failure.result_type(), &failure.detail());
+    }
+
+    fn report_raw(&self, mx_host: &str, result_type: ResultType, detail: &str) {
+        let mode = match self.requirement {
+            TlsRequirement::StsEnforce(_) => "enforce",
+            TlsRequirement::StsTesting(_) => "testing",
+            TlsRequirement::Opportunistic => return,
+        };
+        let (Some(policies), Some(policy)) = (&self.deliverer.policies, self.requirement.sts())
+        else {
+            return;
+        };
+        tracing::info!(
+            "{}: MTA-STS {mode} policy {} failure at {mx_host}: {}: {detail}",
+            policy.domain,
+            policy.id,
+            result_type.as_str()
+        );
+        policies.record_failure(FailureRecord {
+            domain: policy.domain.clone(),
+            policy_id: policy.id.clone(),
+            mode: mode.to_string(),
+            mx_host: mx_host.to_string(),
+            result_type: result_type.as_str().to_string(),
+            detail: detail.to_string(),
+            at: SystemTime::now(),
+        });
+    }
+
+    async fn transact(&self, session: Session) -> Vec<Attempt> {
+        let Session {
+            relay,
+            connection,
+            extensions,
+            tls,
+            ..
+        } = session;
+        let tx = Transaction {
+            job: self.job,
+            relay: &relay,
+            extensions,
+            data_timeout: self.deliverer.config.delivery.data_timeout,
+        };
+        let dsn_passed_on = extensions.has(smtp_proto::EXT_DSN);
+        let replies = match connection {
+            Connection::Plain(mut client) => tx.run(&mut client).await,
+            Connection::Tls(mut client) => tx.run(client.as_mut()).await,
+        };
+        let policy = self.requirement.applied(Some(&relay.host));
+        replies
+            .into_iter()
+            .map(|(rcpt, reply)| Attempt {
+                rcpt,
+                reply,
+                relay: Some(relay.clone()),
+                tls: tls.clone(),
+                policy: policy.clone(),
+                dsn_passed_on,
+            })
+            .collect()
+    }
+}
