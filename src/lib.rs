@@ -7,6 +7,7 @@
 pub mod config;
 pub mod control;
 pub mod delivery;
+pub mod dnssec;
 pub mod dsn;
 pub mod envelope;
 pub mod inbound;

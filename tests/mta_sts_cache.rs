@@ -4,11 +4,8 @@
 
 mod lab;
 
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::rdata::TXT;
 use hickory_resolver::proto::rr::RData;
-use hickory_resolver::TokioResolver;
 use lab::dns::Zone;
 use lab::https::{PolicyServer, Response};
 use lab::{Lab, WAIT};
@@ -83,7 +80,7 @@ impl Bed {
 
     /// Removes the TXT record (the name then answers NXDOMAIN).
     fn withdraw(&self) {
-        self.lab.zone(self.zone().a(HOST, self.server.ip()));
+        self.lab.zone(self.zone_without_txt());
     }
 
     fn zone(&self) -> Zone {
@@ -92,13 +89,29 @@ impl Bed {
             .a("mx.example.test", self.lab.ip(3))
     }
 
+    /// [`Bed::zone`] with the policy host's address but no TXT record at `_mta-sts`: a test
+    /// adds what it wants there.
+    fn zone_without_txt(&self) -> Zone {
+        self.zone().a(HOST, self.server.ip())
+    }
+
     /// Serves `text` as the policy from now on.
     fn serve(&self, text: &str) {
         self.server.set(HOST, Response::policy(text));
     }
 
+    /// Answers policy fetches with HTTP status `code` from now on.
+    fn serve_status(&self, code: u16) {
+        self.server.set(HOST, Response::status(code));
+    }
+
     fn requests(&self) -> usize {
         self.server.requests(HOST)
+    }
+
+    /// What `policy show` prints for [`DOMAIN`].
+    fn show(&self) -> String {
+        self.cache.show(DOMAIN)
     }
 
     fn advance(&self, secs: u64) {
@@ -109,26 +122,17 @@ impl Bed {
         self.cache.lookup(DOMAIN).await
     }
 
+    /// The id of the policy a lookup finds (there must be one).
+    async fn policy_id(&self) -> String {
+        policy(&self.lookup().await).id.clone()
+    }
+
     /// A second cache on the same directory and clock, as after a restart.
     fn reopen(self) -> Bed {
-        let Bed {
-            lab,
-            server,
-            clock,
-            settings,
-            dir,
-            cache,
-        } = self;
-        drop(cache);
-        let cache = open(&lab, &dir, &settings, &clock);
-        Bed {
-            lab,
-            server,
-            clock,
-            settings,
-            dir,
-            cache,
-        }
+        // The first cache closes (and lets go of its directory) before the second opens.
+        drop(self.cache);
+        let cache = open(&self.lab, &self.dir, &self.settings, &self.clock);
+        Bed { cache, ..self }
     }
 }
 
@@ -138,27 +142,7 @@ fn open(
     settings: &Settings,
     clock: &Arc<ManualClock>,
 ) -> PolicyCache {
-    PolicyCache::open(dir, resolver(lab), settings.clone(), clock.clone()).expect("open cache")
-}
-
-/// A resolver that asks only the lab's DNS server and caches nothing, so that a zone change is
-/// seen at once (production relies on hickory's TTL-bound cache).
-fn resolver(lab: &Lab) -> TokioResolver {
-    let addr = lab.dns.addr();
-    let mut udp = ConnectionConfig::udp();
-    udp.port = addr.port();
-    let mut tcp = ConnectionConfig::tcp();
-    tcp.port = addr.port();
-    let ns = NameServerConfig::new(addr.ip(), true, vec![udp, tcp]);
-    let mut builder = TokioResolver::builder_with_config(
-        ResolverConfig::from_parts(None, vec![], vec![ns]),
-        TokioRuntimeProvider::default(),
-    );
-    let opts = builder.options_mut();
-    opts.use_hosts_file = ResolveHosts::Never;
-    opts.timeout = Duration::from_secs(2);
-    opts.cache_size = 0;
-    builder.build().expect("lab resolver")
+    PolicyCache::open(dir, lab.resolver(), settings.clone(), clock.clone()).expect("open cache")
 }
 
 #[track_caller]
@@ -188,10 +172,10 @@ async fn a_cached_policy_is_used_without_refetching_while_the_id_is_unchanged() 
     assert!(p.policy.matching("mx1.backup.example.test").is_some());
     assert_eq!(bed.requests(), 1);
     for _ in 0..3 {
-        assert_eq!(policy(&bed.lookup().await).id, "1");
+        assert_eq!(bed.policy_id().await, "1");
     }
     bed.advance(DAY - 1);
-    assert_eq!(policy(&bed.lookup().await).id, "1");
+    assert_eq!(bed.policy_id().await, "1");
     assert_eq!(
         bed.requests(),
         1,
@@ -249,7 +233,7 @@ async fn a_new_id_refetches() {
         ("2", Mode::Testing, 3600)
     );
     assert_eq!(bed.requests(), 2);
-    assert_eq!(policy(&bed.lookup().await).id, "2");
+    assert_eq!(bed.policy_id().await, "2");
     assert_eq!(bed.requests(), 2);
 }
 
@@ -257,24 +241,20 @@ async fn a_new_id_refetches() {
 async fn a_failed_refetch_keeps_the_old_policy() {
     let bed = Bed::new().await;
     policy(&bed.lookup().await);
-    bed.server.set(HOST, Response::status(404));
+    bed.serve_status(404);
     bed.announce("2");
-    assert_eq!(policy(&bed.lookup().await).id, "1");
+    assert_eq!(bed.policy_id().await, "1");
     assert_eq!(bed.requests(), 2);
     // The failure is remembered: the next message does not refetch.
-    assert_eq!(policy(&bed.lookup().await).id, "1");
+    assert_eq!(bed.policy_id().await, "1");
     assert_eq!(bed.requests(), 2);
     // After the negative TTL, the new id is tried again; a policy that does not parse is a
     // failed fetch too (RFC 8461 §3.2), never a reason to drop the cached one.
     bed.serve("version: STSv1\nmode: enforce\nmax_age: 60\n");
     bed.advance(NEGATIVE_TTL.as_secs());
-    assert_eq!(policy(&bed.lookup().await).id, "1");
+    assert_eq!(bed.policy_id().await, "1");
     assert_eq!(bed.requests(), 3);
-    assert!(
-        bed.cache.show(DOMAIN).contains("invalid policy"),
-        "{}",
-        bed.cache.show(DOMAIN)
-    );
+    assert!(bed.show().contains("invalid policy"), "{}", bed.show());
 }
 
 #[tokio::test]
@@ -283,7 +263,7 @@ async fn a_withdrawn_txt_record_keeps_the_cached_policy_until_it_expires() {
     policy(&bed.lookup().await);
     bed.withdraw();
     bed.advance(DAY - 1);
-    assert_eq!(policy(&bed.lookup().await).id, "1");
+    assert_eq!(bed.policy_id().await, "1");
     bed.advance(1);
     assert_no_policy(&bed.lookup().await);
     assert_eq!(bed.requests(), 1);
@@ -306,12 +286,11 @@ async fn an_invalid_txt_record_is_no_record() {
 async fn a_cname_at_the_txt_name_is_followed() {
     let bed = Bed::new().await;
     bed.lab.zone(
-        bed.zone()
-            .a(HOST, bed.server.ip())
+        bed.zone_without_txt()
             .cname("_mta-sts.example.test", "sts.example.test")
             .txt("sts.example.test", "v=STSv1; id=9"),
     );
-    assert_eq!(policy(&bed.lookup().await).id, "9");
+    assert_eq!(bed.policy_id().await, "9");
 }
 
 #[tokio::test]
@@ -319,15 +298,13 @@ async fn a_txt_name_without_txt_records_is_no_record() {
     let bed = Bed::new().await;
     // NODATA: the name exists (it has an A record) but no TXT.
     bed.lab.zone(
-        bed.zone()
-            .a(HOST, bed.server.ip())
+        bed.zone_without_txt()
             .a("_mta-sts.example.test", bed.lab.ip(9)),
     );
     assert_no_policy(&bed.lookup().await);
     // Only other TXT records: no STS record either.
     bed.lab.zone(
-        bed.zone()
-            .a(HOST, bed.server.ip())
+        bed.zone_without_txt()
             .txt("_mta-sts.example.test", "v=STSv12; id=1"),
     );
     assert_no_policy(&bed.lookup().await);
@@ -339,11 +316,10 @@ async fn the_strings_of_one_txt_record_are_joined() {
     let bed = Bed::new().await;
     let split = TXT::new(vec!["v=STSv1; ".into(), "id=77".into()]);
     bed.lab.zone(
-        bed.zone()
-            .a(HOST, bed.server.ip())
+        bed.zone_without_txt()
             .record("_mta-sts.example.test", RData::TXT(split)),
     );
-    assert_eq!(policy(&bed.lookup().await).id, "77");
+    assert_eq!(bed.policy_id().await, "77");
 }
 
 #[tokio::test]
@@ -351,7 +327,7 @@ async fn a_dns_failure_uses_the_cache_and_else_fails_for_now() {
     let bed = Bed::new().await;
     policy(&bed.lookup().await);
     bed.lab.dns.servfail(DOMAIN);
-    assert_eq!(policy(&bed.lookup().await).id, "1");
+    assert_eq!(bed.policy_id().await, "1");
     bed.advance(DAY);
     let expired = bed.lookup().await;
     assert!(matches!(expired, StsLookup::TempFail { .. }), "{expired:?}");
@@ -368,26 +344,26 @@ async fn a_dns_failure_uses_the_cache_and_else_fails_for_now() {
     );
 
     bed.lab.dns.heal(DOMAIN);
-    assert_eq!(policy(&bed.lookup().await).id, "1");
+    assert_eq!(bed.policy_id().await, "1");
     assert_eq!(bed.requests(), 2);
 }
 
 #[tokio::test]
 async fn a_failed_first_fetch_means_no_policy_and_is_not_retried_within_the_negative_ttl() {
     let bed = Bed::new().await;
-    bed.server.set(HOST, Response::status(500));
+    bed.serve_status(500);
     assert_no_policy(&bed.lookup().await);
     assert_eq!(bed.requests(), 1);
     bed.advance(NEGATIVE_TTL.as_secs() - 1);
     assert_no_policy(&bed.lookup().await);
     assert_eq!(bed.requests(), 1, "within the negative TTL");
-    assert!(bed.cache.show(DOMAIN).contains("HTTP status 500"));
+    assert!(bed.show().contains("HTTP status 500"));
 
     bed.advance(1);
     bed.serve(&policy_text("enforce", DAY));
-    assert_eq!(policy(&bed.lookup().await).id, "1");
+    assert_eq!(bed.policy_id().await, "1");
     assert_eq!(bed.requests(), 2);
-    assert!(bed.cache.show(DOMAIN).contains("last fetch failure: none"));
+    assert!(bed.show().contains("last fetch failure: none"));
 }
 
 #[tokio::test]
@@ -401,11 +377,11 @@ async fn a_policy_that_fails_to_parse_with_nothing_cached_is_no_policy() {
 #[tokio::test]
 async fn a_new_id_is_fetched_despite_a_recent_failure_of_the_old_one() {
     let bed = Bed::new().await;
-    bed.server.set(HOST, Response::status(404));
+    bed.serve_status(404);
     assert_no_policy(&bed.lookup().await);
     bed.serve(&policy_text("enforce", DAY));
     bed.announce("2");
-    assert_eq!(policy(&bed.lookup().await).id, "2");
+    assert_eq!(bed.policy_id().await, "2");
     assert_eq!(bed.requests(), 2);
 }
 
@@ -421,7 +397,7 @@ async fn mode_none_is_a_policy_of_mode_none() {
 async fn policies_survive_a_restart() {
     let bed = Bed::new().await;
     policy(&bed.lookup().await);
-    bed.server.set(HOST, Response::status(404));
+    bed.serve_status(404);
     let bed = bed.reopen();
     let p = bed.lookup().await;
     assert_eq!(policy(&p).id, "1");
@@ -438,7 +414,7 @@ async fn refresh_fetches_now_and_keeps_the_old_policy_on_failure() {
     assert_eq!(policy(&p).policy.mode, Mode::Testing);
     assert_eq!(bed.requests(), 2);
 
-    bed.server.set(HOST, Response::status(503));
+    bed.serve_status(503);
     let p = bed.cache.refresh(DOMAIN).await;
     assert_eq!(policy(&p).policy.mode, Mode::Testing);
     assert_eq!(bed.requests(), 3);
@@ -471,10 +447,10 @@ async fn the_refresher_drops_unused_entries() {
     assert_eq!(bed.cache.refresh_due().await.dropped, 0);
     bed.advance(10);
     assert_eq!(bed.cache.refresh_due().await.dropped, 1);
-    assert!(bed.cache.show(DOMAIN).contains("policy: none cached"));
+    assert!(bed.show().contains("policy: none cached"));
     let bed = bed.reopen();
     assert!(
-        bed.cache.show(DOMAIN).contains("policy: none cached"),
+        bed.show().contains("policy: none cached"),
         "dropped on disk too"
     );
     policy(&bed.lookup().await);
@@ -504,9 +480,9 @@ async fn forget_drops_the_policy() {
     policy(&bed.lookup().await);
     assert!(bed.cache.forget(DOMAIN).expect("forget"));
     assert!(!bed.cache.forget(DOMAIN).expect("forget"));
-    assert!(bed.cache.show(DOMAIN).contains("policy: none cached"));
+    assert!(bed.show().contains("policy: none cached"));
     let bed = bed.reopen();
-    assert!(bed.cache.show(DOMAIN).contains("policy: none cached"));
+    assert!(bed.show().contains("policy: none cached"));
     policy(&bed.lookup().await);
     assert_eq!(bed.requests(), 2);
 }

@@ -57,6 +57,12 @@ impl Scene {
         self.lab.zone(self.https.announce(zone, domain, id));
     }
 
+    /// Publishes `example.test` with MX hosts `mxN.example.test` (see [`example_zone`]) and the
+    /// policy `text` announced under `id`.
+    fn publish_example(&self, hosts: &[(u16, u8)], id: &str, text: &str) {
+        self.publish(example_zone(&self.lab, hosts), "example.test", id, text);
+    }
+
     /// Replaces the policy file of `domain` (its TXT id unchanged).
     fn republish(&self, domain: &str, text: &str) {
         self.https
@@ -78,6 +84,12 @@ impl Scene {
             .relay_config()
             .toml(&format!("[mta_sts]\nhttps_port = {}\n", self.https.port()));
         self.lab.start_relay(config).await
+    }
+
+    /// Submits a message to [`BOB`] and waits for its delivery log line with `status`.
+    async fn send_to_bob(&self, relay: &Relay, subject: &str, status: &str) -> DeliveryLine {
+        relay.submit(&self.mail(&[BOB], subject)).await;
+        relay.delivery(BOB, status).await
     }
 
     fn mail(&self, rcpts: &[&str], subject: &str) -> Submission {
@@ -107,6 +119,18 @@ fn field<'a>(d: &'a DeliveryLine, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {key}= in {}", d.line))
 }
 
+#[track_caller]
+fn assert_reply_starts_with(d: &DeliveryLine, prefix: &str) {
+    assert!(d.reply.starts_with(prefix), "{}", d.line);
+}
+
+/// Waits for a relay log line that contains each of `parts`.
+async fn wait_for_log_with(relay: &Relay, parts: &[&str]) -> String {
+    relay
+        .wait_for_log(|l| parts.iter().all(|part| l.contains(part)), WAIT)
+        .await
+}
+
 /// Asserts the TLS-required failure reached no MAIL FROM: nothing was sent in plaintext.
 fn assert_no_transaction(mx: &SmtpServer) {
     assert!(mx.messages().is_empty(), "nothing may be delivered");
@@ -125,10 +149,8 @@ fn assert_no_transaction(mx: &SmtpServer) {
 async fn enforce_delivers_over_verified_tls() {
     let s = Scene::new().await;
     let mx = s.tls_mx(10, &["mx10.example.test"]).await;
-    let zone = example_zone(&s.lab, &[(10, 10)]);
-    s.publish(
-        zone,
-        "example.test",
+    s.publish_example(
+        &[(10, 10)],
         "20261123",
         &policy("enforce", &["*.example.test"]),
     );
@@ -163,10 +185,8 @@ async fn enforce_skips_an_mx_outside_the_policy() {
     let s = Scene::new().await;
     let outsider = s.tls_mx(10, &["mx10.example.test"]).await;
     let listed = s.tls_mx(20, &["mx20.example.test"]).await;
-    let zone = example_zone(&s.lab, &[(10, 10), (20, 20)]);
-    s.publish(
-        zone,
-        "example.test",
+    s.publish_example(
+        &[(10, 10), (20, 20)],
         "1",
         &policy("enforce", &["mx20.example.test"]),
     );
@@ -187,9 +207,7 @@ async fn enforce_skips_an_mx_outside_the_policy() {
         0,
         "the unlisted MX gets no connection"
     );
-    relay
-        .wait_for_log(|l| l.contains("skipping MX host mx10.example.test"), WAIT)
-        .await;
+    wait_for_log_with(&relay, &["skipping MX host mx10.example.test"]).await;
 }
 
 /// RFC 8461 §5: under enforce, no STARTTLS means no delivery (Postfix's wording, 4.7.4), and
@@ -198,17 +216,10 @@ async fn enforce_skips_an_mx_outside_the_policy() {
 async fn enforce_without_starttls_defers() {
     let s = Scene::new().await;
     let mx = s.lab.mx(10, Behaviour::plain()).await;
-    let zone = example_zone(&s.lab, &[(10, 10)]);
-    s.publish(
-        zone,
-        "example.test",
-        "1",
-        &policy("enforce", &["mx10.example.test"]),
-    );
+    s.publish_example(&[(10, 10)], "1", &policy("enforce", &["mx10.example.test"]));
     let relay = s.relay().await;
 
-    relay.submit(&s.mail(&[BOB], "no starttls")).await;
-    let d = relay.delivery(BOB, "deferred").await;
+    let d = s.send_to_bob(&relay, "no starttls", "deferred").await;
     assert_eq!(field(&d, "dsn"), "4.7.4", "{}", d.line);
     assert_eq!(
         d.reply,
@@ -220,16 +231,11 @@ async fn enforce_without_starttls_defers() {
     assert_eq!(field(&d, "policy"), "mta-sts");
     assert_eq!(field(&d, "sts_mx"), "mx10.example.test");
     assert_no_transaction(&mx);
-    relay
-        .wait_for_log(
-            |l| {
-                l.contains(
-                    "MTA-STS enforce policy 1 failure at mx10.example.test: starttls-not-supported",
-                )
-            },
-            WAIT,
-        )
-        .await;
+    wait_for_log_with(
+        &relay,
+        &["MTA-STS enforce policy 1 failure at mx10.example.test: starttls-not-supported"],
+    )
+    .await;
 }
 
 /// RFC 8461 §5: a refused STARTTLS is no better than a missing one; the reply keeps the
@@ -241,17 +247,10 @@ async fn enforce_with_starttls_refused_defers() {
     let mut behaviour = Behaviour::plain().starttls(&cert, &key);
     behaviour.starttls_reply = Some("454 4.7.0 TLS not available".into());
     let mx = s.lab.mx(10, behaviour).await;
-    let zone = example_zone(&s.lab, &[(10, 10)]);
-    s.publish(
-        zone,
-        "example.test",
-        "1",
-        &policy("enforce", &["mx10.example.test"]),
-    );
+    s.publish_example(&[(10, 10)], "1", &policy("enforce", &["mx10.example.test"]));
     let relay = s.relay().await;
 
-    relay.submit(&s.mail(&[BOB], "refused")).await;
-    let d = relay.delivery(BOB, "deferred").await;
+    let d = s.send_to_bob(&relay, "refused", "deferred").await;
     assert_eq!(
         d.reply,
         format!(
@@ -269,32 +268,19 @@ async fn enforce_with_starttls_refused_defers() {
 async fn enforce_with_a_wrong_name_certificate_defers() {
     let s = Scene::new().await;
     let mx = s.tls_mx(10, &["other.example.test"]).await;
-    let zone = example_zone(&s.lab, &[(10, 10)]);
-    s.publish(
-        zone,
-        "example.test",
-        "1",
-        &policy("enforce", &["mx10.example.test"]),
-    );
+    s.publish_example(&[(10, 10)], "1", &policy("enforce", &["mx10.example.test"]));
     let relay = s.relay().await;
 
-    relay.submit(&s.mail(&[BOB], "wrong name")).await;
-    let d = relay.delivery(BOB, "deferred").await;
+    let d = s.send_to_bob(&relay, "wrong name", "deferred").await;
     assert_eq!(field(&d, "dsn"), "4.7.5", "{}", d.line);
-    assert!(
-        d.reply
-            .starts_with("451 4.7.5 Server certificate not verified"),
-        "{}",
-        d.line
-    );
+    assert_reply_starts_with(&d, "451 4.7.5 Server certificate not verified");
     assert_eq!(field(&d, "tls"), "none");
     assert_no_transaction(&mx);
-    relay
-        .wait_for_log(
-            |l| l.contains("failure at mx10.example.test: certificate-host-mismatch"),
-            WAIT,
-        )
-        .await;
+    wait_for_log_with(
+        &relay,
+        &["failure at mx10.example.test: certificate-host-mismatch"],
+    )
+    .await;
 }
 
 /// RFC 8461 §4.1: when no MX host matches the policy, nothing is contacted and the recipient
@@ -304,17 +290,14 @@ async fn enforce_with_no_authorized_mx_defers() {
     let s = Scene::new().await;
     let mx10 = s.tls_mx(10, &["mx10.example.test"]).await;
     let mx20 = s.tls_mx(20, &["mx20.example.test"]).await;
-    let zone = example_zone(&s.lab, &[(10, 10), (20, 20)]);
-    s.publish(
-        zone,
-        "example.test",
+    s.publish_example(
+        &[(10, 10), (20, 20)],
         "1",
         &policy("enforce", &["mx.elsewhere.test"]),
     );
     let relay = s.relay().await;
 
-    relay.submit(&s.mail(&[BOB], "unauthorized")).await;
-    let d = relay.delivery(BOB, "deferred").await;
+    let d = s.send_to_bob(&relay, "unauthorized", "deferred").await;
     assert_eq!(
         d.reply,
         "451 4.7.5 MX host mx10.example.test not authorized by MTA-STS policy for example.test"
@@ -333,17 +316,10 @@ async fn enforce_with_no_authorized_mx_defers() {
 async fn a_changed_policy_is_picked_up_before_failing() {
     let s = Scene::new().await;
     let mx = s.lab.mx(10, Behaviour::plain()).await;
-    let zone = example_zone(&s.lab, &[(10, 10)]);
-    s.publish(
-        zone,
-        "example.test",
-        "1",
-        &policy("enforce", &["mx10.example.test"]),
-    );
+    s.publish_example(&[(10, 10)], "1", &policy("enforce", &["mx10.example.test"]));
     let relay = s.relay().await;
 
-    relay.submit(&s.mail(&[BOB], "re-check")).await;
-    let d = relay.delivery(BOB, "deferred").await;
+    let d = s.send_to_bob(&relay, "re-check", "deferred").await;
     assert_eq!(field(&d, "dsn"), "4.7.4", "{}", d.line);
     assert_no_transaction(&mx);
     let fetched = s.https.requests("mta-sts.example.test");
@@ -380,13 +356,7 @@ async fn a_changed_policy_is_picked_up_before_failing() {
 async fn testing_delivers_in_plaintext_and_records_the_failure() {
     let s = Scene::new().await;
     let mx = s.lab.mx(10, Behaviour::plain()).await;
-    let zone = example_zone(&s.lab, &[(10, 10)]);
-    s.publish(
-        zone,
-        "example.test",
-        "7",
-        &policy("testing", &["mx10.example.test"]),
-    );
+    s.publish_example(&[(10, 10)], "7", &policy("testing", &["mx10.example.test"]));
     let relay = s.relay().await;
 
     relay.submit(&s.mail(&[BOB], "testing")).await;
@@ -397,15 +367,14 @@ async fn testing_delivers_in_plaintext_and_records_the_failure() {
     assert_eq!(field(&d, "policy"), "mta-sts-testing");
     assert_eq!(field(&d, "sts_id"), "7");
     assert_eq!(field(&d, "sts_mx"), "mx10.example.test");
-    relay
-        .wait_for_log(
-            |l| {
-                l.contains("MTA-STS testing policy 7 failure at mx10.example.test")
-                    && l.contains("starttls-not-supported")
-            },
-            WAIT,
-        )
-        .await;
+    wait_for_log_with(
+        &relay,
+        &[
+            "MTA-STS testing policy 7 failure at mx10.example.test",
+            "starttls-not-supported",
+        ],
+    )
+    .await;
 }
 
 /// A testing policy with a certificate for another name: delivered over (unverified) TLS,
@@ -414,13 +383,7 @@ async fn testing_delivers_in_plaintext_and_records_the_failure() {
 async fn testing_reports_a_certificate_mismatch_but_delivers() {
     let s = Scene::new().await;
     let mx = s.tls_mx(10, &["other.example.test"]).await;
-    let zone = example_zone(&s.lab, &[(10, 10)]);
-    s.publish(
-        zone,
-        "example.test",
-        "1",
-        &policy("testing", &["mx10.example.test"]),
-    );
+    s.publish_example(&[(10, 10)], "1", &policy("testing", &["mx10.example.test"]));
     let relay = s.relay().await;
 
     relay.submit(&s.mail(&[BOB], "testing tls")).await;
@@ -428,12 +391,11 @@ async fn testing_reports_a_certificate_mismatch_but_delivers() {
     let d = relay.delivery(BOB, "sent").await;
     assert_eq!(field(&d, "tls"), "unverified");
     assert_eq!(field(&d, "policy"), "mta-sts-testing");
-    relay
-        .wait_for_log(
-            |l| l.contains("failure at mx10.example.test: certificate-host-mismatch"),
-            WAIT,
-        )
-        .await;
+    wait_for_log_with(
+        &relay,
+        &["failure at mx10.example.test: certificate-host-mismatch"],
+    )
+    .await;
 }
 
 /// One SMTP server is the MX of three domains with different policies, all in one message:
@@ -472,12 +434,7 @@ async fn one_mx_host_judged_per_domain() {
     let db = relay.delivery(b, "sent").await;
     let dc = relay.delivery(c, "sent").await;
 
-    assert!(
-        da.reply
-            .starts_with("451 4.7.5 Server certificate not verified"),
-        "{}",
-        da.line
-    );
+    assert_reply_starts_with(&da, "451 4.7.5 Server certificate not verified");
     assert_eq!(field(&da, "policy"), "mta-sts");
     assert_eq!(field(&db, "tls"), "unverified");
     assert_eq!(field(&db, "policy"), "none");
@@ -504,24 +461,15 @@ async fn one_mx_host_judged_per_domain() {
 async fn a_failed_policy_lookup_defers() {
     let s = Scene::new().await;
     let mx = s.tls_mx(10, &["mx10.example.test"]).await;
-    let zone = example_zone(&s.lab, &[(10, 10)]);
-    s.publish(
-        zone,
-        "example.test",
-        "1",
-        &policy("enforce", &["mx10.example.test"]),
-    );
+    s.publish_example(&[(10, 10)], "1", &policy("enforce", &["mx10.example.test"]));
     s.lab.dns.servfail("_mta-sts.example.test");
     let relay = s.relay().await;
 
-    relay.submit(&s.mail(&[BOB], "servfail")).await;
-    let d = relay.delivery(BOB, "deferred").await;
+    let d = s.send_to_bob(&relay, "servfail", "deferred").await;
     assert_eq!(field(&d, "dsn"), "4.4.3", "{}", d.line);
-    assert!(
-        d.reply
-            .starts_with("451 4.4.3 MTA-STS policy lookup failed for example.test"),
-        "{}",
-        d.line
+    assert_reply_starts_with(
+        &d,
+        "451 4.4.3 MTA-STS policy lookup failed for example.test",
     );
     assert_eq!(field(&d, "relay"), "none");
     assert_eq!(mx.connections(), 0);

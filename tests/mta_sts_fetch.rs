@@ -4,9 +4,6 @@
 
 mod lab;
 
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::TokioResolver;
 use lab::ca::{CertOptions, LabCa};
 use lab::dns::Zone;
 use lab::https::{PolicyServer, Response};
@@ -49,7 +46,7 @@ impl Bed {
     }
 
     fn fetcher(&self) -> Fetcher {
-        Fetcher::new(&self.settings, resolver(&self.lab)).expect("fetcher")
+        Fetcher::new(&self.settings, self.lab.resolver()).expect("fetcher")
     }
 
     async fn fetch(&self) -> Result<String, FetchError> {
@@ -65,23 +62,23 @@ impl Bed {
         self.server.set(HOST, response);
         self.fetch().await
     }
+
+    /// Has [`HOST`] present a certificate for its name issued by `ca` with `options`.
+    fn certify(&self, ca: &LabCa, options: CertOptions) {
+        self.server.certify(HOST, &ca.issue_with(&[HOST], options));
+    }
+
+    /// How many requests [`HOST`] answered (a failed handshake makes none).
+    fn requests(&self) -> usize {
+        self.server.requests(HOST)
+    }
 }
 
-/// A resolver that asks only the lab's DNS server.
-fn resolver(lab: &Lab) -> TokioResolver {
-    let addr = lab.dns.addr();
-    let mut udp = ConnectionConfig::udp();
-    udp.port = addr.port();
-    let mut tcp = ConnectionConfig::tcp();
-    tcp.port = addr.port();
-    let ns = NameServerConfig::new(addr.ip(), true, vec![udp, tcp]);
-    let mut builder = TokioResolver::builder_with_config(
-        ResolverConfig::from_parts(None, vec![], vec![ns]),
-        TokioRuntimeProvider::default(),
-    );
-    builder.options_mut().use_hosts_file = ResolveHosts::Never;
-    builder.options_mut().timeout = Duration::from_secs(2);
-    builder.build().expect("lab resolver")
+/// [`DOMAIN`] with its MX and its `_mta-sts` TXT record, but no address for [`HOST`].
+fn zone_without_policy_host() -> Zone {
+    Zone::new(DOMAIN)
+        .mx(10, "mx.example.test")
+        .txt("_mta-sts.example.test", "v=STSv1; id=1")
 }
 
 fn tls_error(result: Result<String, FetchError>) -> String {
@@ -97,7 +94,7 @@ fn tls_error(result: Result<String, FetchError>) -> String {
 async fn text_plain_with_charset_is_returned() {
     let bed = Bed::new().await;
     assert_eq!(bed.fetch().await, Ok(POLICY.to_string()));
-    assert_eq!(bed.server.requests(HOST), 1);
+    assert_eq!(bed.requests(), 1);
     let served = bed.server.wait_served(HOST, 1, WAIT).await;
     assert_eq!(served[0].path, "/.well-known/mta-sts.txt");
 }
@@ -214,7 +211,7 @@ async fn redirects_are_never_followed() {
         Err(FetchError::Status(301))
     );
     assert_eq!(bed.server.requests(&target_host), 0);
-    assert_eq!(bed.server.requests(HOST), 5);
+    assert_eq!(bed.requests(), 5);
     assert!(bed.server.served().iter().all(|s| s.path != "/elsewhere"));
 }
 
@@ -305,51 +302,41 @@ async fn slow_server_times_out() {
 async fn certificate_from_an_untrusted_ca_is_refused() {
     let bed = Bed::new().await;
     let stranger = LabCa::new();
-    bed.server
-        .certify(HOST, &stranger.issue_with(&[HOST], CertOptions::default()));
+    bed.certify(&stranger, CertOptions::default());
     // The stranger CA has the same name as the lab's, so the verifier tries the lab's key.
     let text = tls_error(bed.fetch().await);
     assert!(text.contains(HOST), "{text}");
-    assert_eq!(bed.server.requests(HOST), 0);
+    assert_eq!(bed.requests(), 0);
 }
 
 #[tokio::test]
 async fn self_signed_certificate_is_refused() {
     let bed = Bed::new().await;
-    bed.server.certify(
-        HOST,
-        &bed.lab.ca.issue_with(&[HOST], CertOptions::self_signed()),
-    );
+    bed.certify(&bed.lab.ca, CertOptions::self_signed());
     tls_error(bed.fetch().await);
-    assert_eq!(bed.server.requests(HOST), 0);
+    assert_eq!(bed.requests(), 0);
 }
 
 #[tokio::test]
 async fn certificate_for_another_name_is_refused() {
     let bed = Bed::new().await;
-    bed.server.certify(
-        HOST,
-        &bed.lab.ca.issue_with(&[HOST], CertOptions::wrong_name()),
-    );
+    bed.certify(&bed.lab.ca, CertOptions::wrong_name());
     let result = bed.fetch().await;
     assert_eq!(
         result.clone().unwrap_err().to_string(),
         "TLS: certificate not valid for mta-sts.example.test"
     );
     tls_error(result);
-    assert_eq!(bed.server.requests(HOST), 0);
+    assert_eq!(bed.requests(), 0);
 }
 
 #[tokio::test]
 async fn expired_certificate_is_refused() {
     let bed = Bed::new().await;
-    bed.server.certify(
-        HOST,
-        &bed.lab.ca.issue_with(&[HOST], CertOptions::expired()),
-    );
+    bed.certify(&bed.lab.ca, CertOptions::expired());
     let text = tls_error(bed.fetch().await);
     assert!(text.contains("expired"), "{text}");
-    assert_eq!(bed.server.requests(HOST), 0);
+    assert_eq!(bed.requests(), 0);
 }
 
 // ---- DNS and connection ---------------------------------------------------------------------
@@ -358,27 +345,20 @@ async fn expired_certificate_is_refused() {
 async fn missing_policy_host_is_a_dns_failure() {
     let bed = Bed::new().await;
     // The zone exists, mta-sts.<domain> does not: NXDOMAIN.
-    bed.lab.zone(
-        Zone::new(DOMAIN)
-            .mx(10, "mx.example.test")
-            .txt("_mta-sts.example.test", "v=STSv1; id=1"),
-    );
+    bed.lab.zone(zone_without_policy_host());
     match bed.fetch().await {
         Err(FetchError::Dns(text)) => assert!(text.contains(HOST), "{text}"),
         other => panic!("expected a DNS failure, got {other:?}"),
     }
-    assert_eq!(bed.server.requests(HOST), 0);
+    assert_eq!(bed.requests(), 0);
 }
 
 #[tokio::test]
 async fn nothing_listening_is_a_connect_failure() {
     let bed = Bed::new().await;
     // mta-sts.<domain> points at an address of the lab where nothing listens.
-    bed.lab.zone(
-        Zone::new(DOMAIN)
-            .txt("_mta-sts.example.test", "v=STSv1; id=1")
-            .a(HOST, bed.lab.ip(81)),
-    );
+    bed.lab
+        .zone(zone_without_policy_host().a(HOST, bed.lab.ip(81)));
     match bed.fetch().await {
         Err(FetchError::Connect(text)) => assert!(text.contains(HOST), "{text}"),
         other => panic!("expected a connect failure, got {other:?}"),

@@ -7,8 +7,9 @@ mod lab;
 
 use lab::dns::Zone;
 use lab::https::PolicyServer;
+use lab::relay::Relay;
 use lab::Lab;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 const DOMAIN: &str = "example.test";
 const POLICY_ID: &str = "20261123T1000";
@@ -70,6 +71,34 @@ async fn lab_with_policy() -> (Lab, PolicyServer) {
     (lab, server)
 }
 
+/// The daemon of `lab`, fetching policies from `server`, and where an operator finds it.
+struct Daemon {
+    relay: Relay,
+    /// The configuration file the command line is given.
+    config: PathBuf,
+    /// The daemon's control socket.
+    socket: PathBuf,
+}
+
+impl Daemon {
+    async fn start(lab: &Lab, server: &PolicyServer) -> Daemon {
+        let config = lab
+            .relay_config()
+            .toml(&format!("[mta_sts]\nhttps_port = {}\n", server.port()));
+        let relay = lab.start_relay(config).await;
+        Daemon {
+            config: relay.config_path().to_path_buf(),
+            socket: relay.config.data_dir.join("control.sock"),
+            relay,
+        }
+    }
+
+    /// `mxguard policy ARGS…` with the daemon's configuration.
+    async fn policy(&self, args: &[&str]) -> Run {
+        policy(&self.config, args).await
+    }
+}
+
 /// The refresh output names the policy: its id, mode and MX patterns.
 fn assert_refreshed(run: &Run) {
     assert!(run.ok, "{run:?}");
@@ -98,41 +127,41 @@ fn assert_shows_nothing(run: &Run) {
     assert!(!run.stdout.contains(POLICY_ID), "{run:?}");
 }
 
+fn assert_forgot(run: &Run) {
+    assert!(run.ok, "{run:?}");
+    assert_eq!(run.stdout, "forgot example.test\n");
+}
+
 #[tokio::test]
 async fn policy_commands_go_through_the_running_daemon() {
     let (lab, server) = lab_with_policy().await;
-    let config = lab
-        .relay_config()
-        .toml(&format!("[mta_sts]\nhttps_port = {}\n", server.port()));
-    let relay = lab.start_relay(config).await;
-    let conf = relay.config_path().to_path_buf();
-    let socket = relay.config.data_dir.join("control.sock");
+    let daemon = Daemon::start(&lab, &server).await;
+    let socket = &daemon.socket;
     assert!(socket.exists(), "no control socket at {}", socket.display());
 
-    let refreshed = policy(&conf, &["refresh", DOMAIN]).await;
+    let refreshed = daemon.policy(&["refresh", DOMAIN]).await;
     assert_refreshed(&refreshed);
     assert!(server.requests("mta-sts.example.test") >= 1);
     // It was the daemon that ran it (the CLI could not have opened the locked cache anyway).
-    relay
+    daemon
+        .relay
         .wait_for_log(
             |l| l.contains("control socket: policy refresh example.test"),
             lab::WAIT,
         )
         .await;
 
-    assert_shows_policy(&policy(&conf, &["show", DOMAIN]).await);
+    assert_shows_policy(&daemon.policy(&["show", DOMAIN]).await);
     // Domains are case-insensitive and may be written fully qualified.
-    assert_shows_policy(&policy(&conf, &["show", "Example.TEST."]).await);
+    assert_shows_policy(&daemon.policy(&["show", "Example.TEST."]).await);
 
-    let forgot = policy(&conf, &["forget", DOMAIN]).await;
-    assert!(forgot.ok, "{forgot:?}");
-    assert_eq!(forgot.stdout, "forgot example.test\n");
-    assert_shows_nothing(&policy(&conf, &["show", DOMAIN]).await);
-    let again = policy(&conf, &["forget", DOMAIN]).await;
+    assert_forgot(&daemon.policy(&["forget", DOMAIN]).await);
+    assert_shows_nothing(&daemon.policy(&["show", DOMAIN]).await);
+    let again = daemon.policy(&["forget", DOMAIN]).await;
     assert!(again.ok, "{again:?}");
     assert_eq!(again.stdout, "nothing cached for example.test\n");
 
-    let bad = policy(&conf, &["show", "no..such"]).await;
+    let bad = daemon.policy(&["show", "no..such"]).await;
     assert!(!bad.ok, "{bad:?}");
     assert!(bad.stderr.contains("bad domain"), "{bad:?}");
 }
@@ -140,30 +169,24 @@ async fn policy_commands_go_through_the_running_daemon() {
 #[tokio::test]
 async fn policy_commands_open_the_cache_when_the_daemon_is_stopped() {
     let (lab, server) = lab_with_policy().await;
-    let config = lab
-        .relay_config()
-        .toml(&format!("[mta_sts]\nhttps_port = {}\n", server.port()));
-    let mut relay = lab.start_relay(config).await;
-    let conf = relay.config_path().to_path_buf();
-    let socket = relay.config.data_dir.join("control.sock");
-    relay.stop().await;
+    let mut daemon = Daemon::start(&lab, &server).await;
+    daemon.relay.stop().await;
+    let socket = &daemon.socket;
     assert!(!socket.exists(), "the daemon left {}", socket.display());
 
-    let refreshed = policy(&conf, &["refresh", DOMAIN]).await;
+    let refreshed = daemon.policy(&["refresh", DOMAIN]).await;
     assert_refreshed(&refreshed);
     assert_eq!(server.requests("mta-sts.example.test"), 1);
-    assert_shows_policy(&policy(&conf, &["show", DOMAIN]).await);
+    assert_shows_policy(&daemon.policy(&["show", DOMAIN]).await);
 
     // What the command line stored, the daemon finds after its start.
-    relay.start_again().await;
-    assert_shows_policy(&policy(&conf, &["show", DOMAIN]).await);
-    relay.stop().await;
+    daemon.relay.start_again().await;
+    assert_shows_policy(&daemon.policy(&["show", DOMAIN]).await);
+    daemon.relay.stop().await;
 
-    let forgot = policy(&conf, &["forget", DOMAIN]).await;
-    assert!(forgot.ok, "{forgot:?}");
-    assert_eq!(forgot.stdout, "forgot example.test\n");
-    assert_shows_nothing(&policy(&conf, &["show", DOMAIN]).await);
-    let again = policy(&conf, &["forget", DOMAIN]).await;
+    assert_forgot(&daemon.policy(&["forget", DOMAIN]).await);
+    assert_shows_nothing(&daemon.policy(&["show", DOMAIN]).await);
+    let again = daemon.policy(&["forget", DOMAIN]).await;
     assert_eq!(
         again.stdout, "nothing cached for example.test\n",
         "{again:?}"
@@ -175,30 +198,22 @@ async fn a_stale_socket_is_no_obstacle() {
     // A daemon killed with SIGKILL leaves its socket file behind: the command line falls back
     // to the cache, and the next daemon replaces the file.
     let (lab, server) = lab_with_policy().await;
-    let config = lab
-        .relay_config()
-        .toml(&format!("[mta_sts]\nhttps_port = {}\n", server.port()));
-    let mut relay = lab.start_relay(config).await;
-    let conf = relay.config_path().to_path_buf();
-    let socket = relay.config.data_dir.join("control.sock");
-    relay.kill();
-    assert!(socket.exists());
+    let mut daemon = Daemon::start(&lab, &server).await;
+    daemon.relay.kill();
+    assert!(daemon.socket.exists());
 
-    assert_refreshed(&policy(&conf, &["refresh", DOMAIN]).await);
+    assert_refreshed(&daemon.policy(&["refresh", DOMAIN]).await);
 
-    relay.start_again().await;
-    assert_shows_policy(&policy(&conf, &["show", DOMAIN]).await);
+    daemon.relay.start_again().await;
+    assert_shows_policy(&daemon.policy(&["show", DOMAIN]).await);
 }
 
 #[tokio::test]
 async fn a_domain_without_a_policy_says_so() {
     let (lab, server) = lab_with_policy().await;
     lab.zone(Zone::new("plain.test").mx(10, "mx.plain.test"));
-    let config = lab
-        .relay_config()
-        .toml(&format!("[mta_sts]\nhttps_port = {}\n", server.port()));
-    let relay = lab.start_relay(config).await;
-    let run = policy(relay.config_path(), &["refresh", "plain.test"]).await;
+    let daemon = Daemon::start(&lab, &server).await;
+    let run = daemon.policy(&["refresh", "plain.test"]).await;
     assert!(run.ok, "{run:?}");
     assert!(
         run.stdout.contains("plain.test: no MTA-STS policy"),

@@ -276,9 +276,10 @@ mod tests {
         QueueId::parse("0123456789ABCDEF0").unwrap()
     }
 
-    #[test]
-    fn log_line_with_tls() {
-        let a = Attempt {
+    /// `250 2.0.0 Ok` from `mx1.example.net[192.0.2.25]:25` over verified TLS 1.3 with `cipher`,
+    /// under `policy`.
+    fn sent_over_verified_tls(cipher: &str, policy: AppliedPolicy) -> Attempt {
+        Attempt {
             rcpt: 0,
             reply: Reply::from_remote(250, "2.0.0 Ok"),
             relay: Some(Relay {
@@ -288,11 +289,16 @@ mod tests {
             tls: TlsInfo {
                 state: TlsState::Verified,
                 version: Some("TLSv1.3".into()),
-                cipher: Some("TLS_AES_256_GCM_SHA384".into()),
+                cipher: Some(cipher.into()),
             },
-            policy: "dane".into(),
+            policy,
             dsn_passed_on: false,
-        };
+        }
+    }
+
+    #[test]
+    fn log_line_with_tls() {
+        let a = sent_over_verified_tls("TLS_AES_256_GCM_SHA384", "dane".into());
         assert_eq!(
             a.log_line(
                 &id(),
@@ -330,27 +336,14 @@ mod tests {
 
     #[test]
     fn log_line_under_mta_sts() {
-        let mut a = Attempt {
-            rcpt: 0,
-            reply: Reply::from_remote(250, "2.0.0 Ok"),
-            relay: Some(Relay {
-                host: "mx1.example.net".into(),
-                addr: "192.0.2.25:25".parse().unwrap(),
+        let mta_sts = AppliedPolicy {
+            name: "mta-sts".into(),
+            sts: Some(StsFacts {
+                id: "20261123".into(),
+                mx: Some("*.example.net".into()),
             }),
-            tls: TlsInfo {
-                state: TlsState::Verified,
-                version: Some("TLSv1.3".into()),
-                cipher: Some("TLS13_AES_256_GCM_SHA384".into()),
-            },
-            policy: AppliedPolicy {
-                name: "mta-sts".into(),
-                sts: Some(StsFacts {
-                    id: "20261123".into(),
-                    mx: Some("*.example.net".into()),
-                }),
-            },
-            dsn_passed_on: false,
         };
+        let mut a = sent_over_verified_tls("TLS13_AES_256_GCM_SHA384", mta_sts);
         assert_eq!(
             a.log_line(&id(), "bob@example.net", Duration::ZERO, Status::Sent),
             "0123456789ABCDEF0: to=<bob@example.net>, relay=mx1.example.net[192.0.2.25]:25, \

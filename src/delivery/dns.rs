@@ -13,12 +13,20 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
-use hickory_resolver::TokioResolver;
+use hickory_resolver::{ResolverBuilder, TokioResolver};
 use std::net::IpAddr;
 
 /// Builds the resolver: the configured name servers (UDP, TCP on truncation or error), or the
 /// system's `/etc/resolv.conf`. The hosts file is never consulted for mail routing.
 pub(crate) fn build_resolver(config: &DnsConfig) -> Result<TokioResolver, NetError> {
+    resolver_builder(config)?.build()
+}
+
+/// The resolver's settings from `[dns]`, before building: the DNSSEC-validating resolver
+/// (`crate::dnssec`) adds its trust anchors to the same settings.
+pub(crate) fn resolver_builder(
+    config: &DnsConfig,
+) -> Result<ResolverBuilder<TokioRuntimeProvider>, NetError> {
     let mut builder = if config.nameservers.is_empty() {
         TokioResolver::builder_tokio()?
     } else {
@@ -44,7 +52,7 @@ pub(crate) fn build_resolver(config: &DnsConfig) -> Result<TokioResolver, NetErr
     opts.attempts = 2;
     opts.cache_size = config.cache_size;
     opts.try_tcp_on_error = true;
-    builder.build()
+    Ok(builder)
 }
 
 /// Why a lookup produced no records.

@@ -32,6 +32,8 @@ pub(crate) struct Run<'a> {
     /// A host outside the policy already counts as a failure: only the most preferred one
     /// is named to the recipients.
     unauthorized_counted: bool,
+    /// The host being tried is the first of the plan (a mail loop there is permanent).
+    best_mx: bool,
 }
 
 impl<'a> Run<'a> {
@@ -48,6 +50,7 @@ impl<'a> Run<'a> {
             port,
             worst: WorstFailure::default(),
             unauthorized_counted: false,
+            best_mx: false,
         }
     }
 
@@ -59,10 +62,11 @@ impl<'a> Run<'a> {
     /// session reached a transaction; the worst failure then says why.
     pub async fn try_hosts(&mut self, hosts: &[String]) -> Option<Vec<Attempt>> {
         let mut budget = MAX_ADDRESSES;
-        'hosts: for host in hosts {
+        'hosts: for (index, host) in hosts.iter().enumerate() {
             if budget == 0 {
                 break;
             }
+            self.best_mx = index == 0;
             let plan = self.requirement.host_plan(host, self.job.domain);
             if !self.admit(host, &plan) {
                 continue;
@@ -139,6 +143,8 @@ impl<'a> Run<'a> {
             hostname: &config.hostname,
             connect_timeout: config.delivery.connect_timeout,
             command_timeout: config.delivery.command_timeout,
+            best_mx: self.best_mx,
+            next_hop: self.job.domain,
         }
     }
 

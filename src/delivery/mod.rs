@@ -177,10 +177,20 @@ impl Deliverer {
                 port: hop.port.unwrap_or(default_port),
                 own_mx: false,
             },
-            None => Plan {
-                hosts: mx::mx_hosts(&self.resolver, domain).await?,
-                port: default_port,
-                own_mx: true,
+            // RFC 5321 §5.1: an address literal (`bob@[192.0.2.1]`) names the host itself; it
+            // is used directly, without MX lookup, and has no MTA-STS policy (RFC 8461 §4.1
+            // concerns MX host names).
+            None => match address_literal(domain) {
+                Some(ip) => Plan {
+                    hosts: vec![ip.to_string()],
+                    port: default_port,
+                    own_mx: false,
+                },
+                None => Plan {
+                    hosts: mx::mx_hosts(&self.resolver, domain).await?,
+                    port: default_port,
+                    own_mx: true,
+                },
             },
         };
         Ok(plan)
@@ -255,6 +265,22 @@ impl Deliverer {
     }
 }
 
+/// The address of an address-literal domain (RFC 5321 §4.1.3): `[192.0.2.1]` or
+/// `[IPv6:2001:db8::1]` (the tag in any case); `None` for a domain name.
+fn address_literal(domain: &str) -> Option<std::net::IpAddr> {
+    let literal = domain.strip_prefix('[')?.strip_suffix(']')?;
+    match literal.get(..5) {
+        Some(tag) if tag.eq_ignore_ascii_case("IPv6:") => literal[5..]
+            .parse::<std::net::Ipv6Addr>()
+            .ok()
+            .map(std::net::IpAddr::V6),
+        _ => literal
+            .parse::<std::net::Ipv4Addr>()
+            .ok()
+            .map(std::net::IpAddr::V4),
+    }
+}
+
 /// The same failure for every recipient of the job.
 fn every_recipient(job: &Job<'_>, failure: Failure, policy: AppliedPolicy) -> Vec<Attempt> {
     job.recipients
@@ -305,6 +331,21 @@ fn no_host(domain: &str) -> Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn address_literals() {
+        assert_eq!(
+            address_literal("[192.0.2.1]"),
+            Some("192.0.2.1".parse().unwrap())
+        );
+        assert_eq!(
+            address_literal("[ipv6:2001:db8::1]"),
+            Some("2001:db8::1".parse().unwrap())
+        );
+        assert_eq!(address_literal("[2001:db8::1]"), None);
+        assert_eq!(address_literal("example.net"), None);
+        assert_eq!(address_literal("[300.0.0.1]"), None);
+    }
 
     #[test]
     fn builds_with_configured_nameservers_outside_a_runtime() {

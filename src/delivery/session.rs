@@ -29,6 +29,11 @@ pub(crate) struct SessionContext<'a> {
     pub connect_timeout: Duration,
     /// Per command reply (greeting, EHLO, STARTTLS, MAIL, RCPT, DATA).
     pub command_timeout: Duration,
+    /// The host is the first (most preferred) one tried: a mail loop found there is
+    /// permanent, elsewhere temporary (see [`loops_back`]).
+    pub best_mx: bool,
+    /// The destination being delivered to (the recipient domain), for the loop message.
+    pub next_hop: &'a str,
 }
 
 /// How a session uses STARTTLS.
@@ -132,7 +137,7 @@ pub(crate) async fn open(
         timeout: ctx.command_timeout,
     };
     greet(&mut client, relay, ctx.command_timeout).await?;
-    let extensions = hello(&mut client, ctx.hostname, relay).await?;
+    let extensions = hello(&mut client, ctx, relay).await?;
     let (connector, required) = match starttls {
         StartTls::Skip => return Ok(plain(relay, client, extensions, StartTlsSeen::NotTried)),
         StartTls::Opportunistic(connector) => (connector, None),
@@ -148,7 +153,7 @@ pub(crate) async fn open(
         Some(checked) => start_verified_tls(client, checked, relay).await?,
         None => start_tls(client, connector, relay).await?,
     };
-    tls_session(client, ctx.hostname, relay, required.is_some()).await
+    tls_session(client, ctx, relay, required.is_some()).await
 }
 
 /// RFC 8461 §5: under a policy that requires TLS, a server that does not start it gets no
@@ -259,12 +264,12 @@ async fn start_verified_tls(
 /// certificate was checked under a policy that requires it.
 async fn tls_session(
     mut client: SmtpClient<TlsStream<TcpStream>>,
-    hostname: &str,
+    ctx: &SessionContext<'_>,
     relay: &Relay,
     verified: bool,
 ) -> Result<Session, SessionError> {
     let (version, cipher) = crate::tls::describe(client.tls_connection()).unzip();
-    let extensions = hello(&mut client, hostname, relay).await?;
+    let extensions = hello(&mut client, ctx, relay).await?;
     Ok(Session {
         relay: relay.clone(),
         connection: Connection::Tls(Box::new(client)),
@@ -348,10 +353,17 @@ async fn greet(
 /// EHLO, and HELO when EHLO gets a 5xx (RFC 5321 §3.2: "older SMTP systems").
 async fn hello<T: AsyncRead + AsyncWrite + Unpin>(
     client: &mut SmtpClient<T>,
-    hostname: &str,
+    ctx: &SessionContext<'_>,
     relay: &Relay,
 ) -> Result<Extensions, SessionError> {
+    let hostname = ctx.hostname;
     let rejected = match client.ehlo(hostname).await {
+        // RFC 5321 §5.1 ("mail loops back to myself"): a server that answers EHLO with our
+        // own name is us, or our own MTA in front of us; delivering there would loop.
+        Ok(ehlo) if ehlo.hostname.eq_ignore_ascii_case(hostname) => {
+            quit(client).await;
+            return Err(SessionError::new(loops_back(ctx, relay), Next::Host));
+        }
         Ok(ehlo) => return Ok(Extensions::from_ehlo(&ehlo)),
         Err(mail_send::Error::UnexpectedReply(r)) if r.code / 100 == 5 => r,
         Err(mail_send::Error::UnexpectedReply(r)) => {
@@ -378,6 +390,27 @@ async fn hello<T: AsyncRead + AsyncWrite + Unpin>(
             Err(SessionError::new(f, Next::Address))
         }
     }
+}
+
+/// Postfix's verdict for a host that greets us with our own name: `5.4.6 mail for D loops
+/// back to myself` when it is the best MX (nowhere else to go), 4.4.6 for a backup MX (the
+/// better hosts may come back).
+fn loops_back(ctx: &SessionContext<'_>, relay: &Relay) -> Failure {
+    tracing::warn!(
+        "host {} replied to HELO/EHLO with my own hostname {}",
+        relay.host_ip(),
+        ctx.hostname
+    );
+    let (code, class) = if ctx.best_mx { (550, 5) } else { (451, 4) };
+    Failure::new(
+        Reply::new(
+            code,
+            EnhancedCode::new(class, 4, 6),
+            format!("mail for {} loops back to myself", ctx.next_hop),
+        ),
+        Some(relay.clone()),
+        Rank::Reply,
+    )
 }
 
 /// The server's own reply, for a host that will not talk to us; the log shows which host.

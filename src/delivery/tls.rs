@@ -7,78 +7,37 @@
 //! signature is still checked, so the peer must hold the key of the certificate it shows.
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::crypto::{
+    verify_tls12_signature, verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms,
+};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use std::sync::{Arc, Mutex};
 use tokio_rustls::TlsConnector;
 
-/// Accepts any server certificate, but verifies the handshake signatures made with its key.
-#[derive(Debug)]
-pub(crate) struct AcceptAnyCertificate {
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        // RFC 7435 §1: opportunistic security does not authenticate the peer.
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 /// The connector for opportunistic TLS: TLS 1.2+, SNI on, any certificate.
 pub(crate) fn opportunistic_connector() -> Result<TlsConnector, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = Arc::new(AcceptAnyCertificate {
-        provider: provider.clone(),
+    let config = client_config(provider, CertCheck::AcceptAny)?;
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// A client configuration for delivery: TLS 1.2 or later, SNI on, no client certificate, the
+/// server certificate judged by `check`.
+fn client_config(
+    provider: Arc<CryptoProvider>,
+    check: CertCheck,
+) -> Result<rustls::ClientConfig, rustls::Error> {
+    let verifier = Arc::new(DeliveryVerifier {
+        algorithms: provider.signature_verification_algorithms,
+        check,
     });
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        // RFC 8461 §4.2: TLS 1.2 or later (opportunistic TLS keeps the same floor).
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
-    Ok(TlsConnector::from(Arc::new(config)))
+        .with_no_client_auth())
 }
 
 /// What the PKIX check said about the certificate of one handshake; `None` until the server
@@ -115,17 +74,12 @@ impl PkixChecker {
     /// domains may have different policies for the same MX host.
     pub fn handshake(&self, enforce: bool) -> Result<CheckedHandshake, rustls::Error> {
         let verdict = Arc::new(Mutex::new(None));
-        let verifier = Arc::new(RecordingVerifier {
+        let check = CertCheck::Pkix {
             webpki: self.webpki.clone(),
             enforce,
             verdict: verdict.clone(),
-        });
-        let mut config = rustls::ClientConfig::builder_with_provider(self.provider.clone())
-            // RFC 8461 §4.2: TLS 1.2 or later.
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-            .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_no_client_auth();
+        };
+        let mut config = client_config(self.provider.clone(), check)?;
         config.resumption = rustls::client::Resumption::disabled();
         Ok(CheckedHandshake {
             connector: TlsConnector::from(Arc::new(config)),
@@ -146,15 +100,29 @@ impl CheckedHandshake {
     }
 }
 
-/// The Web PKI verifier, noting its verdict; rejecting only when enforcing.
+/// How a [`DeliveryVerifier`] judges the server certificate.
 #[derive(Debug)]
-struct RecordingVerifier {
-    webpki: Arc<rustls::client::WebPkiServerVerifier>,
-    enforce: bool,
-    verdict: Arc<Mutex<CertVerdict>>,
+enum CertCheck {
+    /// Any certificate will do (opportunistic TLS).
+    AcceptAny,
+    /// The Web PKI verifier, noting its verdict; rejecting only when enforcing.
+    Pkix {
+        webpki: Arc<rustls::client::WebPkiServerVerifier>,
+        enforce: bool,
+        verdict: Arc<Mutex<CertVerdict>>,
+    },
 }
 
-impl ServerCertVerifier for RecordingVerifier {
+/// Judges the server certificate by its [`CertCheck`], and always verifies the handshake
+/// signatures made with the certificate's key.
+#[derive(Debug)]
+struct DeliveryVerifier {
+    /// The crypto provider's signature verification algorithms.
+    algorithms: WebPkiSupportedAlgorithms,
+    check: CertCheck,
+}
+
+impl ServerCertVerifier for DeliveryVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -163,18 +131,22 @@ impl ServerCertVerifier for RecordingVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let result = self.webpki.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        );
-        if let Ok(mut slot) = self.verdict.lock() {
+        let (webpki, enforce, verdict) = match &self.check {
+            // RFC 7435 §1: opportunistic security does not authenticate the peer.
+            CertCheck::AcceptAny => return Ok(ServerCertVerified::assertion()),
+            CertCheck::Pkix {
+                webpki,
+                enforce,
+                verdict,
+            } => (webpki, *enforce, verdict),
+        };
+        let result =
+            webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now);
+        if let Ok(mut slot) = verdict.lock() {
             *slot = Some(result.as_ref().map(|_| ()).map_err(Clone::clone));
         }
         match result {
-            Err(e) if self.enforce => Err(e),
+            Err(e) if enforce => Err(e),
             _ => Ok(ServerCertVerified::assertion()),
         }
     }
@@ -185,7 +157,7 @@ impl ServerCertVerifier for RecordingVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
+        verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -194,10 +166,10 @@ impl ServerCertVerifier for RecordingVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.webpki.supported_verify_schemes()
+        self.algorithms.supported_schemes()
     }
 }

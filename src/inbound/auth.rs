@@ -15,10 +15,11 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UsersFileError {
-    #[error("access.auth_users_file: cannot read {path}: {source}")]
+    // The reason is part of the message, not a `source`: `{:#}` would print it twice.
+    #[error("access.auth_users_file: cannot read {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("access.auth_users_file: {path}:{line}: {message}")]
     Line {
@@ -47,9 +48,9 @@ pub struct Users {
 
 impl Users {
     pub fn load(path: &Path) -> Result<Users, UsersFileError> {
-        let text = std::fs::read_to_string(path).map_err(|source| UsersFileError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| UsersFileError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Users::parse(&text).map_err(|(line, message)| UsersFileError::Line {
             path: path.to_path_buf(),
