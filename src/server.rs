@@ -34,6 +34,14 @@ pub enum ServerError {
 /// Runs the relay until `shutdown` turns true.
 pub async fn run(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Result<(), ServerError> {
     crate::tls::install_crypto_provider();
+    if !config.hostname.contains('.') {
+        // Many MX hosts refuse an EHLO name that is not fully qualified, and mail-loop
+        // detection compares MX greetings against this name.
+        tracing::warn!(
+            "hostname {:?} is not fully qualified; set `hostname` in the configuration",
+            config.hostname
+        );
+    }
     let _lock = lock_data_dir(&config.data_dir)?;
     let queue = Queue::open(&config.spool_dir()).map_err(|source| ServerError::DataDir {
         path: config.spool_dir().display().to_string(),
