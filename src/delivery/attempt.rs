@@ -4,7 +4,7 @@
 //! Also the failure type the attempt machinery passes around: every failure carries the
 //! [`Reply`] it becomes, so what the log and the DSN say is decided where the failure happens.
 
-use super::tls_failure::ResultType;
+use super::tls_report::ResultType;
 use crate::queue_id::QueueId;
 use crate::reply::Reply;
 use std::fmt;

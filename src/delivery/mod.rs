@@ -32,6 +32,7 @@ mod route;
 mod session;
 mod tls;
 mod tls_failure;
+mod tls_report;
 mod transaction;
 
 pub use crate::next_hop::NextHop;

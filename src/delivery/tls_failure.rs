@@ -6,50 +6,8 @@
 //! it chooses into 5.7.x bounces.
 
 use super::attempt::{Failure, Rank, Relay};
+pub(crate) use super::tls_report::ResultType;
 use crate::reply::{EnhancedCode, Reply};
-use rustls::CertificateError;
-
-/// RFC 8460 §4.3: the result types a sender reports for a failed TLS negotiation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ResultType {
-    StarttlsNotSupported,
-    CertificateHostMismatch,
-    CertificateExpired,
-    CertificateNotTrusted,
-    ValidationFailure,
-}
-
-impl ResultType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ResultType::StarttlsNotSupported => "starttls-not-supported",
-            ResultType::CertificateHostMismatch => "certificate-host-mismatch",
-            ResultType::CertificateExpired => "certificate-expired",
-            ResultType::CertificateNotTrusted => "certificate-not-trusted",
-            ResultType::ValidationFailure => "validation-failure",
-        }
-    }
-
-    /// The result type of a certificate the PKIX check refused.
-    fn of_certificate(e: &rustls::Error) -> ResultType {
-        let rustls::Error::InvalidCertificate(e) = e else {
-            return ResultType::ValidationFailure;
-        };
-        match e {
-            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
-                ResultType::CertificateHostMismatch
-            }
-            CertificateError::Expired
-            | CertificateError::ExpiredContext { .. }
-            | CertificateError::NotValidYet
-            | CertificateError::NotValidYetContext { .. } => ResultType::CertificateExpired,
-            CertificateError::UnknownIssuer
-            | CertificateError::BadSignature
-            | CertificateError::Revoked => ResultType::CertificateNotTrusted,
-            _ => ResultType::ValidationFailure,
-        }
-    }
-}
 
 /// A host that failed the TLS requirement, before or during STARTTLS.
 #[derive(Debug, Clone, PartialEq)]
