@@ -110,6 +110,7 @@ fn certificate_reason(e: &rustls::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::CertificateError;
 
     fn relay() -> Relay {
         Relay {
