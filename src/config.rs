@@ -141,7 +141,8 @@ pub struct DeliveryConfig {
     /// Extra PEM CA certificates trusted beside the Web PKI roots.
     #[serde(default)]
     pub extra_ca_files: Vec<PathBuf>,
-    /// Postfix `pcre:`-syntax rules applied to every delivery status.
+    /// Postfix `pcre:`-syntax rules applied to every failed delivery's status
+    /// (`smtp_delivery_status_filter`; see `dsn::status_filter`).
     pub status_filter: Option<PathBuf>,
     /// Per address (Postfix's `smtp_connect_timeout`).
     #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
@@ -511,6 +512,12 @@ impl Config {
             crate::tls::read_certs(file).map_err(|e| {
                 ConfigError::key(format!("delivery.extra_ca_files[{i}]"), e.to_string())
             })?;
+        }
+        if let Some(file) = &self.delivery.status_filter {
+            // The same loader the scheduler uses, so a bad rule stops start-up (and
+            // `check-config`) rather than the first failed delivery.
+            crate::dsn::status_filter::StatusFilter::load(file)
+                .map_err(|e| ConfigError::key("delivery.status_filter", e.to_string()))?;
         }
         if let Some(file) = &self.dns.trust_anchor_file {
             std::fs::metadata(file).map_err(|e| {

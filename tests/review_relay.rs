@@ -187,11 +187,8 @@ async fn review_local_parts_over_64_octets_are_accepted() {
 }
 
 /// DESIGN.md "Status filter" and README's `[delivery] status_filter`: a Postfix-pcre rule
-/// `/^4(\.\d+\.\d+ .*)/ 5$1` turns a transient failure into a bounce. Today the key is
-/// accepted and ignored (deploy/status_filter says "arrives in a later release"), so the
-/// recipient is deferred. Ignored until the filter exists; see the review report.
+/// turns a transient failure into a bounce (here a remote `451 4.7.5` at RCPT becomes 5.7.5).
 #[tokio::test]
-#[ignore = "delivery.status_filter is accepted but not applied yet (review finding)"]
 async fn review_status_filter_hardens_a_4xx_into_a_bounce() {
     let w = World::new().await;
     let _mx = w

@@ -200,6 +200,8 @@ pub(crate) enum Rank {
     DnsNotFound,
     /// A lookup that failed for now (SERVFAIL, timeout, refused).
     DnsTemporary,
+    /// A handshake that failed where TLS was optional; the plaintext retry decides.
+    OpportunisticTls,
     /// TCP connect refused or timed out.
     Connect,
     /// A TLS handshake that failed (reported only if the plaintext retry fails too), or a

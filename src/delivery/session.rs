@@ -224,20 +224,30 @@ async fn start_tls(
             "{}: TLS handshake failed ({e}), retrying in plaintext",
             relay
         );
-        let failure = Failure::new(
-            Reply::new(
-                451,
-                EnhancedCode::new(4, 7, 5),
-                format!(
-                    "Cannot start TLS: handshake failure with {}: {e}",
-                    relay.host_ip()
-                ),
-            ),
-            Some(relay.clone()),
-            Rank::Tls,
-        );
-        SessionError::new(failure, Next::Plaintext)
+        SessionError::new(
+            opportunistic_handshake_failure(relay, &e.to_string()),
+            Next::Plaintext,
+        )
     })
+}
+
+/// A failed handshake where TLS was not required (Postfix's level `may`). It says nothing about
+/// what the destination demands, so it is 4.7.0, never the 4.7.5 that the default status filter
+/// hardens into a bounce, and it ranks below a connection failure: when the plaintext retry
+/// fails too, that retry's outcome is what the recipient sees.
+fn opportunistic_handshake_failure(relay: &Relay, error: &str) -> Failure {
+    Failure::new(
+        Reply::new(
+            451,
+            EnhancedCode::new(4, 7, 0),
+            format!(
+                "Cannot start TLS: handshake failure with {}: {error}",
+                relay.host_ip()
+            ),
+        ),
+        Some(relay.clone()),
+        Rank::OpportunisticTls,
+    )
 }
 
 /// The handshake under a policy: a refused certificate or any other handshake failure ends
@@ -485,5 +495,24 @@ mod tests {
             message: "mx.test ESMTP".to_string(),
         };
         assert_eq!(remote_reply(&r), Reply::plain(220, "mx.test ESMTP"));
+    }
+
+    #[test]
+    fn optional_tls_handshake_failure_is_never_a_destination_verdict() {
+        let relay = Relay {
+            host: "mx.example.test".into(),
+            addr: "192.0.2.1:25".parse().unwrap(),
+        };
+        let f = opportunistic_handshake_failure(&relay, "peer sent no certificates");
+        // Not 4.7.5: the default status filter would bounce mail for a domain that never
+        // asked for TLS.
+        assert_eq!(f.reply.status().to_string(), "4.7.0");
+        assert!(f
+            .reply
+            .text
+            .starts_with("Cannot start TLS: handshake failure with mx.example.test[192.0.2.1]"));
+        // The plaintext retry's connection failure outranks it.
+        assert!(Rank::OpportunisticTls < Rank::Connect);
+        assert!(Rank::OpportunisticTls < Rank::Tls);
     }
 }

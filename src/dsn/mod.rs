@@ -13,6 +13,7 @@
 
 mod fields;
 mod report;
+pub mod status_filter;
 
 pub use report::{build, Action, RecipientReport, Report, MAX_RETURNED_MESSAGE};
 

@@ -11,6 +11,7 @@ use super::{Queue, QueueId};
 use crate::config::Config;
 use crate::delivery::{Attempt, Deliverer, Job, Status, TlsInfo};
 use crate::dsn;
+use crate::dsn::status_filter::StatusFilter;
 use crate::envelope::Envelope;
 use crate::reply::Reply;
 use std::cmp::Reverse;
@@ -34,15 +35,20 @@ struct Ctx {
     queue: Queue,
     deliverer: Deliverer,
     config: Arc<Config>,
+    /// `delivery.status_filter`, parsed once: applied to every failed attempt's reply before
+    /// the queue decides between retry and bounce.
+    status_filter: StatusFilter,
 }
 
 impl Scheduler {
     pub fn new(queue: Queue, deliverer: Deliverer, config: Arc<Config>) -> Scheduler {
+        let status_filter = load_status_filter(&config);
         Scheduler {
             ctx: Arc::new(Ctx {
                 queue,
                 deliverer,
                 config,
+                status_filter,
             }),
         }
     }
@@ -117,6 +123,29 @@ impl Scheduler {
             let next = process(&ctx, &id).await;
             (id, next)
         });
+    }
+}
+
+/// `delivery.status_filter`, already checked by `Config::validate`. Should the file have become
+/// unreadable since, the relay runs without it: that only keeps failures transient (retried),
+/// never bounces anything the operator did not ask to bounce.
+fn load_status_filter(config: &Config) -> StatusFilter {
+    let Some(path) = &config.delivery.status_filter else {
+        return StatusFilter::default();
+    };
+    match StatusFilter::load(path) {
+        Ok(filter) => {
+            tracing::info!(
+                "delivery.status_filter: {} rule(s) from {}",
+                filter.len(),
+                path.display()
+            );
+            filter
+        }
+        Err(e) => {
+            tracing::error!("delivery.status_filter: {e}; running without the filter");
+            StatusFilter::default()
+        }
     }
 }
 
@@ -245,6 +274,15 @@ impl<'a> Pass<'a> {
         let mut failed: Vec<&Attempt> = Vec::new();
         let mut relayed: Vec<&Attempt> = Vec::new();
         let mut changed: Vec<usize> = Vec::new();
+        // Postfix's smtp_delivery_status_filter: the filtered reply is the outcome from here
+        // on — what decides retry or bounce, what the log line and the DSN say.
+        let attempts: Vec<Attempt> = attempts
+            .into_iter()
+            .map(|mut a| {
+                a.reply = self.ctx.status_filter.filter(a.reply);
+                a
+            })
+            .collect();
         for attempt in &attempts {
             let Some(rcpt) = self.envelope.recipients.get(attempt.rcpt) else {
                 continue;
