@@ -6,113 +6,14 @@
 mod lab;
 
 use lab::dns::Zone;
-use lab::https::{PolicyServer, Response};
 use lab::relay::{DeliveryLine, Relay};
 use lab::smtp::{Behaviour, SmtpServer};
-use lab::submit::{message, Submission};
-use lab::{Lab, WAIT};
+use lab::sts::{policy, StsScene, BOB};
+use lab::WAIT;
 use std::time::Duration;
 
-const SENDER: &str = "alice@sender.test";
-const BOB: &str = "bob@example.test";
 /// How long a test waits to be sure something did not happen.
 const QUIET: Duration = Duration::from_secs(2);
-
-/// A policy file.
-fn policy(mode: &str, mx: &[&str]) -> String {
-    let mut text = format!("version: STSv1\nmode: {mode}\n");
-    for pattern in mx {
-        text.push_str(&format!("mx: {pattern}\n"));
-    }
-    text.push_str("max_age: 86400\n");
-    text
-}
-
-/// The lab with a sender domain (whose MX would receive bounces) and a policy host on
-/// `127.X.Y.80`.
-struct Scene {
-    lab: Lab,
-    https: PolicyServer,
-    _sender_mx: SmtpServer,
-}
-
-impl Scene {
-    async fn new() -> Scene {
-        let lab = Lab::new().await;
-        let sender_mx = lab
-            .domain_with_mx("sender.test", 2, Behaviour::plain())
-            .await;
-        let https = PolicyServer::start(&lab, 80).await;
-        Scene {
-            lab,
-            https,
-            _sender_mx: sender_mx,
-        }
-    }
-
-    /// Publishes `zone` (the domain's MX and address records) with an MTA-STS policy `text`
-    /// announced under `id`.
-    fn publish(&self, zone: Zone, domain: &str, id: &str, text: &str) {
-        self.https.publish(&self.lab.ca, domain, text);
-        self.lab.zone(self.https.announce(zone, domain, id));
-    }
-
-    /// Publishes `example.test` with MX hosts `mxN.example.test` (see [`example_zone`]) and the
-    /// policy `text` announced under `id`.
-    fn publish_example(&self, hosts: &[(u16, u8)], id: &str, text: &str) {
-        self.publish(example_zone(&self.lab, hosts), "example.test", id, text);
-    }
-
-    /// Replaces the policy file of `domain` (its TXT id unchanged).
-    fn republish(&self, domain: &str, text: &str) {
-        self.https
-            .set(&format!("mta-sts.{domain}"), Response::policy(text));
-    }
-
-    /// An MX host at `127.X.Y.n` offering STARTTLS with a lab-CA certificate for `names`.
-    async fn tls_mx(&self, n: u8, names: &[&str]) -> SmtpServer {
-        let (cert, key) = self.lab.ca.issue(names);
-        self.lab
-            .mx(n, Behaviour::plain().starttls(&cert, &key))
-            .await
-    }
-
-    /// The relay, fetching policies from the lab's HTTPS host.
-    async fn relay(&self) -> Relay {
-        let config = self
-            .lab
-            .relay_config()
-            .toml(&format!("[mta_sts]\nhttps_port = {}\n", self.https.port()));
-        self.lab.start_relay(config).await
-    }
-
-    /// Submits a message to [`BOB`] and waits for its delivery log line with `status`.
-    async fn send_to_bob(&self, relay: &Relay, subject: &str, status: &str) -> DeliveryLine {
-        relay.submit(&self.mail(&[BOB], subject)).await;
-        relay.delivery(BOB, status).await
-    }
-
-    fn mail(&self, rcpts: &[&str], subject: &str) -> Submission {
-        let mut s = Submission::new(
-            SENDER,
-            message(SENDER, rcpts[0], subject, "Hello from the lab.\n"),
-        );
-        for r in rcpts {
-            s = s.rcpt(r);
-        }
-        s
-    }
-}
-
-/// `example.test` with MX hosts `mxN.example.test` → `127.x.y.N`, for each `(preference, N)`.
-fn example_zone(lab: &Lab, hosts: &[(u16, u8)]) -> Zone {
-    let mut zone = Zone::new("example.test");
-    for &(preference, n) in hosts {
-        let host = format!("mx{n}.example.test");
-        zone = zone.mx(preference, &host).a(&host, lab.ip(n));
-    }
-    zone
-}
 
 fn field<'a>(d: &'a DeliveryLine, key: &str) -> &'a str {
     d.field(key)
@@ -147,14 +48,14 @@ fn assert_no_transaction(mx: &SmtpServer) {
 /// mail over TLS; the log says `tls=verified, policy=mta-sts` with the policy id and pattern.
 #[tokio::test]
 async fn enforce_delivers_over_verified_tls() {
-    let s = Scene::new().await;
+    let s = StsScene::new().await;
     let mx = s.tls_mx(10, &["mx10.example.test"]).await;
     s.publish_example(
         &[(10, 10)],
         "20261123",
         &policy("enforce", &["*.example.test"]),
     );
-    let relay = s.relay().await;
+    let relay = s.relay("").await;
 
     relay.submit(&s.mail(&[BOB], "verified")).await;
     let m = mx.next_message(WAIT).await;
@@ -182,7 +83,7 @@ async fn enforce_delivers_over_verified_tls() {
 /// matching one takes the mail.
 #[tokio::test]
 async fn enforce_skips_an_mx_outside_the_policy() {
-    let s = Scene::new().await;
+    let s = StsScene::new().await;
     let outsider = s.tls_mx(10, &["mx10.example.test"]).await;
     let listed = s.tls_mx(20, &["mx20.example.test"]).await;
     s.publish_example(
@@ -190,7 +91,7 @@ async fn enforce_skips_an_mx_outside_the_policy() {
         "1",
         &policy("enforce", &["mx20.example.test"]),
     );
-    let relay = s.relay().await;
+    let relay = s.relay("").await;
 
     relay.submit(&s.mail(&[BOB], "skip")).await;
     listed.next_message(WAIT).await;
@@ -214,18 +115,18 @@ async fn enforce_skips_an_mx_outside_the_policy() {
 /// never a plaintext fallback.
 #[tokio::test]
 async fn enforce_without_starttls_defers() {
-    let s = Scene::new().await;
-    let mx = s.lab.mx(10, Behaviour::plain()).await;
-    s.publish_example(&[(10, 10)], "1", &policy("enforce", &["mx10.example.test"]));
-    let relay = s.relay().await;
+    let s = StsScene::new().await;
+    let mx = s.lab().mx(10, Behaviour::plain()).await;
+    s.publish_enforce_example();
+    let relay = s.relay("").await;
 
-    let d = s.send_to_bob(&relay, "no starttls", "deferred").await;
+    let d = s.send(&relay, BOB, "no starttls", "deferred").await;
     assert_eq!(field(&d, "dsn"), "4.7.4", "{}", d.line);
     assert_eq!(
         d.reply,
         format!(
             "451 4.7.4 TLS is required, but was not offered by host mx10.example.test[{}]",
-            s.lab.ip(10)
+            s.lab().ip(10)
         )
     );
     assert_eq!(field(&d, "policy"), "mta-sts");
@@ -242,21 +143,21 @@ async fn enforce_without_starttls_defers() {
 /// server's status and words (Postfix's wording).
 #[tokio::test]
 async fn enforce_with_starttls_refused_defers() {
-    let s = Scene::new().await;
-    let (cert, key) = s.lab.ca.issue(&["mx10.example.test"]);
+    let s = StsScene::new().await;
+    let (cert, key) = s.lab().ca.issue(&["mx10.example.test"]);
     let mut behaviour = Behaviour::plain().starttls(&cert, &key);
     behaviour.starttls_reply = Some("454 4.7.0 TLS not available".into());
-    let mx = s.lab.mx(10, behaviour).await;
-    s.publish_example(&[(10, 10)], "1", &policy("enforce", &["mx10.example.test"]));
-    let relay = s.relay().await;
+    let mx = s.lab().mx(10, behaviour).await;
+    s.publish_enforce_example();
+    let relay = s.relay("").await;
 
-    let d = s.send_to_bob(&relay, "refused", "deferred").await;
+    let d = s.send(&relay, BOB, "refused", "deferred").await;
     assert_eq!(
         d.reply,
         format!(
             "451 4.7.0 TLS is required, but host mx10.example.test[{}] refused to start TLS: \
              454 4.7.0 TLS not available",
-            s.lab.ip(10)
+            s.lab().ip(10)
         )
     );
     assert_no_transaction(&mx);
@@ -266,12 +167,12 @@ async fn enforce_with_starttls_refused_defers() {
 /// name fails verification (4.7.5), and the mail stays queued.
 #[tokio::test]
 async fn enforce_with_a_wrong_name_certificate_defers() {
-    let s = Scene::new().await;
+    let s = StsScene::new().await;
     let mx = s.tls_mx(10, &["other.example.test"]).await;
-    s.publish_example(&[(10, 10)], "1", &policy("enforce", &["mx10.example.test"]));
-    let relay = s.relay().await;
+    s.publish_enforce_example();
+    let relay = s.relay("").await;
 
-    let d = s.send_to_bob(&relay, "wrong name", "deferred").await;
+    let d = s.send(&relay, BOB, "wrong name", "deferred").await;
     assert_eq!(field(&d, "dsn"), "4.7.5", "{}", d.line);
     assert_reply_starts_with(&d, "451 4.7.5 Server certificate not verified");
     assert_eq!(field(&d, "tls"), "none");
@@ -287,7 +188,7 @@ async fn enforce_with_a_wrong_name_certificate_defers() {
 /// gets "not authorized" (4.7.5), naming the most preferred MX host.
 #[tokio::test]
 async fn enforce_with_no_authorized_mx_defers() {
-    let s = Scene::new().await;
+    let s = StsScene::new().await;
     let mx10 = s.tls_mx(10, &["mx10.example.test"]).await;
     let mx20 = s.tls_mx(20, &["mx20.example.test"]).await;
     s.publish_example(
@@ -295,9 +196,9 @@ async fn enforce_with_no_authorized_mx_defers() {
         "1",
         &policy("enforce", &["mx.elsewhere.test"]),
     );
-    let relay = s.relay().await;
+    let relay = s.relay("").await;
 
-    let d = s.send_to_bob(&relay, "unauthorized", "deferred").await;
+    let d = s.send(&relay, BOB, "unauthorized", "deferred").await;
     assert_eq!(
         d.reply,
         "451 4.7.5 MX host mx10.example.test not authorized by MTA-STS policy for example.test"
@@ -314,15 +215,15 @@ async fn enforce_with_no_authorized_mx_defers() {
 /// the new mode and delivers at once.
 #[tokio::test]
 async fn a_changed_policy_is_picked_up_before_failing() {
-    let s = Scene::new().await;
-    let mx = s.lab.mx(10, Behaviour::plain()).await;
-    s.publish_example(&[(10, 10)], "1", &policy("enforce", &["mx10.example.test"]));
-    let relay = s.relay().await;
+    let s = StsScene::new().await;
+    let mx = s.lab().mx(10, Behaviour::plain()).await;
+    s.publish_enforce_example();
+    let relay = s.relay("").await;
 
-    let d = s.send_to_bob(&relay, "re-check", "deferred").await;
+    let d = s.send(&relay, BOB, "re-check", "deferred").await;
     assert_eq!(field(&d, "dsn"), "4.7.4", "{}", d.line);
     assert_no_transaction(&mx);
-    let fetched = s.https.requests("mta-sts.example.test");
+    let fetched = s.https().requests("mta-sts.example.test");
 
     s.republish("example.test", &policy("testing", &["mx10.example.test"]));
     let mark = relay.log_mark();
@@ -339,7 +240,7 @@ async fn a_changed_policy_is_picked_up_before_failing() {
         )
         .await;
     assert!(
-        s.https.requests("mta-sts.example.test") > fetched,
+        s.https().requests("mta-sts.example.test") > fetched,
         "the re-check fetched the policy again"
     );
     let deferred_since = relay
@@ -354,10 +255,10 @@ async fn a_changed_policy_is_picked_up_before_failing() {
 /// STARTTLS), but the failure is reported.
 #[tokio::test]
 async fn testing_delivers_in_plaintext_and_records_the_failure() {
-    let s = Scene::new().await;
-    let mx = s.lab.mx(10, Behaviour::plain()).await;
+    let s = StsScene::new().await;
+    let mx = s.lab().mx(10, Behaviour::plain()).await;
     s.publish_example(&[(10, 10)], "7", &policy("testing", &["mx10.example.test"]));
-    let relay = s.relay().await;
+    let relay = s.relay("").await;
 
     relay.submit(&s.mail(&[BOB], "testing")).await;
     let m = mx.next_message(WAIT).await;
@@ -381,10 +282,10 @@ async fn testing_delivers_in_plaintext_and_records_the_failure() {
 /// the mismatch reported.
 #[tokio::test]
 async fn testing_reports_a_certificate_mismatch_but_delivers() {
-    let s = Scene::new().await;
+    let s = StsScene::new().await;
     let mx = s.tls_mx(10, &["other.example.test"]).await;
     s.publish_example(&[(10, 10)], "1", &policy("testing", &["mx10.example.test"]));
-    let relay = s.relay().await;
+    let relay = s.relay("").await;
 
     relay.submit(&s.mail(&[BOB], "testing tls")).await;
     assert!(mx.next_message(WAIT).await.tls.is_some());
@@ -405,9 +306,9 @@ async fn testing_reports_a_certificate_mismatch_but_delivers() {
 /// `mx.b.test`, which the certificate names) is delivered over verified TLS.
 #[tokio::test]
 async fn one_mx_host_judged_per_domain() {
-    let s = Scene::new().await;
+    let s = StsScene::new().await;
     let mx = s.tls_mx(10, &["mx.b.test"]).await;
-    let ip = s.lab.ip(10);
+    let ip = s.lab().ip(10);
     s.publish(
         Zone::new("a.test").mx(10, "mx.a.test").a("mx.a.test", ip),
         "a.test",
@@ -426,7 +327,7 @@ async fn one_mx_host_judged_per_domain() {
         "c1",
         &policy("enforce", &["mx.b.test"]),
     );
-    let relay = s.relay().await;
+    let relay = s.relay("").await;
 
     let (a, b, c) = ("bob@a.test", "bob@b.test", "bob@c.test");
     relay.submit(&s.mail(&[a, b, c], "shared mx")).await;
@@ -459,13 +360,13 @@ async fn one_mx_host_judged_per_domain() {
 /// (4.4.3), and no MX host is contacted.
 #[tokio::test]
 async fn a_failed_policy_lookup_defers() {
-    let s = Scene::new().await;
+    let s = StsScene::new().await;
     let mx = s.tls_mx(10, &["mx10.example.test"]).await;
-    s.publish_example(&[(10, 10)], "1", &policy("enforce", &["mx10.example.test"]));
-    s.lab.dns.servfail("_mta-sts.example.test");
-    let relay = s.relay().await;
+    s.publish_enforce_example();
+    s.lab().dns.servfail("_mta-sts.example.test");
+    let relay = s.relay("").await;
 
-    let d = s.send_to_bob(&relay, "servfail", "deferred").await;
+    let d = s.send(&relay, BOB, "servfail", "deferred").await;
     assert_eq!(field(&d, "dsn"), "4.4.3", "{}", d.line);
     assert_reply_starts_with(
         &d,
@@ -475,7 +376,7 @@ async fn a_failed_policy_lookup_defers() {
     assert_eq!(mx.connections(), 0);
 
     // Once DNS answers again, the policy is fetched and the mail goes out, verified.
-    s.lab.dns.heal("_mta-sts.example.test");
+    s.lab().dns.heal("_mta-sts.example.test");
     mx.next_message(WAIT).await;
     let d = relay.delivery(BOB, "sent").await;
     assert_eq!(field(&d, "tls"), "verified");

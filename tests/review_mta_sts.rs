@@ -8,84 +8,19 @@ mod lab;
 use hickory_proto::rr::rdata::TXT;
 use hickory_proto::rr::RData;
 use lab::dns::Zone;
-use lab::https::PolicyServer;
-use lab::relay::{DeliveryLine, Relay};
-use lab::smtp::{Behaviour, SmtpServer};
-use lab::submit::{message, Submission};
-use lab::{Lab, WAIT};
-
-const SENDER: &str = "alice@sender.test";
-const BOB: &str = "bob@example.test";
-
-fn policy(mode: &str, mx: &[&str], max_age: u32) -> String {
-    let mut text = format!("version: STSv1\nmode: {mode}\n");
-    for pattern in mx {
-        text.push_str(&format!("mx: {pattern}\n"));
-    }
-    text.push_str(&format!("max_age: {max_age}\n"));
-    text
-}
-
-struct Scene {
-    lab: Lab,
-    https: PolicyServer,
-    _sender_mx: SmtpServer,
-}
-
-impl Scene {
-    async fn new() -> Scene {
-        let lab = Lab::new().await;
-        let sender_mx = lab
-            .domain_with_mx("sender.test", 2, Behaviour::plain())
-            .await;
-        let https = PolicyServer::start(&lab, 80).await;
-        Scene {
-            lab,
-            https,
-            _sender_mx: sender_mx,
-        }
-    }
-
-    async fn relay(&self) -> Relay {
-        let config = self
-            .lab
-            .relay_config()
-            .toml(&format!("[mta_sts]\nhttps_port = {}\n", self.https.port()));
-        self.lab.start_relay(config).await
-    }
-
-    async fn tls_mx(&self, n: u8, names: &[&str]) -> SmtpServer {
-        let (cert, key) = self.lab.ca.issue(names);
-        self.lab
-            .mx(n, Behaviour::plain().starttls(&cert, &key))
-            .await
-    }
-
-    async fn send_to_bob(&self, relay: &Relay, status: &str) -> DeliveryLine {
-        let s = Submission::new(SENDER, message(SENDER, BOB, "sts", "Hello.\n")).rcpt(BOB);
-        let mark = relay.log_mark();
-        relay.submit(&s).await;
-        relay.wait_for_delivery(mark, BOB, status, WAIT).await
-    }
-}
+use lab::smtp::Behaviour;
+use lab::sts::{policy, policy_with_max_age, StsScene, BOB};
+use lab::WAIT;
 
 /// RFC 8461 §4.2 / RFC 6125 §6.4.3: a certificate whose only name is `*.example.test` is
 /// valid for `mx3.example.test`; enforce delivers, verified.
 #[tokio::test]
 async fn review_wildcard_san_certificate_is_verified_under_enforce() {
-    let s = Scene::new().await;
-    let zone = Zone::new("example.test")
-        .mx(10, "mx3.example.test")
-        .a("mx3.example.test", s.lab.ip(3));
-    s.https.publish(
-        &s.lab.ca,
-        "example.test",
-        &policy("enforce", &["mx3.example.test"], 86400),
-    );
-    s.lab.zone(s.https.announce(zone, "example.test", "w1"));
+    let s = StsScene::new().await;
+    s.publish_example(&[(10, 3)], "w1", &policy("enforce", &["mx3.example.test"]));
     let mx = s.tls_mx(3, &["*.example.test"]).await;
-    let relay = s.relay().await;
-    let d = s.send_to_bob(&relay, "sent").await;
+    let relay = s.relay("").await;
+    let d = s.send(&relay, BOB, "sts", "sent").await;
     assert_eq!(d.field("tls"), Some("verified"), "{}", d.line);
     assert_eq!(d.field("policy"), Some("mta-sts"), "{}", d.line);
     mx.next_message(WAIT).await;
@@ -95,19 +30,19 @@ async fn review_wildcard_san_certificate_is_verified_under_enforce() {
 /// matches `mx: mx3.example.test`, and its certificate for the lower-case name is valid.
 #[tokio::test]
 async fn review_upper_case_mx_name_matches_the_policy() {
-    let s = Scene::new().await;
+    let s = StsScene::new().await;
     let zone = Zone::new("example.test")
         .mx(10, "MX3.EXAMPLE.TEST.")
-        .a("mx3.example.test", s.lab.ip(3));
-    s.https.publish(
-        &s.lab.ca,
+        .a("mx3.example.test", s.lab().ip(3));
+    s.publish(
+        zone,
         "example.test",
-        &policy("enforce", &["mx3.example.test"], 86400),
+        "u1",
+        &policy("enforce", &["mx3.example.test"]),
     );
-    s.lab.zone(s.https.announce(zone, "example.test", "u1"));
     let mx = s.tls_mx(3, &["mx3.example.test"]).await;
-    let relay = s.relay().await;
-    let d = s.send_to_bob(&relay, "sent").await;
+    let relay = s.relay("").await;
+    let d = s.send(&relay, BOB, "sts", "sent").await;
     assert_eq!(d.field("tls"), Some("verified"), "{}", d.line);
     assert_eq!(d.field("sts_mx"), Some("mx3.example.test"), "{}", d.line);
     mx.next_message(WAIT).await;
@@ -117,25 +52,25 @@ async fn review_upper_case_mx_name_matches_the_policy() {
 /// concatenated: `"v=STSv1; " "id=split1;"` announces a policy.
 #[tokio::test]
 async fn review_txt_record_split_over_strings_announces_the_policy() {
-    let s = Scene::new().await;
+    let s = StsScene::new().await;
     let zone = Zone::new("example.test")
         .mx(10, "mx3.example.test")
-        .a("mx3.example.test", s.lab.ip(3))
-        .a("mta-sts.example.test", s.https.ip())
+        .a("mx3.example.test", s.lab().ip(3))
+        .a("mta-sts.example.test", s.https().ip())
         .record(
             "_mta-sts.example.test",
             RData::TXT(TXT::new(vec!["v=STSv1; ".into(), "id=split1;".into()])),
         );
-    s.https.publish(
-        &s.lab.ca,
+    s.https().publish(
+        &s.lab().ca,
         "example.test",
-        &policy("enforce", &["mx3.example.test"], 86400),
+        &policy("enforce", &["mx3.example.test"]),
     );
-    s.lab.zone(zone);
+    s.lab().zone(zone);
     // No STARTTLS: under the policy this must defer.
-    let mx = s.lab.mx(3, Behaviour::plain()).await;
-    let relay = s.relay().await;
-    let d = s.send_to_bob(&relay, "deferred").await;
+    let mx = s.lab().mx(3, Behaviour::plain()).await;
+    let relay = s.relay("").await;
+    let d = s.send(&relay, BOB, "sts", "deferred").await;
     assert_eq!(d.field("policy"), Some("mta-sts"), "{}", d.line);
     assert_eq!(d.field("sts_id"), Some("split1"), "{}", d.line);
     assert!(mx.messages().is_empty());
@@ -145,19 +80,15 @@ async fn review_txt_record_split_over_strings_announces_the_policy() {
 /// it is the policy in force for the delivery at hand.
 #[tokio::test]
 async fn review_max_age_zero_policy_still_applies() {
-    let s = Scene::new().await;
-    let zone = Zone::new("example.test")
-        .mx(10, "mx3.example.test")
-        .a("mx3.example.test", s.lab.ip(3));
-    s.https.publish(
-        &s.lab.ca,
-        "example.test",
-        &policy("enforce", &["mx3.example.test"], 0),
+    let s = StsScene::new().await;
+    s.publish_example(
+        &[(10, 3)],
+        "z0",
+        &policy_with_max_age("enforce", &["mx3.example.test"], 0),
     );
-    s.lab.zone(s.https.announce(zone, "example.test", "z0"));
-    let mx = s.lab.mx(3, Behaviour::plain()).await;
-    let relay = s.relay().await;
-    let d = s.send_to_bob(&relay, "deferred").await;
+    let mx = s.lab().mx(3, Behaviour::plain()).await;
+    let relay = s.relay("").await;
+    let d = s.send(&relay, BOB, "sts", "deferred").await;
     assert_eq!(d.field("policy"), Some("mta-sts"), "{}", d.line);
     assert!(d.reply.contains("TLS is required"), "{}", d.line);
     assert!(mx.messages().is_empty());
@@ -167,30 +98,15 @@ async fn review_max_age_zero_policy_still_applies() {
 /// attempt honours it and delivers without TLS, `policy=none`.
 #[tokio::test]
 async fn review_enforce_to_none_is_honoured_on_the_next_attempt() {
-    let s = Scene::new().await;
-    let zone = || {
-        Zone::new("example.test")
-            .mx(10, "mx3.example.test")
-            .a("mx3.example.test", s.lab.ip(3))
-    };
-    s.https.publish(
-        &s.lab.ca,
-        "example.test",
-        &policy("enforce", &["mx3.example.test"], 86400),
-    );
-    s.lab.zone(s.https.announce(zone(), "example.test", "e1"));
-    let mx = s.lab.mx(3, Behaviour::plain()).await;
-    let relay = s.relay().await;
-    let d = s.send_to_bob(&relay, "deferred").await;
+    let s = StsScene::new().await;
+    s.publish_example(&[(10, 3)], "e1", &policy("enforce", &["mx3.example.test"]));
+    let mx = s.lab().mx(3, Behaviour::plain()).await;
+    let relay = s.relay("").await;
+    let d = s.send(&relay, BOB, "sts", "deferred").await;
     assert_eq!(d.field("policy"), Some("mta-sts"), "{}", d.line);
 
     let mark = relay.log_mark();
-    s.https.publish(
-        &s.lab.ca,
-        "example.test",
-        &policy("none", &["mx3.example.test"], 86400),
-    );
-    s.lab.zone(s.https.announce(zone(), "example.test", "n2"));
+    s.publish_example(&[(10, 3)], "n2", &policy("none", &["mx3.example.test"]));
     let d = relay.wait_for_delivery(mark, BOB, "sent", WAIT).await;
     assert_eq!(d.field("policy"), Some("none"), "{}", d.line);
     mx.next_message(WAIT).await;

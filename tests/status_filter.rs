@@ -6,89 +6,24 @@
 
 mod lab;
 
-use lab::bounce::Bounce;
-use lab::dns::Zone;
-use lab::https::PolicyServer;
 use lab::relay::{DeliveryLine, Relay};
-use lab::smtp::{Behaviour, SmtpServer};
-use lab::submit::{message, Submission};
-use lab::{Lab, WAIT};
+use lab::smtp::Behaviour;
+use lab::sts::{StsScene, BOB};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-
-const SENDER: &str = "alice@sender.test";
-const BOB: &str = "bob@example.test";
 
 /// The rules mxguard ships, as an operator installs them.
 fn shipped_filter() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/status_filter")
 }
 
-/// The lab with a sender domain whose MX receives the DSNs, and a policy host for MTA-STS.
-struct Scene {
-    lab: Lab,
-    https: PolicyServer,
-    sender_mx: SmtpServer,
-}
-
-impl Scene {
-    async fn new() -> Scene {
-        let lab = Lab::new().await;
-        let sender_mx = lab
-            .domain_with_mx("sender.test", 2, Behaviour::plain())
-            .await;
-        let https = PolicyServer::start(&lab, 80).await;
-        Scene {
-            lab,
-            https,
-            sender_mx,
-        }
-    }
-
-    /// `example.test` with one MX host, `mx10.example.test` (lab host 10), under an MTA-STS
-    /// `enforce` policy that lists it.
-    fn publish_enforce(&self) {
-        let host = "mx10.example.test";
-        let zone = Zone::new("example.test")
-            .mx(10, host)
-            .a(host, self.lab.ip(10));
-        let policy = format!("version: STSv1\nmode: enforce\nmx: {host}\nmax_age: 86400\n");
-        self.https.publish(&self.lab.ca, "example.test", &policy);
-        self.lab
-            .zone(self.https.announce(zone, "example.test", "1"));
-    }
-
-    /// The relay, with the shipped status filter or without one.
-    async fn relay(&self, filter: bool) -> Relay {
-        let mut snippet = format!("[mta_sts]\nhttps_port = {}\n", self.https.port());
-        if filter {
-            snippet.push_str(&format!(
-                "[delivery]\nstatus_filter = {:?}\n",
-                shipped_filter().to_string_lossy()
-            ));
-        }
-        let config = self.lab.relay_config().toml(&snippet);
-        self.lab.start_relay(config).await
-    }
-
-    /// Submits a message to [`BOB`] and waits for its delivery line with `status`.
-    async fn send_to_bob(&self, relay: &Relay, subject: &str, status: &str) -> DeliveryLine {
-        let s = Submission::new(
-            SENDER,
-            message(SENDER, BOB, subject, "Hello from the lab.\n"),
-        )
-        .rcpt(BOB);
-        relay.submit(&s).await;
-        relay.delivery(BOB, status).await
-    }
-
-    /// The DSN that reaches the sender's MX.
-    async fn bounce(&self) -> Bounce {
-        let m = self.sender_mx.next_message(WAIT).await;
-        assert_eq!(m.mail_from, "", "a DSN comes from the null sender");
-        Bounce::parse(&m)
-    }
+/// The `[delivery]` snippet that installs the shipped status filter.
+fn with_filter() -> String {
+    format!(
+        "[delivery]\nstatus_filter = {:?}\n",
+        shipped_filter().to_string_lossy()
+    )
 }
 
 fn field<'a>(d: &'a DeliveryLine, key: &str) -> &'a str {
@@ -115,18 +50,18 @@ fn never_deferred(relay: &Relay) {
 /// the first attempt with 5.7.4, and the DSN says so in Postfix's words.
 #[tokio::test]
 async fn no_starttls_under_enforce_bounces_at_once_with_the_filter() {
-    let s = Scene::new().await;
-    let mx = s.lab.mx(10, Behaviour::plain()).await;
-    s.publish_enforce();
-    let relay = s.relay(true).await;
+    let s = StsScene::new().await;
+    let mx = s.lab().mx(10, Behaviour::plain()).await;
+    s.publish_enforce_example();
+    let relay = s.relay(&with_filter()).await;
 
-    let d = s.send_to_bob(&relay, "no starttls", "bounced").await;
+    let d = s.send(&relay, BOB, "no starttls", "bounced").await;
     assert_eq!(field(&d, "dsn"), "5.7.4", "{}", d.line);
     assert_eq!(
         d.reply,
         format!(
             "551 5.7.4 TLS is required, but was not offered by host mx10.example.test[{}]",
-            s.lab.ip(10)
+            s.lab().ip(10)
         )
     );
     never_deferred(&relay);
@@ -149,12 +84,12 @@ async fn no_starttls_under_enforce_bounces_at_once_with_the_filter() {
 /// The contrast: the same scene without the filter is deferred with 4.7.4, and no DSN comes.
 #[tokio::test]
 async fn no_starttls_under_enforce_defers_without_the_filter() {
-    let s = Scene::new().await;
-    let _mx = s.lab.mx(10, Behaviour::plain()).await;
-    s.publish_enforce();
-    let relay = s.relay(false).await;
+    let s = StsScene::new().await;
+    let _mx = s.lab().mx(10, Behaviour::plain()).await;
+    s.publish_enforce_example();
+    let relay = s.relay("").await;
 
-    let d = s.send_to_bob(&relay, "no starttls", "deferred").await;
+    let d = s.send(&relay, BOB, "no starttls", "deferred").await;
     assert_eq!(field(&d, "dsn"), "4.7.4", "{}", d.line);
     assert!(
         d.reply.starts_with("451 4.7.4 TLS is required"),
@@ -162,7 +97,7 @@ async fn no_starttls_under_enforce_defers_without_the_filter() {
         d.line
     );
     assert!(
-        s.sender_mx
+        s.sender_mx()
             .try_next_message(Duration::from_secs(3))
             .await
             .is_none(),
@@ -174,13 +109,12 @@ async fn no_starttls_under_enforce_defers_without_the_filter() {
 /// 4.7.5) bounces at once as 5.7.5.
 #[tokio::test]
 async fn a_wrong_name_certificate_under_enforce_bounces_with_the_filter() {
-    let s = Scene::new().await;
-    let (cert, key) = s.lab.ca.issue(&["other.example.test"]);
-    let _mx = s.lab.mx(10, Behaviour::plain().starttls(&cert, &key)).await;
-    s.publish_enforce();
-    let relay = s.relay(true).await;
+    let s = StsScene::new().await;
+    let _mx = s.tls_mx(10, &["other.example.test"]).await;
+    s.publish_enforce_example();
+    let relay = s.relay(&with_filter()).await;
 
-    let d = s.send_to_bob(&relay, "wrong name", "bounced").await;
+    let d = s.send(&relay, BOB, "wrong name", "bounced").await;
     assert_eq!(field(&d, "dsn"), "5.7.5", "{}", d.line);
     assert!(
         d.reply
@@ -197,22 +131,22 @@ async fn a_wrong_name_certificate_under_enforce_bounces_with_the_filter() {
 /// filter on: the filter hardens TLS failures only.
 #[tokio::test]
 async fn other_transient_failures_stay_deferred_with_the_filter() {
-    let s = Scene::new().await;
+    let s = StsScene::new().await;
     let _mx = s
-        .lab
+        .lab()
         .domain_with_mx(
             "example.test",
             3,
             Behaviour::plain().rcpt_default("451 4.4.1 no answer from the next host"),
         )
         .await;
-    let relay = s.relay(true).await;
+    let relay = s.relay(&with_filter()).await;
 
-    let d = s.send_to_bob(&relay, "transient", "deferred").await;
+    let d = s.send(&relay, BOB, "transient", "deferred").await;
     assert_eq!(field(&d, "dsn"), "4.4.1", "{}", d.line);
     assert_eq!(d.reply, "451 4.4.1 no answer from the next host");
     assert!(
-        s.sender_mx
+        s.sender_mx()
             .try_next_message(Duration::from_secs(3))
             .await
             .is_none(),

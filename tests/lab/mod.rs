@@ -18,6 +18,7 @@ pub mod https;
 pub mod relay;
 pub mod resolver;
 pub mod smtp;
+pub mod sts;
 pub mod submit;
 
 use ca::LabCa;
