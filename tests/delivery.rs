@@ -307,6 +307,39 @@ async fn each_recipient_gets_its_own_reply() {
 }
 
 #[tokio::test]
+async fn recipients_over_the_servers_limit_go_in_further_transactions() {
+    // RFC 5321 §4.5.3.1.10: 452 "too many recipients" after some were accepted; the rest
+    // follow in new transactions on the same session.
+    let lab = Lab::new().await;
+    lab.zone(zone_with_mx(&lab, &[(10, 10)]));
+    let mx = lab.mx(10, Behaviour::plain().rcpt_limit(2)).await;
+    let rcpts = [
+        "r1@example.test",
+        "r2@example.test",
+        "r3@example.test",
+        "r4@example.test",
+        "r5@example.test",
+    ];
+
+    let attempts = deliver(&lab, &rcpts, "example.test").await;
+    for a in &attempts {
+        assert_eq!(a.reply.code, 250, "{a:?}");
+        assert!(a.remote_reply);
+    }
+    assert_eq!(mx.connections(), 1, "one session");
+    let messages = mx.messages();
+    let per_transaction: Vec<Vec<&str>> = messages.iter().map(|m| m.rcpt_addresses()).collect();
+    assert_eq!(
+        per_transaction,
+        vec![
+            vec!["r1@example.test", "r2@example.test"],
+            vec!["r3@example.test", "r4@example.test"],
+            vec!["r5@example.test"],
+        ]
+    );
+}
+
+#[tokio::test]
 async fn no_data_when_every_recipient_is_refused_and_mail_refusal_applies_to_all() {
     let lab = Lab::new().await;
     lab.zone(zone_with_mx(&lab, &[(10, 10)]));
@@ -519,6 +552,7 @@ async fn lost_connection_mid_data_is_temporary() {
             .starts_with("lost connection with mx10.example.test["),
         "{a:?}"
     );
+    assert!(!a.remote_reply, "our text, not the server's: {a:?}");
 }
 
 #[tokio::test]

@@ -128,6 +128,10 @@ pub struct Attempt {
     pub rcpt: usize,
     /// The remote server's reply, or the reply we made up for a failure (DNS, connect, TLS).
     pub reply: Reply,
+    /// `reply` is what the server at `relay` sent, not a text mxguard wrote while the session
+    /// was open (lost connection, TLS required, mail loop): RFC 3464 §2.3.6 keeps
+    /// `Diagnostic-Code: smtp;` for the former.
+    pub remote_reply: bool,
     /// The host the reply came from; `None` when no SMTP session was reached.
     pub relay: Option<Relay>,
     pub tls: TlsInfo,
@@ -220,6 +224,8 @@ pub(crate) struct Failure {
     pub rank: Rank,
     /// Set when the host failed a policy's TLS requirement (RFC 8460 §4.3 result type).
     pub result_type: Option<ResultType>,
+    /// `reply` is the server's own (greeting, EHLO/HELO), not a text we wrote.
+    pub remote_reply: bool,
 }
 
 impl Failure {
@@ -229,6 +235,15 @@ impl Failure {
             relay,
             rank,
             result_type: None,
+            remote_reply: false,
+        }
+    }
+
+    /// A reply the server at `relay` actually sent, refusing the session.
+    pub fn from_server(reply: Reply, relay: Relay) -> Self {
+        Failure {
+            remote_reply: true,
+            ..Failure::new(reply, Some(relay), Rank::Reply)
         }
     }
 
@@ -284,6 +299,7 @@ mod tests {
         Attempt {
             rcpt: 0,
             reply: Reply::from_remote(250, "2.0.0 Ok"),
+            remote_reply: true,
             relay: Some(Relay {
                 host: "mx1.example.net".into(),
                 addr: "192.0.2.25:25".parse().unwrap(),
@@ -323,6 +339,7 @@ mod tests {
                 EnhancedCode::new(4, 4, 3),
                 "Host or domain name not found.\r\nsecond line",
             ),
+            remote_reply: false,
             relay: None,
             tls: TlsInfo::default(),
             policy: "none".into(),

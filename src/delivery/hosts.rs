@@ -291,9 +291,10 @@ impl<'a> Run<'a> {
         let policy = self.requirement.applied(Some(&relay.host));
         replies
             .into_iter()
-            .map(|(rcpt, reply)| Attempt {
+            .map(|(rcpt, outcome)| Attempt {
                 rcpt,
-                reply,
+                reply: outcome.reply,
+                remote_reply: outcome.remote,
                 relay: Some(relay.clone()),
                 tls: tls.clone(),
                 policy: policy.clone(),

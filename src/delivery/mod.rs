@@ -289,6 +289,7 @@ fn every_recipient(job: &Job<'_>, failure: Failure, policy: AppliedPolicy) -> Ve
         .map(|&rcpt| Attempt {
             rcpt,
             reply: failure.reply.clone(),
+            remote_reply: failure.remote_reply,
             relay: failure.relay.clone(),
             tls: TlsInfo::default(),
             policy: policy.clone(),

@@ -427,7 +427,7 @@ fn loops_back(ctx: &SessionContext<'_>, relay: &Relay) -> Failure {
 fn refused_to_talk(relay: &Relay, r: &Response<String>) -> Failure {
     let reply = remote_reply(r);
     tracing::info!("host {} refused to talk to me: {reply}", relay.host_ip());
-    Failure::new(reply, Some(relay.clone()), Rank::Reply)
+    Failure::from_server(reply, relay.clone())
 }
 
 /// Sends QUIT and ignores the answer: the session is over either way (RFC 5321 §4.1.1.10).

@@ -5,6 +5,11 @@
 //! Every recipient ends with exactly one reply: the server's RCPT reply if it refused the
 //! recipient, else the reply to MAIL FROM, DATA or the end of data that decided its fate, or a
 //! 4.4.2 when the connection broke before that.
+//!
+//! RFC 5321 §4.5.3.1.10: a server may take fewer recipients per transaction than we have and
+//! answer the rest `452` ("too many recipients"). Like Postfix, the accepted ones are sent at
+//! once, and the refused ones go in a new transaction on the same session, for as long as
+//! each transaction gets at least one more recipient accepted.
 
 use super::attempt::Relay;
 use super::data::{dot_stuff, headers_need_utf8};
@@ -13,6 +18,7 @@ use super::Job;
 use crate::envelope::{xtext_encode, BodyType, Envelope, Recipient, Ret};
 use crate::reply::{EnhancedCode, Reply};
 use mail_send::SmtpClient;
+use smtp_proto::Response;
 use smtp_proto::{EXT_8BIT_MIME, EXT_DSN, EXT_SIZE, EXT_SMTP_UTF8};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -27,15 +33,48 @@ pub(crate) struct Transaction<'a> {
     pub data_timeout: Duration,
 }
 
-/// The reply for each of the job's recipients, in `job.recipients` order.
-type Replies = Vec<Option<Reply>>;
+/// One recipient's reply, and who wrote it.
+#[derive(Debug, Clone)]
+pub(crate) struct Outcome {
+    pub reply: Reply,
+    /// The server sent `reply`; false for a text we wrote (lost connection, SIZE, SMTPUTF8).
+    pub remote: bool,
+}
+
+impl Outcome {
+    fn remote(r: &Response<String>) -> Outcome {
+        Outcome {
+            reply: remote_reply(r),
+            remote: true,
+        }
+    }
+
+    fn ours(reply: Reply) -> Outcome {
+        Outcome {
+            reply,
+            remote: false,
+        }
+    }
+}
+
+/// The outcome for each of the job's recipients, in `job.recipients` order.
+type Replies = Vec<Option<Outcome>>;
+
+/// What one transaction's RCPT commands got.
+#[derive(Default)]
+struct Round {
+    accepted: Vec<usize>,
+    /// Answered 452 (RFC 5321 §4.5.3.1.10): for a later transaction.
+    too_many: Vec<usize>,
+}
 
 impl Transaction<'_> {
-    /// Runs the transaction and QUITs; returns `(recipient index, reply)` for every recipient.
+    /// Runs the transaction (or as many as the server's recipient limit takes) and QUITs;
+    /// returns `(recipient index, outcome)` for every recipient.
     pub async fn run<T: AsyncRead + AsyncWrite + Unpin>(
         &self,
         client: &mut SmtpClient<T>,
-    ) -> Vec<(usize, Reply)> {
+    ) -> Vec<(usize, Outcome)> {
         let mut replies: Replies = vec![None; self.job.recipients.len()];
         self.exchange(client, &mut replies).await;
         quit(client).await;
@@ -46,11 +85,11 @@ impl Transaction<'_> {
             .map(|(&rcpt, reply)| {
                 // Unreachable by construction; a missing reply must still never lose a recipient.
                 let reply = reply.unwrap_or_else(|| {
-                    Reply::new(
+                    Outcome::ours(Reply::new(
                         451,
                         EnhancedCode::new(4, 3, 0),
                         "internal error: no outcome",
-                    )
+                    ))
                 });
                 (rcpt, reply)
             })
@@ -74,21 +113,42 @@ impl Transaction<'_> {
         replies: &mut Replies,
     ) {
         let utf8 = self.needs_smtputf8();
+        let mut pending: Vec<usize> = (0..replies.len()).collect();
         if let Some(reply) = self.refuse_before_mail(utf8) {
-            fill(replies, &reply);
+            fill(replies, &pending, &Outcome::ours(reply));
             return;
         }
-        if let Err(reply) = self.mail_from(client, utf8).await {
-            fill(replies, &reply);
-            return;
-        }
-        let accepted = self.rcpt_to(client, replies).await;
-        if accepted.is_empty() {
-            return;
-        }
-        let reply = self.data(client).await;
-        for i in accepted {
-            replies[i] = Some(reply.clone());
+        let mut needs_reset = false;
+        while !pending.is_empty() {
+            if needs_reset {
+                if let Err(outcome) = self.rset(client).await {
+                    fill(replies, &pending, &outcome);
+                    return;
+                }
+            }
+            if let Err(outcome) = self.mail_from(client, utf8).await {
+                fill(replies, &pending, &outcome);
+                return;
+            }
+            let Some(round) = self.rcpt_to(client, &pending, replies).await else {
+                return;
+            };
+            // No progress: the 452s stand, and the recipients are tried again later.
+            if round.accepted.is_empty() {
+                return;
+            }
+            let outcome = self.data(client).await;
+            for &i in &round.accepted {
+                replies[i] = Some(outcome.clone());
+            }
+            if !outcome.remote {
+                return;
+            }
+            // A transaction refused before its end (DATA not answered 354) may still be
+            // open on the server's side.
+            needs_reset = !outcome.reply.is_positive();
+            // RFC 5321 §4.5.3.1.10: the recipients refused as too many, in a new transaction.
+            pending = round.too_many;
         }
     }
 
@@ -104,8 +164,8 @@ impl Transaction<'_> {
                 || headers_need_utf8(self.job.message))
     }
 
-    /// Failures known before MAIL FROM: a needed SMTPUTF8 not offered (RFC 6531 §3.4), a
-    /// message above the server's SIZE (RFC 1870 §6.1).
+    /// Failures known before MAIL FROM (our texts, not the server's): a needed SMTPUTF8 not
+    /// offered (RFC 6531 §3.4), a message above the server's SIZE (RFC 1870 §6.1).
     fn refuse_before_mail(&self, utf8: bool) -> Option<Reply> {
         let ext = self.extensions;
         if utf8 && !ext.has(EXT_SMTP_UTF8) {
@@ -133,12 +193,24 @@ impl Transaction<'_> {
         None
     }
 
-    /// MAIL FROM; a refusal applies to every recipient.
+    /// RSET (RFC 5321 §4.1.1.5) before another transaction on this session.
+    async fn rset<T: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        client: &mut SmtpClient<T>,
+    ) -> Result<(), Outcome> {
+        match client.cmd(b"RSET\r\n").await {
+            Ok(r) if r.code / 100 == 2 => Ok(()),
+            Ok(r) => Err(Outcome::remote(&r)),
+            Err(e) => Err(Outcome::ours(lost(self.relay, &e, "sending RSET").reply)),
+        }
+    }
+
+    /// MAIL FROM; a refusal applies to every recipient of the transaction.
     async fn mail_from<T: AsyncRead + AsyncWrite + Unpin>(
         &self,
         client: &mut SmtpClient<T>,
         utf8: bool,
-    ) -> Result<(), Reply> {
+    ) -> Result<(), Outcome> {
         let params = mail_params(
             self.envelope(),
             self.extensions,
@@ -148,26 +220,30 @@ impl Transaction<'_> {
         let command = format!("MAIL FROM:<{}>{params}\r\n", self.envelope().mail_from);
         match client.cmd(command).await {
             Ok(r) if r.code / 100 == 2 => Ok(()),
-            Ok(r) => Err(remote_reply(&r)),
-            Err(e) => Err(lost(self.relay, &e, "sending MAIL FROM").reply),
+            Ok(r) => Err(Outcome::remote(&r)),
+            Err(e) => Err(Outcome::ours(
+                lost(self.relay, &e, "sending MAIL FROM").reply,
+            )),
         }
     }
 
-    /// One RCPT TO per recipient, each with its own reply; returns the indexes accepted.
-    /// After a broken connection, every recipient not refused yet gets the 4.4.2.
+    /// One RCPT TO per pending recipient, each with its own reply. After a broken connection,
+    /// every recipient of this transaction not refused yet gets the 4.4.2, and `None` ends
+    /// the session.
     async fn rcpt_to<T: AsyncRead + AsyncWrite + Unpin>(
         &self,
         client: &mut SmtpClient<T>,
+        pending: &[usize],
         replies: &mut Replies,
-    ) -> Vec<usize> {
-        let mut accepted = Vec::new();
-        for i in 0..replies.len() {
+    ) -> Option<Round> {
+        let mut round = Round::default();
+        for (n, &i) in pending.iter().enumerate() {
             let Some(rcpt) = self.recipient(i) else {
-                replies[i] = Some(Reply::new(
+                replies[i] = Some(Outcome::ours(Reply::new(
                     554,
                     EnhancedCode::new(5, 3, 0),
                     "internal error: no such recipient",
-                ));
+                )));
                 continue;
             };
             let command = format!(
@@ -177,28 +253,34 @@ impl Transaction<'_> {
             );
             match client.cmd(command).await {
                 Ok(r) if r.code / 100 == 2 => {
-                    accepted.push(i);
-                    replies[i] = Some(remote_reply(&r));
+                    round.accepted.push(i);
+                    replies[i] = Some(Outcome::remote(&r));
                 }
-                Ok(r) => replies[i] = Some(remote_reply(&r)),
+                // RFC 5321 §4.5.3.1.10: "too many recipients"; the reply stands unless a
+                // later transaction takes the recipient.
+                Ok(r) if r.code == 452 => {
+                    round.too_many.push(i);
+                    replies[i] = Some(Outcome::remote(&r));
+                }
+                Ok(r) => replies[i] = Some(Outcome::remote(&r)),
                 Err(e) => {
-                    let reply = lost(self.relay, &e, "sending RCPT TO").reply;
-                    for j in accepted.into_iter().chain(i..replies.len()) {
-                        replies[j] = Some(reply.clone());
+                    let lost = Outcome::ours(lost(self.relay, &e, "sending RCPT TO").reply);
+                    for &j in round.accepted.iter().chain(&pending[n..]) {
+                        replies[j] = Some(lost.clone());
                     }
-                    return Vec::new();
+                    return None;
                 }
             }
         }
-        accepted
+        Some(round)
     }
 
     /// DATA, the stuffed message and the final reply, which applies to every accepted recipient.
-    async fn data<T: AsyncRead + AsyncWrite + Unpin>(&self, client: &mut SmtpClient<T>) -> Reply {
+    async fn data<T: AsyncRead + AsyncWrite + Unpin>(&self, client: &mut SmtpClient<T>) -> Outcome {
         match client.cmd(b"DATA\r\n").await {
             Ok(r) if r.code == 354 => {}
-            Ok(r) => return remote_reply(&r),
-            Err(e) => return lost(self.relay, &e, "sending DATA command").reply,
+            Ok(r) => return Outcome::remote(&r),
+            Err(e) => return Outcome::ours(lost(self.relay, &e, "sending DATA command").reply),
         }
         let body = dot_stuff(self.job.message);
         // One deadline for the body and the final reply (Postfix's smtp_data_done_timeout).
@@ -209,30 +291,28 @@ impl Transaction<'_> {
             Ok::<_, std::io::Error>(())
         })
         .await;
+        let stage = "sending message body";
         match sent {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return lost(self.relay, &e.into(), "sending message body").reply,
+            Ok(Err(e)) => return Outcome::ours(lost(self.relay, &e.into(), stage).reply),
             Err(_) => {
-                return lost(
-                    self.relay,
-                    &mail_send::Error::Timeout,
-                    "sending message body",
-                )
-                .reply
+                let timeout = mail_send::Error::Timeout;
+                return Outcome::ours(lost(self.relay, &timeout, stage).reply);
             }
         }
         let stage = "sending end of data -- message may be sent more than once";
         match tokio::time::timeout_at(deadline, client.read()).await {
-            Ok(Ok(r)) => remote_reply(&r),
-            Ok(Err(e)) => lost(self.relay, &e, stage).reply,
-            Err(_) => lost(self.relay, &mail_send::Error::Timeout, stage).reply,
+            Ok(Ok(r)) => Outcome::remote(&r),
+            Ok(Err(e)) => Outcome::ours(lost(self.relay, &e, stage).reply),
+            Err(_) => Outcome::ours(lost(self.relay, &mail_send::Error::Timeout, stage).reply),
         }
     }
 }
 
-fn fill(replies: &mut Replies, reply: &Reply) {
-    for r in replies.iter_mut() {
-        *r = Some(reply.clone());
+/// The same outcome for each of `recipients`.
+fn fill(replies: &mut Replies, recipients: &[usize], outcome: &Outcome) {
+    for &i in recipients {
+        replies[i] = Some(outcome.clone());
     }
 }
 

@@ -64,12 +64,15 @@ pub struct RecipientReport<'a> {
     /// The recipient as queued, with its ORCPT.
     pub rcpt: &'a Recipient,
     pub action: Action,
-    /// The status and its explanation. When `remote_mta` is set, this is the reply that host
-    /// gave and appears as `Diagnostic-Code: smtp; …`; otherwise it is mxguard's own verdict
-    /// (no MX, policy failure before any reply, expiry) and appears as `X-Mxguard; …`.
+    /// The status and its explanation. When `reply_from_remote` is set, this is the reply
+    /// `remote_mta` gave and appears as `Diagnostic-Code: smtp; …`; otherwise it is mxguard's
+    /// own verdict (no MX, policy failure, lost connection, expiry) and appears as
+    /// `X-Mxguard; …`.
     pub reply: &'a Reply,
-    /// The host name of the server whose reply this is.
+    /// The host name of the server the session was held with, if one was reached.
     pub remote_mta: Option<&'a str>,
+    /// `reply` is what `remote_mta` sent, not a text mxguard wrote during the session.
+    pub reply_from_remote: bool,
     pub last_attempt: Option<SystemTime>,
     /// For `Delayed`: when the queue will give up.
     pub will_retry_until: Option<SystemTime>,
@@ -317,27 +320,21 @@ fn delivery_status(report: &Report, host: &str, cs: Charset) -> String {
         push_field(&mut out, "Final-Recipient", &value, cs);
         push_field(&mut out, "Action", r.action.as_str(), cs);
         push_field(&mut out, "Status", &r.reply.status().to_string(), cs);
-        match r.remote_mta {
-            Some(mta) => {
-                push_field(
-                    &mut out,
-                    "Remote-MTA",
-                    &format!("dns; {}", host_name(mta)),
-                    cs,
-                );
-                // RFC 3464 §2.3.6: the reply exactly as the remote server gave it (on one line).
-                push_field(
-                    &mut out,
-                    "Diagnostic-Code",
-                    &format!("smtp; {}", r.reply),
-                    cs,
-                );
-            }
-            None => {
-                let value = format!("X-Mxguard; {}", r.reply);
-                push_field(&mut out, "Diagnostic-Code", &value, cs);
-            }
+        if let Some(mta) = r.remote_mta {
+            push_field(
+                &mut out,
+                "Remote-MTA",
+                &format!("dns; {}", host_name(mta)),
+                cs,
+            );
         }
+        // RFC 3464 §2.3.6: `smtp;` is the reply exactly as the remote server gave it (on one
+        // line); a text mxguard wrote, even about a reached host, has its own type.
+        let diagnostic = match r.remote_mta {
+            Some(_) if r.reply_from_remote => format!("smtp; {}", r.reply),
+            _ => format!("X-Mxguard; {}", r.reply),
+        };
+        push_field(&mut out, "Diagnostic-Code", &diagnostic, cs);
         if let Some(t) = r.last_attempt {
             push_field(&mut out, "Last-Attempt-Date", &rfc5322_date(t), cs);
         }
@@ -441,8 +438,10 @@ fn recipient_line(r: &RecipientReport) -> String {
     }
     let reply = clean(&r.reply.to_string(), Charset::Utf8, MAX_FIELD_VALUE);
     match r.remote_mta {
-        Some(mta) => line.push_str(&format!(": host {} said: {reply}", host_name(mta))),
-        None => line.push_str(&format!(": {reply}")),
+        Some(mta) if r.reply_from_remote => {
+            line.push_str(&format!(": host {} said: {reply}", host_name(mta)))
+        }
+        _ => line.push_str(&format!(": {reply}")),
     }
     if r.action == Action::Delayed {
         if let Some(until) = r.will_retry_until {

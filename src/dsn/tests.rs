@@ -28,6 +28,7 @@ struct Outcome {
     action: Action,
     reply: Reply,
     remote_mta: Option<&'static str>,
+    reply_from_remote: bool,
     last_attempt: Option<SystemTime>,
     will_retry_until: Option<SystemTime>,
 }
@@ -38,6 +39,7 @@ fn failed(address: &str, code: u16, text: &str) -> Outcome {
         action: Action::Failed,
         reply: Reply::from_remote(code, text),
         remote_mta: Some("mx1.example.net"),
+        reply_from_remote: true,
         last_attempt: Some(at(1_700_000_100)),
         will_retry_until: None,
     }
@@ -122,6 +124,7 @@ impl Scenario {
                     action: o.action,
                     reply: &o.reply,
                     remote_mta: o.remote_mta,
+                    reply_from_remote: o.reply_from_remote,
                     last_attempt: o.last_attempt,
                     will_retry_until: o.will_retry_until,
                 })
@@ -502,6 +505,27 @@ fn our_own_verdict_has_no_remote_mta() {
     assert!(r
         .field("Diagnostic-Code")
         .starts_with("X-Mxguard; 550 5.1.10 Domain"));
+}
+
+#[test]
+fn our_own_text_about_a_reached_host_is_not_an_smtp_diagnostic() {
+    // RFC 3464 §2.3.6: `smtp;` is for what the server said; mxguard wrote this one.
+    let mut o = failed("bob@example.net", 451, "");
+    o.action = Action::Delayed;
+    o.reply = Reply::new(
+        451,
+        EnhancedCode::new(4, 4, 2),
+        "lost connection with mx1.example.net[192.0.2.25] while sending RCPT TO",
+    );
+    o.reply_from_remote = false;
+    let dsn = Scenario::with_outcomes(vec![o]).dsn();
+    let r = &dsn.blocks()[1];
+    assert_eq!(r.field("Remote-MTA"), "dns; mx1.example.net");
+    assert_eq!(
+        r.field("Diagnostic-Code"),
+        "X-Mxguard; 451 4.4.2 lost connection with mx1.example.net[192.0.2.25] while \
+         sending RCPT TO"
+    );
 }
 
 #[test]

@@ -391,6 +391,7 @@ impl<'a> Pass<'a> {
                     action,
                     reply: &a.reply,
                     remote_mta: a.relay.as_ref().map(|r| r.host.as_str()),
+                    reply_from_remote: a.remote_reply,
                     last_attempt: Some(now),
                     will_retry_until: (action == dsn::Action::Delayed)
                         .then(|| self.envelope.arrival + self.ctx.config.queue.max_lifetime),
@@ -444,6 +445,7 @@ impl<'a> Pass<'a> {
                 Attempt {
                     rcpt: i,
                     reply,
+                    remote_reply: false,
                     relay: None,
                     tls: TlsInfo::default(),
                     policy: "none".into(),

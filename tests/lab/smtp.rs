@@ -405,6 +405,10 @@ impl Session {
             .or(b.rcpt_default.as_ref())
             .cloned()
             .unwrap_or_else(|| "250 2.1.5 Ok".into());
+        let full = b.rcpt_limit.is_some_and(|n| self.rcpts.len() >= n);
+        if full && r.starts_with('2') {
+            return self.reply("452 4.5.3 Error: too many recipients").await;
+        }
         if r.starts_with('2') {
             self.rcpts.push(Rcpt {
                 address: to,

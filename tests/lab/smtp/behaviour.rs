@@ -56,6 +56,9 @@ pub struct Behaviour {
     pub rcpt_replies: HashMap<String, String>,
     /// The RCPT reply for every recipient not in `rcpt_replies`.
     pub rcpt_default: Option<String>,
+    /// Accept at most this many recipients per transaction, then answer
+    /// `452 4.5.3 Error: too many recipients` (RFC 5321 §4.5.3.1.10).
+    pub rcpt_limit: Option<usize>,
     /// Answer the DATA command with this instead of 354.
     pub data_reply: Option<String>,
     /// The reply after the end of data instead of `250 2.0.0 Ok: queued`.
@@ -75,6 +78,7 @@ impl Default for Behaviour {
             mail_reply: None,
             rcpt_replies: HashMap::new(),
             rcpt_default: None,
+            rcpt_limit: None,
             data_reply: None,
             end_of_data_reply: None,
             drop_mid_data: false,
@@ -122,6 +126,12 @@ impl Behaviour {
 
     pub fn rcpt_default(mut self, reply: &str) -> Behaviour {
         self.rcpt_default = Some(reply.into());
+        self
+    }
+
+    /// At most `n` recipients per transaction; the rest get 452 4.5.3.
+    pub fn rcpt_limit(mut self, n: usize) -> Behaviour {
+        self.rcpt_limit = Some(n);
         self
     }
 
