@@ -15,21 +15,6 @@ use std::time::Duration;
 
 const MESSAGE: &[u8] = b"From: a@sender.test\r\nSubject: hi\r\n\r\nHello.\r\n";
 
-/// The relay configuration for `lab`: its DNS, its SMTP port, short timeouts.
-fn config(lab: &Lab) -> Config {
-    let mut c = Config {
-        hostname: "relay.lab.test".into(),
-        ..Config::default()
-    };
-    c.dns.nameservers = vec![lab.dns.addr()];
-    c.dns.timeout = Duration::from_secs(2);
-    c.delivery.smtp_port = lab.port();
-    c.delivery.connect_timeout = Duration::from_secs(3);
-    c.delivery.command_timeout = Duration::from_secs(10);
-    c.delivery.data_timeout = Duration::from_secs(10);
-    c
-}
-
 fn envelope(rcpts: &[&str]) -> Envelope {
     let mut env = Envelope::new("alice@sender.test");
     env.recipients = rcpts.iter().map(|r| Recipient::new(*r)).collect();
@@ -74,7 +59,7 @@ async fn deliver_with(
 }
 
 async fn deliver(lab: &Lab, rcpts: &[&str], domain: &str) -> Vec<Attempt> {
-    deliver_with(config(lab), &envelope(rcpts), MESSAGE, domain).await
+    deliver_with(lab.delivery_config(), &envelope(rcpts), MESSAGE, domain).await
 }
 
 fn status(a: &Attempt) -> mxguard::delivery::Status {
@@ -227,7 +212,7 @@ async fn dns_failures_are_temporary() {
     assert_eq!(a.reply.status().to_string(), "4.4.3", "{a:?}");
 
     // No name server answering at all: a timeout.
-    let mut c = config(&lab);
+    let mut c = lab.delivery_config();
     c.dns.nameservers = vec![std::net::SocketAddr::new(lab.ip(99).into(), 9)];
     c.dns.timeout = Duration::from_millis(300);
     let a = &deliver_with(c, &envelope(&["bob@example.test"]), MESSAGE, "example.test").await[0];
@@ -458,7 +443,7 @@ async fn static_route_bypasses_mx() {
     lab.zone(zone_with_mx(&lab, &[(10, 10)]));
     let mx = lab.mx(10, Behaviour::plain()).await;
     let hop = lab.smtp_elsewhere(40, Behaviour::plain()).await;
-    let mut c = config(&lab);
+    let mut c = lab.delivery_config();
     c.routes = vec![RouteConfig {
         domain: "Example.TEST".into(),
         next_hop: format!("[{}]:{}", hop.addr().ip(), hop.addr().port()),
@@ -480,7 +465,7 @@ async fn message_is_dot_stuffed_on_the_wire() {
     let message = b"Subject: dots\r\n\r\n.leading\r\n.\r\nmiddle\r\n..two\r\nno final CRLF";
 
     let env = envelope(&["bob@example.test"]);
-    let a = &deliver_with(config(&lab), &env, message, "example.test").await[0];
+    let a = &deliver_with(lab.delivery_config(), &env, message, "example.test").await[0];
     assert_eq!(a.reply.code, 250, "{a:?}");
     let m = received_one(&server).await;
     assert_eq!(
@@ -509,7 +494,7 @@ async fn esmtp_parameters_follow_the_server() {
     });
     env.recipients[0].orcpt = Some(("rfc822".into(), "bob+x@example.test".into()));
 
-    deliver_with(config(&lab), &env, MESSAGE, "example.test").await;
+    deliver_with(lab.delivery_config(), &env, MESSAGE, "example.test").await;
     let m = received_one(&server).await;
     assert_eq!(
         m.mail_param("SIZE"),
@@ -526,7 +511,7 @@ async fn esmtp_parameters_follow_the_server() {
 
     // A server without extensions gets none of them.
     server.set(|b| *b = Behaviour::plain().no_extensions());
-    deliver_with(config(&lab), &env, MESSAGE, "example.test").await;
+    deliver_with(lab.delivery_config(), &env, MESSAGE, "example.test").await;
     let m = received_one(&server).await;
     assert!(m.mail_params.is_empty(), "{:?}", m.mail_params);
     assert!(m.rcpts[0].params.is_empty());
@@ -534,7 +519,7 @@ async fn esmtp_parameters_follow_the_server() {
     // SMTPUTF8 needed but not offered: bounce 5.6.7, nothing sent.
     let mut env = envelope(&["j\u{f6}rg@example.test"]);
     env.smtputf8 = true;
-    let a = &deliver_with(config(&lab), &env, MESSAGE, "example.test").await[0];
+    let a = &deliver_with(lab.delivery_config(), &env, MESSAGE, "example.test").await[0];
     assert_eq!(a.reply.status().to_string(), "5.6.7", "{a:?}");
 }
 
@@ -563,7 +548,7 @@ async fn a_silent_server_times_out_and_the_next_mx_is_used() {
         .mx(10, Behaviour::plain().slow(Duration::from_secs(5)))
         .await;
     let next = lab.mx(20, Behaviour::plain()).await;
-    let mut c = config(&lab);
+    let mut c = lab.delivery_config();
     c.delivery.command_timeout = Duration::from_millis(500);
 
     let a = &deliver_with(c, &envelope(&["bob@example.test"]), MESSAGE, "example.test").await[0];

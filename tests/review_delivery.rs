@@ -16,21 +16,6 @@ use std::time::Duration;
 
 const MESSAGE: &[u8] = b"From: a@sender.test\r\nSubject: hi\r\n\r\nHello.\r\n";
 
-fn config(lab: &Lab) -> Config {
-    let mut c = Config {
-        hostname: "relay.lab.test".into(),
-        ..Config::default()
-    };
-    c.dns.nameservers = vec![lab.dns.addr()];
-    c.dns.timeout = Duration::from_secs(2);
-    c.delivery.smtp_port = lab.port();
-    c.delivery.connect_timeout = Duration::from_secs(3);
-    c.delivery.command_timeout = Duration::from_secs(10);
-    c.delivery.data_timeout = Duration::from_secs(10);
-    c.mta_sts.enabled = false;
-    c
-}
-
 /// One attempt for `rcpts`, all of `domain` (as the scheduler computes it: lower case).
 async fn deliver(config: Config, rcpts: &[&str], domain: &str) -> Vec<Attempt> {
     let mut env = Envelope::new("alice@sender.test");
@@ -63,7 +48,7 @@ async fn review_address_literal_recipient_is_delivered_to_that_address() {
     let literal = format!("[{}]", lab.ip(3));
     let rcpt = format!("bob@{literal}");
 
-    let attempts = deliver(config(&lab), &[&rcpt], &literal).await;
+    let attempts = deliver(lab.delivery_config(), &[&rcpt], &literal).await;
     assert_eq!(attempts[0].reply.code, 250, "{:?}", attempts[0]);
     let relay = attempts[0].relay.as_ref().expect("a session was held");
     assert_eq!(relay.addr.ip(), std::net::IpAddr::V4(lab.ip(3)));
@@ -84,7 +69,7 @@ async fn review_ipv6_address_literal_recipient_is_delivered() {
     let rcpt = "bob@[IPv6:::1]";
 
     // The scheduler passes the lower-cased domain.
-    let attempts = deliver(config(&lab), &[rcpt], "[ipv6:::1]").await;
+    let attempts = deliver(lab.delivery_config(), &[rcpt], "[ipv6:::1]").await;
     assert_eq!(attempts[0].reply.code, 250, "{:?}", attempts[0]);
     let m = mx.next_message(Duration::from_secs(5)).await;
     assert_eq!(m.rcpt_addresses(), vec![rcpt]);
@@ -100,7 +85,7 @@ async fn review_mx_that_is_ourselves_bounces_with_5_4_6() {
     let mx = lab
         .domain_with_mx("example.test", 3, Behaviour::plain())
         .await;
-    let mut c = config(&lab);
+    let mut c = lab.delivery_config();
     c.hostname = "MX.lab.test".into();
 
     let attempts = deliver(c, &["bob@example.test"], "example.test").await;
@@ -125,7 +110,7 @@ async fn review_loop_at_a_backup_mx_defers_with_4_4_6() {
             .a("mx20.example.test", lab.ip(20)),
     );
     let mx20 = lab.mx(20, Behaviour::plain()).await;
-    let mut c = config(&lab);
+    let mut c = lab.delivery_config();
     c.hostname = "mx.lab.test".into();
 
     let attempts = deliver(c, &["bob@example.test"], "example.test").await;
@@ -146,7 +131,7 @@ async fn review_mx_pointing_at_a_cname_and_odd_case() {
             .a("mx.example.test", lab.ip(3)),
     );
     let mx = lab.mx(3, Behaviour::plain()).await;
-    let attempts = deliver(config(&lab), &["bob@example.test"], "example.test").await;
+    let attempts = deliver(lab.delivery_config(), &["bob@example.test"], "example.test").await;
     assert_eq!(attempts[0].reply.code, 250, "{:?}", attempts[0]);
     mx.next_message(Duration::from_secs(5)).await;
 }

@@ -102,15 +102,21 @@ fn after_keyword<'a>(args: &'a str, keyword: &str) -> Option<&'a str> {
         .then(|| &args[keyword.len()..])
 }
 
-fn mail(args: &str) -> Result<Command, Reply> {
-    let rest = after_keyword(args, "FROM:").ok_or_else(|| syntax("MAIL FROM:<address>"))?;
-    let bad_sender = |e: super::path::PathError| {
+/// The `501 5.1.x` reply for a MAIL or RCPT path that does not parse.
+fn bad_address(detail: u16, role: &'static str) -> impl Fn(super::path::PathError) -> Reply + Copy {
+    move |e| {
         Reply::new(
             501,
-            EnhancedCode::new(5, 1, 7),
-            format!("Bad sender address syntax: {}", e.0),
+            EnhancedCode::new(5, 1, detail),
+            format!("Bad {role} address syntax: {}", e.0),
         )
-    };
+    }
+}
+
+fn mail(args: &str) -> Result<Command, Reply> {
+    let rest = after_keyword(args, "FROM:").ok_or_else(|| syntax("MAIL FROM:<address>"))?;
+    // RFC 3463 §3.2: X.1.7 is a bad sender address syntax.
+    let bad_sender = bad_address(7, "sender");
     let (from, params) = split_path(rest).map_err(bad_sender)?;
     if !from.is_empty() {
         check_mailbox(&from).map_err(bad_sender)?;
@@ -121,13 +127,8 @@ fn mail(args: &str) -> Result<Command, Reply> {
 
 fn rcpt(args: &str) -> Result<Command, Reply> {
     let rest = after_keyword(args, "TO:").ok_or_else(|| syntax("RCPT TO:<address>"))?;
-    let bad_recipient = |e: super::path::PathError| {
-        Reply::new(
-            501,
-            EnhancedCode::new(5, 1, 3),
-            format!("Bad recipient address syntax: {}", e.0),
-        )
-    };
+    // RFC 3463 §3.2: X.1.3 is a bad destination address syntax.
+    let bad_recipient = bad_address(3, "recipient");
     let (to, params) = split_path(rest).map_err(bad_recipient)?;
     // A relay has no local mailboxes, so even `<postmaster>` needs a domain here.
     check_mailbox(&to).map_err(bad_recipient)?;

@@ -158,6 +158,23 @@ impl Lab {
         }
     }
 
+    /// A configuration for driving `mxguard::delivery::Deliverer` in-process against this lab:
+    /// its DNS, its SMTP port, short timeouts, no MTA-STS (such tests pass no policy cache).
+    pub fn delivery_config(&self) -> mxguard::config::Config {
+        let mut c = mxguard::config::Config {
+            hostname: "relay.lab.test".into(),
+            ..mxguard::config::Config::default()
+        };
+        c.dns.nameservers = vec![self.dns.addr()];
+        c.dns.timeout = Duration::from_secs(2);
+        c.delivery.smtp_port = self.port;
+        c.delivery.connect_timeout = Duration::from_secs(3);
+        c.delivery.command_timeout = Duration::from_secs(10);
+        c.delivery.data_timeout = Duration::from_secs(10);
+        c.mta_sts.enabled = false;
+        c
+    }
+
     /// Starts the relay with `config` (from [`Lab::relay_config`]); returns when it listens.
     pub async fn start_relay(&self, config: RelayConfig) -> Relay {
         drop(self.reserved.lock().unwrap().take());
