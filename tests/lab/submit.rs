@@ -178,6 +178,9 @@ pub async fn submit_ok(addr: SocketAddr, s: &Submission) -> String {
 
 /// RFC 5321 §4.5.2: doubles a leading dot on every line and appends the end-of-data mark.
 /// Content not ending in CRLF gets one, as every client must add.
+///
+/// Written independently of `mxguard::delivery`'s dot-stuffing on purpose: a lab that used the
+/// code under test to build its input could not catch a bug in it.
 pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + 16);
     let mut at_line_start = true;
