@@ -69,6 +69,9 @@ pub struct ListenerConfig {
     /// TLS from the first byte (the port 465 style, RFC 8314) instead of STARTTLS.
     #[serde(default)]
     pub implicit_tls: bool,
+    /// The least TLS every message accepted here is delivered with (a forced-encryption
+    /// listener for chosen senders: `encrypt`); stored with the message.
+    pub min_level: Option<crate::tls_policy::TlsLevel>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -112,6 +115,8 @@ pub enum DnssecMode {
     Validate,
     /// Trust the AD bit of a local validating resolver.
     TrustAd,
+    /// No DNSSEC and so no DANE: every answer counts as insecure.
+    Off,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -123,6 +128,10 @@ pub struct DnsConfig {
     #[serde(default = "default_dnssec")]
     pub dnssec: DnssecMode,
     pub trust_anchor_file: Option<PathBuf>,
+    /// `trust-ad` trusts the AD bit only from loopback name servers (the path from a remote
+    /// one can be forged); `true` allows a remote one the operator trusts (e.g. over IPsec).
+    #[serde(default)]
+    pub trust_ad_remote: bool,
     /// Time for one query before it counts as a temporary failure.
     #[serde(default = "default_dns_timeout", deserialize_with = "duration")]
     pub timeout: Duration,
@@ -156,6 +165,12 @@ pub struct DeliveryConfig {
     /// Simultaneous outbound SMTP sessions.
     #[serde(default = "default_max_concurrency")]
     pub max_concurrency: usize,
+    /// Minimum TLS levels by recipient domain (`domain level`, `.domain level` lines), like
+    /// Postfix's `smtp_tls_policy_maps`; reread when it changes.
+    pub tls_policy_file: Option<PathBuf>,
+    /// Minimum TLS levels by envelope sender (`address level`, `@domain level` lines), the
+    /// "forceenc" recipe; reread when it changes or on SIGHUP.
+    pub sender_tls_policy_file: Option<PathBuf>,
 }
 
 /// A static next hop, like a Postfix transport map entry `domain smtp:[host]:port`.
@@ -277,6 +292,7 @@ fn default_listeners() -> Vec<ListenerConfig> {
         tls_cert: None,
         tls_key: None,
         implicit_tls: false,
+        min_level: None,
     }]
 }
 fn default_mynetworks() -> Vec<IpNet> {
@@ -360,6 +376,7 @@ impl Default for DnsConfig {
             nameservers: Vec::new(),
             dnssec: default_dnssec(),
             trust_anchor_file: None,
+            trust_ad_remote: false,
             timeout: default_dns_timeout(),
             cache_size: default_dns_cache_size(),
         }
@@ -375,6 +392,8 @@ impl Default for DeliveryConfig {
             command_timeout: default_command_timeout(),
             data_timeout: default_data_timeout(),
             max_concurrency: default_max_concurrency(),
+            tls_policy_file: None,
+            sender_tls_policy_file: None,
         }
     }
 }
@@ -519,10 +538,26 @@ impl Config {
             crate::dsn::status_filter::StatusFilter::load(file)
                 .map_err(|e| ConfigError::key("delivery.status_filter", e.to_string()))?;
         }
+        use crate::tls_policy::{DestinationTable, SenderTable, Table};
+        if let Some(file) = &self.delivery.tls_policy_file {
+            DestinationTable::load(file)
+                .map_err(|e| ConfigError::key("delivery.tls_policy_file", e.to_string()))?;
+        }
+        if let Some(file) = &self.delivery.sender_tls_policy_file {
+            SenderTable::load(file)
+                .map_err(|e| ConfigError::key("delivery.sender_tls_policy_file", e.to_string()))?;
+        }
         if let Some(file) = &self.dns.trust_anchor_file {
-            std::fs::metadata(file).map_err(|e| {
-                ConfigError::key("dns.trust_anchor_file", format!("{}: {e}", file.display()))
-            })?;
+            crate::dnssec::load_trust_anchors(file)
+                .map_err(|e| ConfigError::key("dns.trust_anchor_file", e.to_string()))?;
+        }
+        // Empty nameservers (resolv.conf) are checked when the resolver is built at start-up.
+        if self.dns.dnssec == DnssecMode::TrustAd {
+            crate::dnssec::AdResolver::check_loopback(
+                &self.dns.nameservers,
+                self.dns.trust_ad_remote,
+            )
+            .map_err(|e| ConfigError::key("dns.nameservers", e))?;
         }
         for (i, r) in self.routes.iter().enumerate() {
             crate::next_hop::NextHop::parse(&r.next_hop)

@@ -100,6 +100,9 @@ pub struct Envelope {
     /// RFC 8689 REQUIRETLS was given on MAIL FROM.
     #[serde(default)]
     pub requiretls: bool,
+    /// The `min_level` of the listener the message came in on.
+    #[serde(default)]
+    pub min_tls_level: Option<crate::tls_policy::TlsLevel>,
     /// When the message was accepted (the DSN's Arrival-Date).
     pub arrival: SystemTime,
     pub client: ClientInfo,
@@ -115,6 +118,7 @@ impl Envelope {
             body: BodyType::SevenBit,
             smtputf8: false,
             requiretls: false,
+            min_tls_level: None,
             arrival: SystemTime::now(),
             client: ClientInfo::default(),
         }

@@ -4,6 +4,7 @@
 //!
 //! Mail flows inbound → queue → delivery → dsn; `server` wires the pieces together.
 
+pub mod check;
 pub mod config;
 pub mod control;
 pub mod delivery;
@@ -17,3 +18,4 @@ pub mod queue_id;
 pub mod reply;
 pub mod server;
 pub mod tls;
+pub mod tls_policy;

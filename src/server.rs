@@ -77,6 +77,7 @@ pub async fn run(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Result
         tracing::info!("listening on {local} ({mode})");
         sockets.push((socket, index));
     }
+    tokio::spawn(watch_tls_tables(deliverer.tls_policies(), shutdown.clone()));
     let control = tokio::spawn(control.serve(policies.clone(), shutdown.clone()));
     let refresher = policies.map(|p| tokio::spawn(p.run_refresher(shutdown.clone())));
     let scheduler =
@@ -98,6 +99,39 @@ pub async fn run(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Result
     }
     tracing::info!("mxguard stopped");
     Ok(())
+}
+
+/// Rereads the TLS policy tables when their files change (checked every two seconds) and on
+/// SIGHUP, until shutdown: an operator adds a forced-encryption sender without a restart.
+async fn watch_tls_tables(
+    tables: Arc<crate::tls_policy::TlsPolicies>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("SIGHUP handler: {e}; TLS policy tables reload on change only");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    loop {
+        let sighup = async {
+            match &mut hangup {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tick.tick() => tables.reload_if_changed(),
+            _ = sighup => {
+                tracing::info!("SIGHUP: rereading the TLS policy tables");
+                tables.reload();
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
 }
 
 /// The MTA-STS policy cache under `data_dir`, when `mta_sts.enabled`; opened as the command

@@ -2,8 +2,9 @@
 # The test command: tests/run.sh
 #
 #   1. installs what the interop scripts need when it is missing (as root, Debian/Ubuntu:
-#      postfix, postfix-pcre, swaks); not root and missing: the interop scripts are skipped
-#      with a message, the Rust tests still run;
+#      postfix, postfix-pcre, swaks, unbound, ldnsutils, nsd) without starting their system
+#      services; not root and missing: the interop scripts are skipped with a message, the
+#      Rust tests still run;
 #   2. cargo test --workspace --all-targets (hermetic: loopback only, no system packages);
 #   3. every tests/interop/*.sh script, against the debug binary built for step 2.
 #
@@ -31,6 +32,11 @@ need_packages() {
     command -v postfix >/dev/null || missing+=(postfix)
     command -v smtp-sink >/dev/null || missing+=(postfix)
     command -v swaks >/dev/null || missing+=(swaks)
+    # dane_unbound: a validating resolver, a zone signer (and drill), an authoritative server.
+    command -v unbound >/dev/null || missing+=(unbound)
+    command -v ldns-signzone >/dev/null || missing+=(ldnsutils)
+    command -v drill >/dev/null || missing+=(ldnsutils)
+    command -v nsd >/dev/null || missing+=(nsd)
     # postconf needs a main.cf; the package may have none ("No configuration"), so ask about
     # map types against an empty one.
     local cf
@@ -53,12 +59,24 @@ if [[ ${#MISSING[@]} -gt 0 ]]; then
         if command -v debconf-set-selections >/dev/null; then
             echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
         fi
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-            "${MISSING[@]}" >/dev/null
+        # Nor may unbound or nsd start as system services (unbound would prime the root from
+        # the Internet and take over resolv.conf): a policy-rc.d that denies every start,
+        # unless the machine already has one.
+        POLICY_RC=""
+        if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+            POLICY_RC=/usr/sbin/policy-rc.d
+            printf '#!/bin/sh\nexit 101\n' >"$POLICY_RC"
+            chmod 0755 "$POLICY_RC"
+        fi
+        INSTALL_RC=0
+        { apt-get update -qq &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+                "${MISSING[@]}" >/dev/null; } || INSTALL_RC=$?
+        if [[ -n "$POLICY_RC" ]]; then rm -f "$POLICY_RC"; fi
+        [[ $INSTALL_RC -eq 0 ]] || exit "$INSTALL_RC"
     else
         echo "interop tests SKIPPED: missing ${MISSING[*]} and not root (or no apt-get);" \
-            "install them (apt-get install postfix postfix-pcre swaks) to run tests/interop/"
+            "install them (apt-get install postfix postfix-pcre swaks unbound ldnsutils nsd) to run tests/interop/"
         INTEROP_OK=0
     fi
 fi

@@ -213,6 +213,10 @@ pub(crate) enum Rank {
     Tls,
     /// A reply the server actually sent (greeting, EHLO).
     Reply,
+    /// A host that could not be judged because its DNSSEC lookups failed (RFC 7672 §2.1.1):
+    /// it might have taken the mail, so whatever the other hosts said, the recipient waits.
+    /// Ranked above everything so that no status filter rule bounces mail over a DNS outage.
+    Undetermined,
 }
 
 /// A failure to deliver through one host (or at all), with the reply it becomes.

@@ -7,7 +7,10 @@
 //! reported to the policy cache (for TLS-RPT, RFC 8460). Each pass evaluates its own job's
 //! policy: nothing learnt about a host is kept for another job, whose domain may say otherwise.
 
+use super::attempt::AppliedPolicy;
 use super::attempt::{Attempt, Failure, Rank, Relay, WorstFailure};
+use super::dane::{DaneAuth, DanePlan};
+use super::local::LocalRequirement;
 use super::requirement::{HostPlan, TlsRequirement};
 use super::session::{self, Connection, Next, Session, SessionContext, StartTls, StartTlsSeen};
 use super::tls::CheckedHandshake;
@@ -24,7 +27,13 @@ use tokio_rustls::TlsConnector;
 pub(crate) struct Run<'a> {
     deliverer: &'a Deliverer,
     job: &'a Job<'a>,
+    /// DANE's verdict on each host: it takes precedence over `requirement`.
+    dane: &'a DanePlan,
     requirement: &'a TlsRequirement,
+    /// The operator's and the message's additions (levels, REQUIRETLS, TLS-Required).
+    local: &'a LocalRequirement,
+    /// The log facts of the host being tried.
+    policy: AppliedPolicy,
     /// The SMTP port of every host.
     port: u16,
     /// The failure to report if no host takes the mail.
@@ -40,13 +49,18 @@ impl<'a> Run<'a> {
     pub fn new(
         deliverer: &'a Deliverer,
         job: &'a Job<'a>,
+        dane: &'a DanePlan,
         requirement: &'a TlsRequirement,
+        local: &'a LocalRequirement,
         port: u16,
     ) -> Run<'a> {
         Run {
             deliverer,
             job,
+            dane,
             requirement,
+            local,
+            policy: AppliedPolicy::named(super::requirement::NO_POLICY),
             port,
             worst: WorstFailure::default(),
             unauthorized_counted: false,
@@ -67,7 +81,14 @@ impl<'a> Run<'a> {
                 break;
             }
             self.best_mx = index == 0;
-            let plan = self.requirement.host_plan(host, self.job.domain);
+            let (plan, policy) = self.requirement.policy_for(
+                self.dane,
+                self.local,
+                host,
+                self.job.domain,
+                self.port,
+            );
+            self.policy = policy;
             if !self.admit(host, &plan) {
                 continue;
             }
@@ -98,6 +119,19 @@ impl<'a> Run<'a> {
     /// Whether to try `host` at all; reports a host outside the policy.
     fn admit(&mut self, host: &str, plan: &HostPlan) -> bool {
         match plan {
+            HostPlan::Skip(
+                failure @ (TlsFailure::TlsaLookup { .. }
+                | TlsFailure::DaneRequired { .. }
+                | TlsFailure::RequireTls { .. }),
+            ) => {
+                // RFC 7672 §2.1.1: a host whose TLSA records cannot be had is unusable for
+                // now; never tried with less security. A host the local requirement (or
+                // REQUIRETLS) refuses is not tried either.
+                let domain = self.job.domain;
+                tracing::info!("{domain}: skipping MX host {host}: {}", failure.detail());
+                self.worst.record(failure.clone().into_failure(None));
+                false
+            }
             HostPlan::Skip(failure) => {
                 // RFC 8461 §4.1: senders must not deliver to MX hosts that match no pattern.
                 let domain = self.job.domain;
@@ -127,14 +161,50 @@ impl<'a> Run<'a> {
     async fn try_address(&mut self, relay: &Relay, plan: &HostPlan) -> Result<Vec<Attempt>, Next> {
         let session = match plan {
             HostPlan::Verified { .. } => self.open_verified(relay).await?,
+            HostPlan::Secure { domain } => {
+                let checked = self.tls_setup(self.deliverer.pkix.secure(domain))?;
+                self.open_required(relay, &checked, None).await?
+            }
+            HostPlan::Plaintext => {
+                let ctx = self.session_context();
+                session::open(&ctx, relay, StartTls::Skip)
+                    .await
+                    .map_err(|e| {
+                        self.worst.record(e.failure);
+                        e.next
+                    })?
+            }
             HostPlan::Probe { .. } => self.open_probe(relay).await?,
             HostPlan::Opportunistic => {
                 let connector = &self.deliverer.opportunistic;
                 self.open_opportunistic(relay, connector, false).await?
             }
+            HostPlan::Dane(auth) => self.open_dane(relay, auth).await?,
+            HostPlan::Encrypt => self.open_encrypted(relay).await?,
             HostPlan::Skip(_) => return Err(Next::Host),
         };
+        let session = self.check_requiretls(session).await?;
         Ok(self.transact(session).await)
+    }
+
+    /// RFC 8689 §4.2.1: a REQUIRETLS message goes only to a server that advertises
+    /// REQUIRETLS (after TLS: the EHLO reply that counts).
+    async fn check_requiretls(&mut self, mut session: Session) -> Result<Session, Next> {
+        if !self.local.requiretls || session.extensions.has(smtp_proto::EXT_REQUIRE_TLS) {
+            return Ok(session);
+        }
+        let failure = TlsFailure::RequireTls {
+            host: session.relay.host_ip(),
+            reason: "did not advertise REQUIRETLS".into(),
+        };
+        tracing::info!("{}: {}", session.relay, failure.detail());
+        match &mut session.connection {
+            Connection::Plain(client) => session::quit(client).await,
+            Connection::Tls(client) => session::quit(client.as_mut()).await,
+        }
+        self.worst
+            .record(failure.into_failure(Some(session.relay.clone())));
+        Err(Next::Host)
     }
 
     fn session_context(&self) -> SessionContext<'a> {
@@ -184,7 +254,11 @@ impl<'a> Run<'a> {
     async fn open_verified(&mut self, relay: &Relay) -> Result<Session, Next> {
         let checked = self.checked_handshake(true)?;
         let ctx = self.session_context();
-        match session::open(&ctx, relay, StartTls::Required(&checked)).await {
+        let required = StartTls::Required {
+            checked: &checked,
+            sni: None,
+        };
+        match session::open(&ctx, relay, required).await {
             Ok(session) => Ok(session),
             Err(e) => {
                 if let Some(result_type) = e.failure.result_type {
@@ -194,6 +268,43 @@ impl<'a> Run<'a> {
                 Err(e.next)
             }
         }
+    }
+
+    /// RFC 7672 §3: STARTTLS offered, and a certificate that matches the host's TLSA
+    /// records, or no session at all.
+    async fn open_dane(&mut self, relay: &Relay, auth: &DaneAuth) -> Result<Session, Next> {
+        let checked = self.tls_setup(
+            self.deliverer
+                .pkix
+                .dane(auth.records.clone(), auth.names.clone()),
+        )?;
+        let session = self.open_required(relay, &checked, Some(&auth.sni)).await?;
+        if let Some(matched) = checked.dane_match() {
+            tracing::info!("{relay}: DANE {} {matched}", auth.tlsa_name);
+        }
+        Ok(session)
+    }
+
+    /// TLS mandatory, the certificate unchecked (RFC 7672 §2.2: no usable TLSA record).
+    async fn open_encrypted(&mut self, relay: &Relay) -> Result<Session, Next> {
+        let checked = self.tls_setup(self.deliverer.pkix.encrypt_only())?;
+        self.open_required(relay, &checked, None).await
+    }
+
+    /// A session whose STARTTLS must succeed with `checked`; `sni` overrides the host name.
+    async fn open_required(
+        &mut self,
+        relay: &Relay,
+        checked: &CheckedHandshake,
+        sni: Option<&str>,
+    ) -> Result<Session, Next> {
+        let ctx = self.session_context();
+        session::open(&ctx, relay, StartTls::Required { checked, sni })
+            .await
+            .map_err(|e| {
+                self.worst.record(e.failure);
+                e.next
+            })
     }
 
     /// RFC 8461 §5 (testing): opportunistic delivery, with the certificate checked as
@@ -222,7 +333,14 @@ impl<'a> Run<'a> {
     /// destination's: transient 4.3.0, never 4.7.5 (DESIGN.md), and ranked high so that the
     /// operator sees it rather than whatever other hosts said.
     fn checked_handshake(&mut self, enforce: bool) -> Result<CheckedHandshake, Next> {
-        self.deliverer.pkix.handshake(enforce).map_err(|e| {
+        self.tls_setup(self.deliverer.pkix.handshake(enforce))
+    }
+
+    fn tls_setup(
+        &mut self,
+        built: Result<CheckedHandshake, rustls::Error>,
+    ) -> Result<CheckedHandshake, Next> {
+        built.map_err(|e| {
             tracing::error!("TLS client setup: {e}");
             self.worst.record(Failure::new(
                 Reply::new(
@@ -288,7 +406,7 @@ impl<'a> Run<'a> {
             Connection::Plain(mut client) => tx.run(&mut client).await,
             Connection::Tls(mut client) => tx.run(client.as_mut()).await,
         };
-        let policy = self.requirement.applied(Some(&relay.host));
+        let policy = self.policy.clone();
         replies
             .into_iter()
             .map(|(rcpt, outcome)| Attempt {

@@ -5,8 +5,10 @@
 //! The steps, each in its own module:
 //! - [`route`]: static routes (`[host]:port` skips MX lookup);
 //! - `mx`, `dns`: MX resolution (RFC 5321 §5.1, RFC 7505 null MX) and host addresses;
-//! - `requirement`: the TLS the destination demands (MTA-STS, RFC 8461 §5), decided purely
-//!   from the policy lookup, and what that means for each MX host;
+//! - `dane`: which MX hosts DANE authenticates (RFC 7672 §2), from DNSSEC-validated MX,
+//!   address and TLSA lookups;
+//! - `requirement`: the TLS the destination demands (DANE first, then MTA-STS, RFC 8461 §5),
+//!   decided purely from the lookups, and what that means for each MX host;
 //! - `hosts`: trying the hosts in order under that requirement, reporting policy failures;
 //! - `session`: TCP connect, greeting, EHLO/HELO, STARTTLS (RFC 3207), opportunistic or required;
 //! - `tls`, `tls_failure`: client TLS (opportunistic, PKIX-verified) and how a host that fails
@@ -18,20 +20,22 @@
 //! MAIL FROM; what that session's server says then is final for this attempt. When no host
 //! can be used, every recipient gets the most informative failure seen.
 //!
-//! MTA-STS applies to the MX hosts of the recipient domain itself. A static route (`[host]` or
+//! DANE and MTA-STS apply to the MX hosts of the recipient domain itself. A static route (`[host]` or
 //! the MX hosts of another name) is the operator's choice of next hop, like a Postfix transport
-//! map entry: no MTA-STS policy is looked up for it.
+//! map entry: no DANE or MTA-STS policy is looked up for it.
 
 mod attempt;
+pub(crate) mod dane;
 mod data;
 pub(crate) mod dns;
 mod hosts;
-mod mx;
-mod requirement;
+pub(crate) mod local;
+pub(crate) mod mx;
+pub(crate) mod requirement;
 mod route;
-mod session;
-mod tls;
-mod tls_failure;
+pub(crate) mod session;
+pub(crate) mod tls;
+pub(crate) mod tls_failure;
 mod tls_report;
 mod transaction;
 
@@ -40,12 +44,16 @@ pub use attempt::{AppliedPolicy, Attempt, Relay, Status, StsFacts, TlsInfo, TlsS
 pub use route::route_for;
 
 use crate::config::Config;
+use crate::dnssec::SecureResolver;
 use crate::envelope::Envelope;
 use crate::queue_id::QueueId;
 use crate::reply::{EnhancedCode, Reply};
+use crate::tls_policy::TlsPolicies;
 use attempt::{Failure, Rank, WorstFailure};
+use dane::DanePlan;
 use hickory_resolver::TokioResolver;
 use hosts::Run;
+use local::LocalRequirement;
 use policy_cache::PolicyCache;
 use requirement::TlsRequirement;
 use std::sync::Arc;
@@ -80,12 +88,18 @@ pub enum DeliveryInitError {
     Roots(#[from] crate::tls::TlsSetupError),
     #[error("TLS certificate verifier: {0}")]
     Verifier(String),
+    #[error("DNSSEC: {0}")]
+    Dnssec(#[from] crate::dnssec::DnssecSetupError),
+    #[error("TLS policy table {0}")]
+    Tables(#[from] crate::tls_policy::TableError),
 }
 
 /// Delivers jobs; one per process, shared by the scheduler's tasks.
 pub struct Deliverer {
     config: Arc<Config>,
     resolver: TokioResolver,
+    /// DNSSEC-aware look-ups for DANE (`dns.dnssec`); `None` when DNSSEC is off.
+    secure_dns: Option<SecureResolver>,
     /// Opportunistic TLS (any certificate) for STARTTLS.
     opportunistic: TlsConnector,
     /// PKIX checking (Web PKI roots plus `delivery.extra_ca_files`) for hosts whose
@@ -95,6 +109,8 @@ pub struct Deliverer {
     policies: Option<Arc<PolicyCache>>,
     /// Bounds simultaneous SMTP sessions (`delivery.max_concurrency`).
     sessions: Semaphore,
+    /// The operator's minimum levels by destination and sender.
+    tls_policies: Arc<TlsPolicies>,
 }
 
 /// Where one job goes: hosts in the order to try, all at the same port.
@@ -119,14 +135,23 @@ impl Deliverer {
         let roots = crate::tls::root_store(&config.delivery.extra_ca_files)?;
         let pkix = tls::PkixChecker::new(roots).map_err(DeliveryInitError::Verifier)?;
         let sessions = Semaphore::new(config.delivery.max_concurrency.max(1));
+        let secure_dns = SecureResolver::from_config(&config.dns)?;
+        let tls_policies = Arc::new(TlsPolicies::from_config(&config.delivery)?);
         Ok(Deliverer {
+            tls_policies,
             config,
             resolver,
+            secure_dns,
             opportunistic,
             pkix,
             policies,
             sessions,
         })
+    }
+
+    /// The destination and sender tables, for the daemon to reread when they change.
+    pub fn tls_policies(&self) -> Arc<TlsPolicies> {
+        self.tls_policies.clone()
     }
 
     /// One delivery attempt for `job.recipients`, all of `job.domain`, over one connection.
@@ -135,19 +160,31 @@ impl Deliverer {
         if job.recipients.is_empty() {
             return Vec::new();
         }
-        let plan = match self.plan(job.domain).await {
+        let mut plan = match self.plan(job.domain).await {
             Ok(plan) => plan,
             Err(failure) => {
                 let none = TlsRequirement::Opportunistic.applied(None);
                 return every_recipient(job, failure, none);
             }
         };
+        let local =
+            LocalRequirement::for_job(&self.tls_policies, job.envelope, job.message, job.domain);
+        if !local.uses_published() {
+            // RFC 8689 §4.1: TLS-Required: No sets DANE and MTA-STS aside.
+            plan.own_mx = false;
+        }
+        let dane = match self.dane(job.domain, &mut plan).await {
+            Ok(dane) => dane,
+            Err(failure) => return every_recipient(job, failure, AppliedPolicy::named("dane")),
+        };
         let looked_up_at = SystemTime::now();
         let requirement = match self.requirement(job.domain, &plan).await {
             Ok(requirement) => requirement,
+            // With every host under DANE, MTA-STS would not be consulted anyway.
+            Err(_) if dane.covers_all() => TlsRequirement::Opportunistic,
             Err(failure) => return every_recipient(job, failure, sts_unknown()),
         };
-        let worst = match self.run(job, &plan, &requirement).await {
+        let worst = match self.run(job, &plan, &dane, &requirement, &local).await {
             Ok(attempts) => return attempts,
             Err(worst) => worst,
         };
@@ -155,12 +192,28 @@ impl Deliverer {
             .recheck(job.domain, &requirement, &worst, looked_up_at)
             .await
         else {
-            return failed(job, worst, &requirement);
+            return failed(job, worst, &plan, &dane, &requirement, &local);
         };
-        match self.run(job, &plan, &newer).await {
+        match self.run(job, &plan, &dane, &newer, &local).await {
             Ok(attempts) => attempts,
-            Err(worst) => failed(job, worst, &newer),
+            Err(worst) => failed(job, worst, &plan, &dane, &newer, &local),
         }
+    }
+
+    /// DANE's plan for the domain's own MX hosts (RFC 7672 §2.2); a secure MX RRset also
+    /// decides the hosts to try. A failure when the MX RRset is bogus or unverifiable.
+    async fn dane(&self, domain: &str, plan: &mut Plan) -> Result<DanePlan, Failure> {
+        let Some(dns) = &self.secure_dns else {
+            return Ok(DanePlan::none());
+        };
+        if !plan.own_mx {
+            return Ok(DanePlan::none());
+        }
+        let dane = dane::plan(dns, domain, &plan.hosts, plan.port).await?;
+        if let Some(hosts) = &dane.hosts {
+            plan.hosts = hosts.clone();
+        }
+        Ok(dane)
     }
 
     /// The static route if one matches, else the domain's MX hosts.
@@ -212,11 +265,13 @@ impl Deliverer {
         &self,
         job: &Job<'_>,
         plan: &Plan,
+        dane: &DanePlan,
         requirement: &TlsRequirement,
+        local: &LocalRequirement,
     ) -> Result<Vec<Attempt>, WorstFailure> {
         // Never closed; a failure to acquire would only mean "no limit".
         let _permit = self.sessions.acquire().await.ok();
-        let mut run = Run::new(self, job, requirement, plan.port);
+        let mut run = Run::new(self, job, dane, requirement, local, plan.port);
         match run.try_hosts(&plan.hosts).await {
             Some(attempts) => Ok(attempts),
             None => Err(run.into_worst()),
@@ -268,7 +323,7 @@ impl Deliverer {
 
 /// The address of an address-literal domain (RFC 5321 §4.1.3): `[192.0.2.1]` or
 /// `[IPv6:2001:db8::1]` (the tag in any case); `None` for a domain name.
-fn address_literal(domain: &str) -> Option<std::net::IpAddr> {
+pub(crate) fn address_literal(domain: &str) -> Option<std::net::IpAddr> {
     let literal = domain.strip_prefix('[')?.strip_suffix(']')?;
     match literal.get(..5) {
         Some(tag) if tag.eq_ignore_ascii_case("IPv6:") => literal[5..]
@@ -299,10 +354,23 @@ fn every_recipient(job: &Job<'_>, failure: Failure, policy: AppliedPolicy) -> Ve
 }
 
 /// Every recipient gets the most informative failure of a pass in which no host took the mail.
-fn failed(job: &Job<'_>, worst: WorstFailure, requirement: &TlsRequirement) -> Vec<Attempt> {
+fn failed(
+    job: &Job<'_>,
+    worst: WorstFailure,
+    plan: &Plan,
+    dane: &DanePlan,
+    requirement: &TlsRequirement,
+    local: &LocalRequirement,
+) -> Vec<Attempt> {
     let failure = worst.take().unwrap_or_else(|| no_host(job.domain));
-    let host = failure.relay.as_ref().map(|r| r.host.as_str());
-    let policy = requirement.applied(host);
+    let policy = match &failure.relay {
+        Some(relay) => {
+            requirement
+                .policy_for(dane, local, &relay.host, job.domain, plan.port)
+                .1
+        }
+        None => requirement.applied_to_domain(dane, local),
+    };
     every_recipient(job, failure, policy)
 }
 

@@ -7,6 +7,8 @@
 //! Everything here is pure: the deliverer does the lookups and the I/O.
 
 use super::attempt::{AppliedPolicy, Failure, Rank, StsFacts};
+use super::dane::{DaneAuth, DanePlan, HostDane};
+use super::local::LocalRequirement;
 use super::tls_failure::TlsFailure;
 use crate::reply::{EnhancedCode, Reply};
 use policy_cache::{ActivePolicy, Mode, StsLookup};
@@ -14,6 +16,8 @@ use std::sync::Arc;
 
 /// The `policy=` name when nothing demands more than opportunistic TLS.
 pub(crate) const NO_POLICY: &str = "none";
+/// The `policy=` name of a host (or domain) under DANE.
+pub(crate) const DANE: &str = "dane";
 
 /// The TLS a job requires of the hosts it tries.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,13 +36,25 @@ pub(crate) enum TlsRequirement {
 pub(crate) enum HostPlan {
     /// Opportunistic TLS, nothing to check or report.
     Opportunistic,
-    /// Verified TLS or nothing; `pattern` is the policy's `mx` line the host matched.
-    Verified { pattern: String },
+    /// Verified TLS or nothing: a certificate PKIX-valid for the MX host name. `pattern` is
+    /// the MTA-STS policy's `mx` line the host matched; `None` for a local `verify` level.
+    Verified { pattern: Option<String> },
+    /// A local `secure` level: TLS with a certificate PKIX-valid for the next-hop `domain` or
+    /// one of its subdomains (never only for the MX host name, which DNS alone vouches for).
+    Secure { domain: String },
+    /// No STARTTLS at all (a local `none` level where nothing is published).
+    Plaintext,
     /// Opportunistic TLS, with every would-be failure reported (testing mode). `pattern` is
     /// `None` when the host matches no `mx` line, itself a failure to report.
     Probe { pattern: Option<String> },
-    /// Not to be tried at all (RFC 8461 §4.1, enforce mode).
+    /// Not to be tried at all (RFC 8461 §4.1, enforce mode; RFC 7672 §2.1.1, a failed
+    /// TLSA lookup).
     Skip(TlsFailure),
+    /// RFC 7672 §3: STARTTLS mandatory, the certificate must match the TLSA records.
+    Dane(DaneAuth),
+    /// TLS mandatory, the certificate not checked: a secure TLSA RRset with no usable record
+    /// (RFC 7672 §2.2).
+    Encrypt,
 }
 
 /// The requirement for a job of `domain`, from its MTA-STS lookup; a failure when the lookup
@@ -81,7 +97,9 @@ impl TlsRequirement {
         match self {
             TlsRequirement::Opportunistic => HostPlan::Opportunistic,
             TlsRequirement::StsEnforce(p) => match pattern(p, host) {
-                Some(pattern) => HostPlan::Verified { pattern },
+                Some(pattern) => HostPlan::Verified {
+                    pattern: Some(pattern),
+                },
                 // RFC 8461 §4.1: "senders MUST NOT deliver to MX hosts that do not match".
                 None => HostPlan::Skip(TlsFailure::NotAuthorized {
                     host: host.to_string(),
@@ -108,6 +126,59 @@ impl TlsRequirement {
                 id: policy.id.clone(),
                 mx: host.and_then(|h| pattern(policy, h)),
             }),
+        }
+    }
+
+    /// What to do with MX host `host` of `domain`, and the log facts, when DANE and local
+    /// requirements have a say. A host under DANE is judged by DANE alone, whatever MTA-STS
+    /// says (DANE takes precedence, RFC 8461 §2; RFC 7672 §2.2); the others by this
+    /// requirement. The local requirement then raises the plan (never lowers it).
+    pub fn policy_for(
+        &self,
+        dane: &DanePlan,
+        local: &LocalRequirement,
+        host: &str,
+        domain: &str,
+        port: u16,
+    ) -> (HostPlan, AppliedPolicy) {
+        let (base, applied) = match dane.host(host) {
+            Some(HostDane::Authenticate(auth)) => (HostPlan::Dane(auth.clone()), None),
+            Some(HostDane::EncryptOnly { .. }) => (HostPlan::Encrypt, None),
+            Some(HostDane::LookupError { reason, .. }) => (
+                HostPlan::Skip(TlsFailure::TlsaLookup {
+                    host: host.to_string(),
+                    port,
+                    reason: reason.clone(),
+                }),
+                None,
+            ),
+            Some(HostDane::NotApplicable(_)) | None => {
+                (self.host_plan(host, domain), Some(self.applied(Some(host))))
+            }
+        };
+        let applied = applied.unwrap_or_else(|| AppliedPolicy::named(DANE));
+        match local.apply(base, host, domain) {
+            (plan, Some(label)) => (plan, AppliedPolicy::named(&label)),
+            (plan, None) => (plan, applied),
+        }
+    }
+
+    /// The log facts when no host is named (nothing was dialled).
+    pub fn applied_to_domain(&self, dane: &DanePlan, local: &LocalRequirement) -> AppliedPolicy {
+        if local.requiretls {
+            return AppliedPolicy::named(super::local::REQUIRETLS);
+        }
+        if local.tls_required_no {
+            return AppliedPolicy::named(super::local::TLS_REQUIRED_NO);
+        }
+        if dane.applies() {
+            return AppliedPolicy::named(DANE);
+        }
+        match local.floor.map(|f| f.level) {
+            Some(level) if !level.is_automatic() && self.sts().is_none() => {
+                AppliedPolicy::named(&format!("local:{level}"))
+            }
+            _ => self.applied(None),
         }
     }
 
@@ -194,7 +265,7 @@ mod tests {
         assert_eq!(
             req.host_plan("mx1.example.net", "example.net"),
             HostPlan::Verified {
-                pattern: "*.example.net".into()
+                pattern: Some("*.example.net".into())
             }
         );
         let HostPlan::Skip(f) = req.host_plan("mx.elsewhere.test", "example.net") else {

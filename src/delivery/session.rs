@@ -45,8 +45,13 @@ pub(crate) enum StartTls<'a> {
     /// refused.
     Opportunistic(&'a TlsConnector),
     /// STARTTLS must be offered and the handshake, certificate check included, must succeed:
-    /// never plaintext (RFC 8461 §5, enforce mode). The session's TLS counts as verified.
-    Required(&'a CheckedHandshake),
+    /// never plaintext (RFC 8461 §5 enforce mode, RFC 7672 §2.2 DANE). The session's TLS
+    /// counts as verified when the check authenticates. `sni` replaces the MX host name as
+    /// the server name (DANE's TLSA base domain after a CNAME, RFC 7672 §8.1).
+    Required {
+        checked: &'a CheckedHandshake,
+        sni: Option<&'a str>,
+    },
 }
 
 /// What became of STARTTLS in a session.
@@ -141,7 +146,7 @@ pub(crate) async fn open(
     let (connector, required) = match starttls {
         StartTls::Skip => return Ok(plain(relay, client, extensions, StartTlsSeen::NotTried)),
         StartTls::Opportunistic(connector) => (connector, None),
-        StartTls::Required(checked) => (&checked.connector, Some(checked)),
+        StartTls::Required { checked, sni } => (&checked.connector, Some((checked, sni))),
     };
     if let Err(seen) = ask_starttls(&mut client, relay, extensions).await? {
         if required.is_none() {
@@ -150,10 +155,11 @@ pub(crate) async fn open(
         return Err(tls_not_started(&mut client, relay, seen).await);
     }
     let client = match required {
-        Some(checked) => start_verified_tls(client, checked, relay).await?,
+        Some((checked, sni)) => start_verified_tls(client, checked, relay, sni).await?,
         None => start_tls(client, connector, relay).await?,
     };
-    tls_session(client, ctx, relay, required.is_some()).await
+    let verified = required.is_some_and(|(checked, _)| checked.authenticates);
+    tls_session(client, ctx, relay, verified).await
 }
 
 /// RFC 8461 §5: under a policy that requires TLS, a server that does not start it gets no
@@ -256,9 +262,10 @@ async fn start_verified_tls(
     client: SmtpClient<TcpStream>,
     checked: &CheckedHandshake,
     relay: &Relay,
+    sni: Option<&str>,
 ) -> Result<SmtpClient<TlsStream<TcpStream>>, SessionError> {
     client
-        .into_tls(&checked.connector, &relay.host)
+        .into_tls(&checked.connector, sni.unwrap_or(&relay.host))
         .await
         .map_err(|e| {
             let failure = match checked.verdict() {
@@ -271,7 +278,7 @@ async fn start_verified_tls(
 }
 
 /// RFC 3207 §4.2: after TLS, EHLO again and forget the plaintext extensions. `verified`: the
-/// certificate was checked under a policy that requires it.
+/// server was authenticated (PKIX or DANE) under a policy that requires it.
 async fn tls_session(
     mut client: SmtpClient<TlsStream<TcpStream>>,
     ctx: &SessionContext<'_>,

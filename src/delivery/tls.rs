@@ -1,11 +1,15 @@
 //! Client TLS for delivery: opportunistic STARTTLS (RFC 3207, RFC 7435; Postfix level `may`),
-//! and PKIX-verified STARTTLS for the MX hosts of an MTA-STS policy (RFC 8461 §4.2).
+//! PKIX-verified STARTTLS for the MX hosts of an MTA-STS policy (RFC 8461 §4.2), and
+//! DANE-authenticated STARTTLS for MX hosts with usable TLSA records (RFC 7672 §3).
 //!
 //! Without a policy that demands authentication (DANE, MTA-STS, a local `verify` level), any
 //! certificate is accepted: encryption against passive eavesdroppers is better than plaintext,
 //! and refusing unverifiable certificates would only push the mail to plaintext. The handshake
 //! signature is still checked, so the peer must hold the key of the certificate it shows.
 
+use policy_cache::dane::{
+    DaneMismatch, DaneVerdict, DaneVerifier, ReferenceNames, Tlsa, VerdictSlot,
+};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{
     verify_tls12_signature, verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms,
@@ -68,10 +72,6 @@ impl PkixChecker {
     /// A connector for exactly one handshake, with the slot where its certificate verdict
     /// lands. With `enforce`, an invalid certificate fails the handshake; without, the
     /// handshake goes on (MTA-STS `testing`: deliver anyway, but know the verdict).
-    ///
-    /// One configuration per handshake, without session resumption, so that no verdict (and
-    /// no resumed session that skips verification) is ever shared between two jobs, whose
-    /// domains may have different policies for the same MX host.
     pub fn handshake(&self, enforce: bool) -> Result<CheckedHandshake, rustls::Error> {
         let verdict = Arc::new(Mutex::new(None));
         let check = CertCheck::Pkix {
@@ -79,11 +79,65 @@ impl PkixChecker {
             enforce,
             verdict: verdict.clone(),
         };
+        self.one_handshake(check, Verdict::Pkix(verdict), enforce)
+    }
+
+    /// A connector for one handshake with an MX host that has usable TLSA records (RFC 7672
+    /// §3): the certificate must match them, or the handshake fails. `names` are the
+    /// reference names a DANE-TA(2) chain's leaf must carry.
+    pub fn dane(
+        &self,
+        records: Vec<Tlsa>,
+        names: ReferenceNames,
+    ) -> Result<CheckedHandshake, rustls::Error> {
+        let verifier = DaneVerifier::new(records, names);
+        let verdict = Verdict::Dane(verifier.verdict());
+        let mut config = rustls::ClientConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        config.resumption = rustls::client::Resumption::disabled();
+        Ok(CheckedHandshake {
+            connector: TlsConnector::from(Arc::new(config)),
+            verdict,
+            authenticates: true,
+        })
+    }
+
+    /// A connector for one handshake under a local `secure` level: the chain must be
+    /// PKIX-valid for the next-hop `domain` itself or for one of its subdomains (Postfix's
+    /// `smtp_tls_secure_cert_match = nexthop, dot-nexthop`), whatever MX host name DNS gave.
+    pub fn secure(&self, domain: &str) -> Result<CheckedHandshake, rustls::Error> {
+        let verdict = Arc::new(Mutex::new(None));
+        let check = CertCheck::NextHop {
+            webpki: self.webpki.clone(),
+            domain: domain.to_ascii_lowercase(),
+            verdict: verdict.clone(),
+        };
+        self.one_handshake(check, Verdict::Pkix(verdict), true)
+    }
+
+    /// A connector for one handshake that must happen but authenticates nothing: a secure
+    /// TLSA RRset with no usable record (RFC 7672 §2.2), or a local `encrypt` level.
+    pub fn encrypt_only(&self) -> Result<CheckedHandshake, rustls::Error> {
+        self.one_handshake(CertCheck::AcceptAny, Verdict::None, false)
+    }
+
+    /// One configuration per handshake, without session resumption, so that no verdict (and
+    /// no resumed session that skips verification) is ever shared between two jobs.
+    fn one_handshake(
+        &self,
+        check: CertCheck,
+        verdict: Verdict,
+        authenticates: bool,
+    ) -> Result<CheckedHandshake, rustls::Error> {
         let mut config = client_config(self.provider.clone(), check)?;
         config.resumption = rustls::client::Resumption::disabled();
         Ok(CheckedHandshake {
             connector: TlsConnector::from(Arc::new(config)),
             verdict,
+            authenticates,
         })
     }
 }
@@ -91,13 +145,48 @@ impl PkixChecker {
 /// One handshake's connector and the verdict its verifier reached.
 pub(crate) struct CheckedHandshake {
     pub connector: TlsConnector,
-    verdict: Arc<Mutex<CertVerdict>>,
+    verdict: Verdict,
+    /// A handshake that succeeds authenticated the server (PKIX enforced, or DANE): the
+    /// session's TLS is `verified`.
+    pub authenticates: bool,
 }
 
 impl CheckedHandshake {
+    /// The certificate check's verdict; a DANE mismatch is a rustls error that carries its
+    /// [`DaneMismatch`].
     pub fn verdict(&self) -> CertVerdict {
-        self.verdict.lock().map(|v| v.clone()).unwrap_or(None)
+        match &self.verdict {
+            Verdict::None => None,
+            Verdict::Pkix(slot) => slot.lock().map(|v| v.clone()).unwrap_or(None),
+            Verdict::Dane(slot) => slot.get().map(|v| match v {
+                DaneVerdict::Matched { .. } => Ok(()),
+                DaneVerdict::Mismatch(why) => Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::Other(rustls::OtherError(Arc::new(DaneMismatch(
+                        why,
+                    )))),
+                )),
+            }),
+        }
     }
+
+    /// For DANE: which record authenticated the server, once the handshake is done.
+    pub fn dane_match(&self) -> Option<String> {
+        match &self.verdict {
+            Verdict::Dane(slot) => match slot.get()? {
+                DaneVerdict::Matched { .. } => slot.get().map(|v| v.to_string()),
+                DaneVerdict::Mismatch(_) => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+/// Where a handshake's certificate verdict lands.
+enum Verdict {
+    /// Not checked (encryption only).
+    None,
+    Pkix(Arc<Mutex<CertVerdict>>),
+    Dane(VerdictSlot),
 }
 
 /// How a [`DeliveryVerifier`] judges the server certificate.
@@ -105,12 +194,44 @@ impl CheckedHandshake {
 enum CertCheck {
     /// Any certificate will do (opportunistic TLS).
     AcceptAny,
+    /// The Web PKI verifier for the next-hop domain or a subdomain (a `secure` level);
+    /// always enforcing.
+    NextHop {
+        webpki: Arc<rustls::client::WebPkiServerVerifier>,
+        domain: String,
+        verdict: Arc<Mutex<CertVerdict>>,
+    },
     /// The Web PKI verifier, noting its verdict; rejecting only when enforcing.
     Pkix {
         webpki: Arc<rustls::client::WebPkiServerVerifier>,
         enforce: bool,
         verdict: Arc<Mutex<CertVerdict>>,
     },
+}
+
+/// The names to try a `secure` certificate against: the domain, and the leaf's DNS names that
+/// are subdomains of it (a wildcard stands for one label).
+fn next_hop_names(end_entity: &CertificateDer<'_>, domain: &str) -> Vec<String> {
+    let mut names = vec![domain.to_string()];
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(end_entity) else {
+        return names;
+    };
+    let suffix = format!(".{domain}");
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for general in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(name) = general {
+                let name = name.to_ascii_lowercase();
+                let name = match name.strip_prefix("*.") {
+                    Some(rest) => format!("wildcard.{rest}"),
+                    None => name,
+                };
+                if name.ends_with(&suffix) {
+                    names.push(name);
+                }
+            }
+        }
+    }
+    names
 }
 
 /// Judges the server certificate by its [`CertCheck`], and always verifies the handshake
@@ -134,6 +255,35 @@ impl ServerCertVerifier for DeliveryVerifier {
         let (webpki, enforce, verdict) = match &self.check {
             // RFC 7435 §1: opportunistic security does not authenticate the peer.
             CertCheck::AcceptAny => return Ok(ServerCertVerified::assertion()),
+            CertCheck::NextHop {
+                webpki,
+                domain,
+                verdict,
+            } => {
+                let mut result = Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::NotValidForName,
+                ));
+                for name in next_hop_names(end_entity, domain) {
+                    let Ok(name) = ServerName::try_from(name) else {
+                        continue;
+                    };
+                    result = webpki.verify_server_cert(
+                        end_entity,
+                        intermediates,
+                        &name,
+                        ocsp_response,
+                        now,
+                    );
+                    if result.is_ok() {
+                        break;
+                    }
+                }
+                if let Ok(mut slot) = verdict.lock() {
+                    *slot = Some(result.as_ref().map(|_| ()).map_err(Clone::clone));
+                }
+                return result;
+            }
+
             CertCheck::Pkix {
                 webpki,
                 enforce,

@@ -20,8 +20,21 @@ pub(crate) enum TlsFailure {
     Refused(Reply),
     /// The handshake failed for a reason other than the certificate.
     Handshake(String),
-    /// The certificate is not PKIX-valid for the MX host name.
+    /// The certificate is not PKIX-valid for the MX host name, or does not match the host's
+    /// TLSA records (a rustls error carrying a `DaneMismatch`).
     Certificate(rustls::Error),
+    /// RFC 7672 §2.1.1: the DNSSEC lookups for the host's TLSA records (or its addresses)
+    /// failed or were bogus; the host is unusable for now.
+    TlsaLookup {
+        host: String,
+        port: u16,
+        reason: String,
+    },
+    /// A local `dane-only` level, and DANE does not authenticate the host.
+    DaneRequired { host: String },
+    /// RFC 8689 §4.2.1: a REQUIRETLS message, and the host is not authenticated by DANE or an
+    /// enforced MTA-STS policy, or did not advertise REQUIRETLS.
+    RequireTls { host: String, reason: String },
 }
 
 impl TlsFailure {
@@ -32,6 +45,10 @@ impl TlsFailure {
             }
             TlsFailure::NotOffered | TlsFailure::Refused(_) => ResultType::StarttlsNotSupported,
             TlsFailure::Certificate(e) => ResultType::of_certificate(e),
+            TlsFailure::TlsaLookup { .. } => ResultType::DnssecInvalid,
+            TlsFailure::DaneRequired { .. } | TlsFailure::RequireTls { .. } => {
+                ResultType::ValidationFailure
+            }
         }
     }
 
@@ -69,6 +86,24 @@ impl TlsFailure {
                 EnhancedCode::new(4, 7, 5),
                 format!("Server certificate not verified: {}", certificate_reason(e)),
             ),
+            // Postfix's wording, but 4.7.0: a DNS outage says nothing about the destination's
+            // TLS, so no status filter rule for 4.7.5 may turn it into a bounce (DESIGN.md).
+            TlsFailure::TlsaLookup { host, port, .. } => Reply::new(
+                451,
+                EnhancedCode::new(4, 7, 0),
+                format!("TLSA lookup error for {host}:{port}"),
+            ),
+            TlsFailure::DaneRequired { host } => Reply::new(
+                451,
+                EnhancedCode::new(4, 7, 5),
+                format!("DANE is required, but host {host} has no usable TLSA records"),
+            ),
+            // RFC 8689 §5: permanent; no later attempt makes the destination qualify.
+            TlsFailure::RequireTls { host, reason } => Reply::new(
+                550,
+                EnhancedCode::new(5, 7, 30),
+                format!("REQUIRETLS support required: {host} {reason}"),
+            ),
         }
     }
 
@@ -82,6 +117,9 @@ impl TlsFailure {
             TlsFailure::Refused(r) => format!("STARTTLS refused: {r}"),
             TlsFailure::Handshake(e) => format!("TLS handshake failed: {e}"),
             TlsFailure::Certificate(e) => certificate_reason(e),
+            TlsFailure::TlsaLookup { reason, .. } => format!("TLSA lookup error: {reason}"),
+            TlsFailure::DaneRequired { .. } => "no usable TLSA records (dane-only)".to_string(),
+            TlsFailure::RequireTls { reason, .. } => format!("REQUIRETLS: {reason}"),
         }
     }
 
@@ -91,6 +129,7 @@ impl TlsFailure {
         // at an authorized host is reported in preference.
         let rank = match self {
             TlsFailure::NotAuthorized { .. } => Rank::PolicyMx,
+            TlsFailure::TlsaLookup { .. } => Rank::Undetermined,
             _ => Rank::Tls,
         };
         let mut failure = Failure::new(self.reply(relay.as_ref()), relay, rank);
@@ -101,6 +140,9 @@ impl TlsFailure {
 
 /// rustls's description of a refused certificate, without its generic prefix.
 fn certificate_reason(e: &rustls::Error) -> String {
+    if let Some(dane) = policy_cache::dane::DaneMismatch::find(e) {
+        return dane.to_string();
+    }
     match e {
         rustls::Error::InvalidCertificate(c) => c.to_string(),
         other => other.to_string(),

@@ -11,6 +11,8 @@ pub(crate) enum ResultType {
     CertificateExpired,
     CertificateNotTrusted,
     ValidationFailure,
+    /// RFC 8460 §4.3.2: DNSSEC validation of the DANE records failed.
+    DnssecInvalid,
 }
 
 impl ResultType {
@@ -21,6 +23,7 @@ impl ResultType {
             ResultType::CertificateExpired => "certificate-expired",
             ResultType::CertificateNotTrusted => "certificate-not-trusted",
             ResultType::ValidationFailure => "validation-failure",
+            ResultType::DnssecInvalid => "dnssec-invalid",
         }
     }
 

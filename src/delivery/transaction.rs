@@ -19,7 +19,7 @@ use crate::envelope::{xtext_encode, BodyType, Envelope, Recipient, Ret};
 use crate::reply::{EnhancedCode, Reply};
 use mail_send::SmtpClient;
 use smtp_proto::Response;
-use smtp_proto::{EXT_8BIT_MIME, EXT_DSN, EXT_SIZE, EXT_SMTP_UTF8};
+use smtp_proto::{EXT_8BIT_MIME, EXT_DSN, EXT_REQUIRE_TLS, EXT_SIZE, EXT_SMTP_UTF8};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -329,6 +329,11 @@ fn mail_params(env: &Envelope, ext: Extensions, size: usize, utf8: bool) -> Stri
     }
     if utf8 && ext.has(EXT_SMTP_UTF8) {
         p.push_str(" SMTPUTF8");
+    }
+    // RFC 8689 §4.2.1: REQUIRETLS travels on; a server that did not advertise it was never
+    // given the message (the session checks that first).
+    if env.requiretls && ext.has(EXT_REQUIRE_TLS) {
+        p.push_str(" REQUIRETLS");
     }
     if ext.has(EXT_DSN) {
         // RFC 3461 §4.3, §4.4: RET and ENVID travel on to the next DSN-capable hop.

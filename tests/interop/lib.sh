@@ -66,6 +66,35 @@ iop_stop_pid() {
 
 iop_is_root() { [[ "$(id -u)" -eq 0 ]]; }
 
+# iop_require PACKAGE:COMMAND…: each COMMAND must be on PATH. Missing ones are installed from
+# their Debian PACKAGE as tests/run.sh does (root and apt-get only, no system service started:
+# a policy-rc.d denies every start while apt-get runs); otherwise the script fails.
+iop_require() {
+    local pair absent=() policy="" rc=0
+    for pair in "$@"; do
+        command -v "${pair#*:}" >/dev/null || absent+=("${pair%%:*}")
+    done
+    [[ ${#absent[@]} -eq 0 ]] && return 0
+    if ! iop_is_root || ! command -v apt-get >/dev/null; then
+        iop_die "missing ${absent[*]} (apt-get install ${absent[*]}; tests/run.sh does it as root)"
+    fi
+    iop_log "installing ${absent[*]}"
+    # A postfix package must not set up (or start) a system mail server.
+    if command -v debconf-set-selections >/dev/null; then
+        echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    fi
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        policy=/usr/sbin/policy-rc.d
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod 0755 "$policy"
+    fi
+    { apt-get update -qq &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            "${absent[@]}" >/dev/null; } || rc=$?
+    if [[ -n "$policy" ]]; then rm -f "$policy"; fi
+    [[ $rc -eq 0 ]] || iop_die "apt-get install ${absent[*]} failed"
+}
+
 # Is something accepting connections on 127.0.0.1:PORT?
 iop_port_open() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
@@ -220,7 +249,8 @@ EOF
     for line in "$@"; do
         echo "$line" >>"$dir/conf/main.cf"
     done
-    # Only the services a relay needs, none chrooted (so no copies of /etc files are needed).
+    # Only the services a relay needs (tlsmgr for an smtpd given a certificate), none chrooted
+    # (so no copies of /etc files are needed).
     cat >"$dir/conf/master.cf" <<EOF
 127.0.0.1:$port inet  n       -       n       -       -       smtpd
 pickup    unix  n       -       n       60      1       pickup
@@ -243,6 +273,7 @@ local     unix  -       n       n       -       -       local
 virtual   unix  -       n       n       -       -       virtual
 anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
 postlog   unix-dgram n  -       n       -       1       postlogd
 EOF
     # The forceenc transport exactly as deploy/postfix/master.cf.snippet ships it.

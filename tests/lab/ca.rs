@@ -8,6 +8,9 @@
 //! let expired = ca.issue_with(&["mx1.example.test"], CertOptions::expired());
 //! let (cert_file, key_file) = expired.write_pem(dir, "mx1");
 //! let ca_file = ca.write_pem(dir); // for `delivery.extra_ca_files`
+//! // A sub-CA (for DANE-TA tests): its leaves' chains are leaf + intermediate, no root.
+//! let sub = ca.intermediate(CertOptions::default());
+//! let leaf = sub.issue_with(&["mx1.example.test"], CertOptions::default());
 //! ```
 
 use rcgen::{
@@ -78,7 +81,8 @@ pub struct Issued {
     pub cert_der: Vec<u8>,
     /// SubjectPublicKeyInfo of the leaf's key (what a TLSA record with selector 1 hashes).
     pub spki_der: Vec<u8>,
-    /// The leaf followed by the CA certificate (the leaf alone when self-signed).
+    /// The leaf followed by the issuing CA's certificate (the leaf alone when self-signed;
+    /// leaf + intermediate from an [`LabCa::intermediate`]).
     pub chain_pem: String,
 }
 
@@ -95,6 +99,9 @@ impl Issued {
 
 pub struct LabCa {
     issuer: CertifiedIssuer<'static, KeyPair>,
+    /// What a server sends after its leaf: this CA's certificate (a root sends itself, an
+    /// intermediate itself without its root, as real servers do).
+    chain_tail: String,
 }
 
 impl Default for LabCa {
@@ -121,7 +128,33 @@ impl LabCa {
         params.not_after = now + Duration::days(3650);
         let key = KeyPair::generate().expect("generate lab CA key");
         let issuer = CertifiedIssuer::self_signed(params, key).expect("self-sign lab CA");
-        LabCa { issuer }
+        let chain_tail = issuer.pem();
+        LabCa { issuer, chain_tail }
+    }
+
+    /// An intermediate CA signed by this one, with its own fresh key, valid as
+    /// `options.validity` says (`Expired`: it ended yesterday); the other options are ignored.
+    /// The leaves it issues come with the chain leaf + intermediate (the root left out).
+    pub fn intermediate(&self, options: CertOptions) -> LabCa {
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "mxguard lab intermediate CA");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let (not_before, not_after) = dates(options.validity);
+        params.not_before = not_before;
+        params.not_after = not_after;
+        let key = KeyPair::generate().expect("generate lab intermediate CA key");
+        let issuer = CertifiedIssuer::signed_by(params, key, &self.issuer)
+            .expect("sign lab intermediate CA");
+        let chain_tail = issuer.pem();
+        LabCa { issuer, chain_tail }
     }
 
     pub fn cert_pem(&self) -> String {
@@ -130,6 +163,12 @@ impl LabCa {
 
     pub fn cert_der(&self) -> Vec<u8> {
         self.issuer.der().to_vec()
+    }
+
+    /// The DER SubjectPublicKeyInfo of this CA's key (what a TLSA record with selector 1
+    /// designates).
+    pub fn spki_der(&self) -> Vec<u8> {
+        rcgen::PublicKeyData::subject_public_key_info(self.issuer.key())
     }
 
     /// Writes the CA certificate to `dir/lab-ca.crt` (for `delivery.extra_ca_files` or a
@@ -167,12 +206,7 @@ impl LabCa {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         params.use_authority_key_identifier_extension = !options.self_signed;
-        let now = OffsetDateTime::now_utc();
-        let (not_before, not_after) = match options.validity {
-            Validity::Current => (now - Duration::days(1), now + Duration::days(365)),
-            Validity::Expired => (now - Duration::days(30), now - Duration::days(1)),
-            Validity::NotYetValid => (now + Duration::days(1), now + Duration::days(30)),
-        };
+        let (not_before, not_after) = dates(options.validity);
         params.not_before = not_before;
         params.not_after = not_after;
         let key = KeyPair::generate().expect("generate lab key");
@@ -186,7 +220,7 @@ impl LabCa {
         let chain_pem = if options.self_signed {
             cert_pem.clone()
         } else {
-            format!("{cert_pem}{}", self.cert_pem())
+            format!("{cert_pem}{}", self.chain_tail)
         };
         Issued {
             cert_pem,
@@ -195,5 +229,15 @@ impl LabCa {
             spki_der: rcgen::PublicKeyData::subject_public_key_info(&key),
             chain_pem,
         }
+    }
+}
+
+/// `(not_before, not_after)` for `validity`, relative to now.
+fn dates(validity: Validity) -> (OffsetDateTime, OffsetDateTime) {
+    let now = OffsetDateTime::now_utc();
+    match validity {
+        Validity::Current => (now - Duration::days(1), now + Duration::days(365)),
+        Validity::Expired => (now - Duration::days(30), now - Duration::days(1)),
+        Validity::NotYetValid => (now + Duration::days(1), now + Duration::days(30)),
     }
 }

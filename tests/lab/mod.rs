@@ -13,6 +13,7 @@
 
 pub mod bounce;
 pub mod ca;
+pub mod dane;
 pub mod dns;
 pub mod https;
 pub mod relay;
@@ -167,6 +168,8 @@ impl Lab {
         };
         c.dns.nameservers = vec![self.dns.addr()];
         c.dns.timeout = Duration::from_secs(2);
+        // The lab's authoritative server never sets AD: every answer is insecure, no DANE.
+        c.dns.dnssec = mxguard::config::DnssecMode::TrustAd;
         c.delivery.smtp_port = self.port;
         c.delivery.connect_timeout = Duration::from_secs(3);
         c.delivery.command_timeout = Duration::from_secs(10);

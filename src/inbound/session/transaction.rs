@@ -39,6 +39,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<'_, S> {
         envelope.ret = params.ret;
         envelope.envid = params.envid;
         envelope.requiretls = params.requiretls;
+        envelope.min_tls_level = (self.inbound.config.listeners)
+            .get(self.client.listener)
+            .and_then(|l| l.min_level);
         self.state = State::Transaction(helo, Box::new(envelope));
         self.send(reply(250, 2, 1, 0, "Ok")).await
     }

@@ -1,0 +1,422 @@
+//! `[dns] dnssec = "trust-ad"`: a local validating resolver does the DNSSEC work and mxguard
+//! trusts the AD bit of its replies (RFC 4035 §3.2.3, RFC 6840 §5.7) — Postfix's
+//! `smtp_dns_support_level = dnssec` model, with unbound (or another validator) on the host.
+//!
+//! Each query goes to the configured name servers in order (UDP, again over TCP when the reply
+//! is truncated, RFC 7766), with RD set, the EDNS DO bit (RFC 3225) and the AD bit set in the
+//! query itself (RFC 6840 §5.7), and nothing else from the hickory resolver: its high-level
+//! look-ups never show the AD bit. The reply header's AD bit says whether the resolver
+//! validated every RRset of the answer (or of the denial) from its trust anchors.
+//!
+//! The AD bit is only as trustworthy as the path from the resolver: anyone on that path can
+//! set it (RFC 4033 §7, RFC 4035 §4.9.3). So it is trusted only from loopback addresses unless
+//! `dns.trust_ad_remote` says otherwise. A validating resolver answers SERVFAIL for bogus data
+//! (RFC 4035 §5.5), so SERVFAIL is a lookup error, never "no DNSSEC".
+
+use super::{DnssecFailure, DnssecSetupError, Secured, Security};
+use crate::config::DnsConfig;
+use futures::StreamExt;
+use hickory_net::client::Client;
+use hickory_net::runtime::RuntimeProvider;
+use hickory_net::runtime::TokioRuntimeProvider;
+use hickory_net::tcp::TcpClientStream;
+use hickory_net::udp::UdpClientStream;
+use hickory_net::xfer::{DnsExchangeBackground, DnsHandle, DnsRequestSender};
+use hickory_proto::op::{DnsRequest, DnsRequestOptions, DnsResponse, Message, Query, ResponseCode};
+use hickory_resolver::proto::rr::{Name, RData, RecordType};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Asks the configured (loopback) validating resolvers, reading the AD bit.
+#[derive(Clone)]
+pub struct AdResolver {
+    servers: Arc<[SocketAddr]>,
+    timeout: Duration,
+}
+
+impl AdResolver {
+    /// The resolvers of `[dns] nameservers`, or those of `/etc/resolv.conf` (port 53); all must
+    /// be loopback unless `dns.trust_ad_remote` is set.
+    pub fn from_config(config: &DnsConfig) -> Result<AdResolver, DnssecSetupError> {
+        let servers: Vec<SocketAddr> = if config.nameservers.is_empty() {
+            let (system, _) = hickory_resolver::system_conf::read_system_conf()
+                .map_err(|e| DnssecSetupError::Resolver(format!("/etc/resolv.conf: {e}")))?;
+            system
+                .name_servers()
+                .iter()
+                .map(|ns| SocketAddr::new(ns.ip, 53))
+                .collect()
+        } else {
+            config.nameservers.clone()
+        };
+        if servers.is_empty() {
+            return Err(DnssecSetupError::Resolver("no name servers".into()));
+        }
+        AdResolver::check_loopback(&servers, config.trust_ad_remote)
+            .map_err(DnssecSetupError::Resolver)?;
+        Ok(AdResolver {
+            servers: servers.into(),
+            timeout: config.timeout,
+        })
+    }
+
+    /// The rule of `trust-ad`: every name server on loopback, unless `allow_remote`. The text
+    /// of the error names the setting (also used by `Config::validate`).
+    pub fn check_loopback(servers: &[SocketAddr], allow_remote: bool) -> Result<(), String> {
+        match servers.iter().find(|s| !s.ip().is_loopback()) {
+            Some(remote) if !allow_remote => Err(format!(
+                "name server {remote} is not a loopback address: trust-ad trusts the AD bit \
+                 only from a loopback resolver; the path to a remote one can be forged \
+                 (set dns.trust_ad_remote = true only for a path you protect, e.g. IPsec)"
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The records of type `rtype` at `name` (made absolute), with the resolver's verdict.
+    /// A timeout or network error moves on to the next name server; an answer (SERVFAIL too)
+    /// is final.
+    pub async fn lookup(
+        &self,
+        name: &Name,
+        rtype: RecordType,
+    ) -> Result<Secured<Vec<RData>>, DnssecFailure> {
+        let mut name = name.clone();
+        name.set_fqdn(true);
+        let mut failures = Vec::new();
+        for &server in self.servers.iter() {
+            match self.ask(server, &name, rtype).await {
+                Ok(response) => return classify(rtype, &response),
+                Err(why) => {
+                    tracing::debug!(%server, %name, %rtype, "trust-ad query failed: {why}");
+                    failures.push(format!("{server}: {why}"));
+                }
+            }
+        }
+        Err(DnssecFailure::TempFail(failures.join("; ")))
+    }
+
+    /// One query to one server: UDP, then TCP when the reply is truncated.
+    async fn ask(
+        &self,
+        server: SocketAddr,
+        name: &Name,
+        rtype: RecordType,
+    ) -> Result<Message, String> {
+        let provider = TokioRuntimeProvider::default();
+        let udp = UdpClientStream::builder(server, provider.clone())
+            .with_timeout(Some(self.timeout))
+            .build();
+        let response = exchange(Client::from_sender(udp), query(name, rtype), self.timeout).await?;
+        if !response.metadata.truncation {
+            return Ok(response.into_message());
+        }
+        let (connect, handle) = TcpClientStream::new(server, None, Some(self.timeout), provider);
+        let tcp = tokio::time::timeout(self.timeout, connect)
+            .await
+            .map_err(|_| "TCP connect timed out".to_string())?
+            .map_err(|e| format!("TCP: {e}"))?;
+        let client = Client::with_timeout(tcp, handle, self.timeout);
+        let response = exchange(client, query(name, rtype), self.timeout).await?;
+        Ok(response.into_message())
+    }
+}
+
+/// The query: RD, AD (RFC 6840 §5.7) and EDNS with DO (RFC 3225), CD clear.
+fn query(name: &Name, rtype: RecordType) -> DnsRequest {
+    let mut options = DnsRequestOptions::default();
+    options.use_edns = true;
+    options.edns_set_dnssec_ok = true;
+    options.recursion_desired = true;
+    let mut request = DnsRequest::from_query(Query::query(name.clone(), rtype), options);
+    request.metadata.authentic_data = true;
+    request.metadata.checking_disabled = false;
+    request
+}
+
+/// Sends one request and drives the client's background I/O in this task (nothing spawned,
+/// so nothing outlives the look-up), all within `timeout`.
+async fn exchange<S: DnsRequestSender>(
+    (client, background): (
+        Client<TokioRuntimeProvider>,
+        DnsExchangeBackground<S, <TokioRuntimeProvider as RuntimeProvider>::Timer>,
+    ),
+    request: DnsRequest,
+    timeout: Duration,
+) -> Result<DnsResponse, String> {
+    let work = async move {
+        let mut responses = client.send(request);
+        drop(client);
+        tokio::pin!(background);
+        let first = tokio::select! {
+            biased;
+            r = responses.next() => r,
+            () = &mut background => responses.next().await,
+        };
+        match first {
+            Some(Ok(response)) => Ok(response),
+            Some(Err(e)) => Err(e.to_string()),
+            None => Err("no response".to_string()),
+        }
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))?
+}
+
+/// Sorts a reply by its response code and AD bit. Records of other types (the CNAMEs of a
+/// chain the resolver followed, RRSIGs) are left out; the owner is that of the records found.
+pub(crate) fn classify(
+    rtype: RecordType,
+    response: &Message,
+) -> Result<Secured<Vec<RData>>, DnssecFailure> {
+    let secure = response.metadata.authentic_data;
+    match response.metadata.response_code {
+        ResponseCode::NoError => {
+            let found: Vec<_> = response
+                .answers
+                .iter()
+                .filter(|r| r.record_type() == rtype)
+                .collect();
+            let Some(first) = found.first() else {
+                return Err(DnssecFailure::NoData { secure });
+            };
+            Ok(Secured {
+                status: if secure {
+                    Security::Secure
+                } else {
+                    Security::Insecure
+                },
+                owner: first.name.clone(),
+                records: found.iter().map(|r| r.data.clone()).collect(),
+            })
+        }
+        ResponseCode::NXDomain => Err(DnssecFailure::NxDomain { secure }),
+        ResponseCode::ServFail => Err(DnssecFailure::TempFail(
+            "SERVFAIL (bogus or unreachable): a validating resolver answers SERVFAIL when \
+             DNSSEC validation fails"
+                .into(),
+        )),
+        other => Err(DnssecFailure::TempFail(format!(
+            "resolver answered {other}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use hickory_proto::op::{Edns, OpCode};
+    use hickory_proto::rr::rdata::{A, CNAME};
+    use hickory_proto::rr::Record;
+    use std::net::Ipv4Addr;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn name(text: &str) -> Name {
+        Name::from_ascii(text).unwrap()
+    }
+
+    fn a(owner: &str, last: u8) -> Record {
+        Record::from_rdata(
+            name(owner),
+            300,
+            RData::A(A(Ipv4Addr::new(127, 0, 0, last))),
+        )
+    }
+
+    fn reply(code: ResponseCode, ad: bool, answers: Vec<Record>) -> Message {
+        let mut m = Message::response(7, OpCode::Query);
+        m.metadata.response_code = code;
+        m.metadata.authentic_data = ad;
+        m.answers = answers;
+        m
+    }
+
+    #[test]
+    fn answers_keep_the_asked_type_and_the_ad_verdict() {
+        let cname = Record::from_rdata(
+            name("mx.example.test."),
+            300,
+            RData::CNAME(CNAME(name("host.example.net."))),
+        );
+        let answers = vec![cname, a("host.example.net.", 2), a("host.example.net.", 3)];
+        let got = classify(
+            RecordType::A,
+            &reply(ResponseCode::NoError, true, answers.clone()),
+        );
+        let want = Secured {
+            status: Security::Secure,
+            records: vec![answers[1].data.clone(), answers[2].data.clone()],
+            owner: name("host.example.net."),
+        };
+        assert_eq!(got, Ok(want.clone()));
+        let got = classify(RecordType::A, &reply(ResponseCode::NoError, false, answers));
+        let insecure = Secured {
+            status: Security::Insecure,
+            ..want
+        };
+        assert_eq!(got, Ok(insecure));
+    }
+
+    #[test]
+    fn negative_answers_and_failures() {
+        let cname = Record::from_rdata(name("a.test."), 300, RData::CNAME(CNAME(name("b.test."))));
+        for ad in [true, false] {
+            let nodata = reply(ResponseCode::NoError, ad, vec![cname.clone()]);
+            assert_eq!(
+                classify(RecordType::TLSA, &nodata),
+                Err(DnssecFailure::NoData { secure: ad })
+            );
+            let nx = reply(ResponseCode::NXDomain, ad, vec![]);
+            assert_eq!(
+                classify(RecordType::TLSA, &nx),
+                Err(DnssecFailure::NxDomain { secure: ad })
+            );
+        }
+        let servfail = classify(RecordType::A, &reply(ResponseCode::ServFail, false, vec![]));
+        assert!(
+            matches!(&servfail, Err(DnssecFailure::TempFail(t)) if t.contains("SERVFAIL (bogus")),
+            "{servfail:?}"
+        );
+        let refused = classify(RecordType::A, &reply(ResponseCode::Refused, false, vec![]));
+        assert!(matches!(refused, Err(DnssecFailure::TempFail(_))));
+    }
+
+    #[test]
+    fn the_ad_bit_is_trusted_only_from_loopback() {
+        let local: Vec<SocketAddr> = vec![
+            "127.0.0.1:53".parse().unwrap(),
+            "[::1]:5353".parse().unwrap(),
+        ];
+        assert_eq!(AdResolver::check_loopback(&local, false), Ok(()));
+        let remote: Vec<SocketAddr> = vec![
+            "127.0.0.1:53".parse().unwrap(),
+            "192.0.2.1:53".parse().unwrap(),
+        ];
+        let e = AdResolver::check_loopback(&remote, false).unwrap_err();
+        assert!(
+            e.contains("192.0.2.1:53") && e.contains("dns.trust_ad_remote"),
+            "{e}"
+        );
+        assert!(e.contains("the path to a remote one can be forged"), "{e}");
+        assert_eq!(AdResolver::check_loopback(&remote, true), Ok(()));
+
+        let toml = "[dns]\ndnssec = \"trust-ad\"\nnameservers = [\"192.0.2.1:53\"]\n";
+        let e = Config::from_toml(toml).err().unwrap().to_string();
+        assert!(
+            e.starts_with("dns.nameservers") && e.contains("dns.trust_ad_remote"),
+            "{e}"
+        );
+        let c = Config::from_toml(&format!("{toml}trust_ad_remote = true\n")).unwrap();
+        assert!(AdResolver::from_config(&c.dns).is_ok());
+        let mut dns = c.dns;
+        dns.trust_ad_remote = false;
+        let e = AdResolver::from_config(&dns).err().unwrap().to_string();
+        assert!(e.contains("dns.trust_ad_remote"), "{e}");
+    }
+
+    /// The reply of the test resolver: per name, its verdict. `big.test.` is truncated over UDP.
+    fn answer(query: &Message, over_tcp: bool) -> Message {
+        let mut m = Message::response(query.metadata.id, OpCode::Query);
+        m.queries = query.queries.clone();
+        m.metadata.recursion_available = true;
+        m.edns = Some(Edns::new());
+        let asked_right = query.metadata.recursion_desired
+            && query.metadata.authentic_data
+            && query.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
+        let qname = query.queries[0].name().to_ascii();
+        match qname.as_str() {
+            _ if !asked_right => m.metadata.response_code = ResponseCode::Refused,
+            "big.test." if !over_tcp => m.metadata.truncation = true,
+            "secure.test." | "big.test." => {
+                m.metadata.authentic_data = true;
+                m.answers.push(a(&qname, 2));
+            }
+            "plain.test." => m.answers.push(a(&qname, 3)),
+            "bogus.test." => m.metadata.response_code = ResponseCode::ServFail,
+            _ => {
+                m.metadata.authentic_data = true;
+                m.metadata.response_code = ResponseCode::NXDomain;
+            }
+        }
+        m
+    }
+
+    /// A loopback resolver on one port, UDP and TCP, answering with [`answer`].
+    async fn test_resolver() -> SocketAddr {
+        let (udp, tcp) = loop {
+            let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = tcp.local_addr().unwrap();
+            if let Ok(udp) = tokio::net::UdpSocket::bind(addr).await {
+                break (udp, tcp);
+            }
+        };
+        let addr = udp.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok((len, peer)) = udp.recv_from(&mut buf).await {
+                let query = Message::from_vec(&buf[..len]).unwrap();
+                let bytes = answer(&query, false).to_vec().unwrap();
+                udp.send_to(&bytes, peer).await.unwrap();
+            }
+        });
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = tcp.accept().await {
+                let len = conn.read_u16().await.unwrap() as usize;
+                let mut buf = vec![0u8; len];
+                conn.read_exact(&mut buf).await.unwrap();
+                let bytes = answer(&Message::from_vec(&buf).unwrap(), true)
+                    .to_vec()
+                    .unwrap();
+                conn.write_u16(bytes.len() as u16).await.unwrap();
+                conn.write_all(&bytes).await.unwrap();
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn reads_the_ad_bit_of_a_loopback_resolver() {
+        let addr = test_resolver().await;
+        let config = DnsConfig {
+            nameservers: vec![addr],
+            timeout: Duration::from_secs(5),
+            ..DnsConfig::default()
+        };
+        let r = AdResolver::from_config(&config).unwrap();
+        let got = r.lookup(&name("secure.test"), RecordType::A).await.unwrap();
+        assert_eq!(got.status, Security::Secure);
+        assert_eq!(got.owner, name("secure.test."));
+        assert_eq!(got.records, vec![RData::A(A(Ipv4Addr::new(127, 0, 0, 2)))]);
+        let got = r.lookup(&name("plain.test."), RecordType::A).await.unwrap();
+        assert_eq!(got.status, Security::Insecure);
+        // Truncated over UDP: asked again over TCP.
+        let got = r.lookup(&name("big.test."), RecordType::A).await.unwrap();
+        assert_eq!(got.status, Security::Secure);
+        let got = r.lookup(&name("gone.test."), RecordType::A).await;
+        assert_eq!(got, Err(DnssecFailure::NxDomain { secure: true }));
+        let got = r.lookup(&name("bogus.test."), RecordType::A).await;
+        assert!(matches!(got, Err(DnssecFailure::TempFail(_))), "{got:?}");
+    }
+
+    #[tokio::test]
+    async fn a_silent_server_is_skipped_within_the_timeout() {
+        // A bound socket that never answers, then the real resolver.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let config = DnsConfig {
+            nameservers: vec![silent.local_addr().unwrap(), test_resolver().await],
+            timeout: Duration::from_millis(300),
+            ..DnsConfig::default()
+        };
+        let r = AdResolver::from_config(&config).unwrap();
+        let started = std::time::Instant::now();
+        let got = r
+            .lookup(&name("secure.test."), RecordType::A)
+            .await
+            .unwrap();
+        assert_eq!(got.status, Security::Secure);
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+}
