@@ -345,6 +345,25 @@ async fn dane_ta_wildcard_leaf_authenticates() {
     assert_eq!(sni(&mx.next_message(WAIT).await), Some(MX10));
 }
 
+/// RFC 7672 §3.2.3: a DANE-TA(2) leaf without any DNS subjectAltName is matched by its
+/// subject common name.
+#[tokio::test]
+async fn dane_ta_leaf_with_only_a_common_name_authenticates() {
+    let s = DaneScene::new().await;
+    let sub = private_intermediate(CertOptions::default());
+    let options = CertOptions {
+        common_name_only: true,
+        ..CertOptions::default()
+    };
+    let mx = s.tls_mx(10, &sub.issue_with(&[MX10], options)).await;
+    publish_dane_test(&s, &[((2, 0, 1), tlsa_for_ca(&sub, 0, 1))]);
+    let relay = s.relay("").await;
+
+    let d = s.send(&relay, BOB, "ta common name", "sent").await;
+    assert_facts(&d, "verified", "dane", "2.0.0");
+    mx.next_message(WAIT).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Selectors and matching types
 
@@ -672,6 +691,9 @@ async fn a_host_with_a_failed_tlsa_lookup_is_skipped_for_the_next() {
     assert_eq!(mx10.connections(), 0, "the preferred host is skipped");
     wait_for_log_with(&relay, &["skipping MX host mx10.dane.test"]).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Hosts, records and names
 
 /// RFC 5321 §5.1, RFC 7672 §2.2.1: hosts are tried in order, each judged by its own TLSA
 /// records: a DANE mismatch at the preferred host does not stop delivery to a backup host

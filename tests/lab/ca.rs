@@ -40,6 +40,9 @@ pub struct CertOptions {
     pub self_signed: bool,
     /// Put `wrong-name.invalid` in the certificate instead of the names asked for.
     pub wrong_name: bool,
+    /// No subjectAltName: the first name only as the subject's common name (as old
+    /// certificates have it; RFC 6125 §6.4.4).
+    pub common_name_only: bool,
 }
 
 impl CertOptions {
@@ -193,6 +196,9 @@ impl LabCa {
             names.iter().map(|n| n.to_string()).collect()
         };
         let mut params = CertificateParams::new(names.clone()).expect("valid lab names");
+        if options.common_name_only {
+            params.subject_alt_names.clear();
+        }
         let mut dn = DistinguishedName::new();
         dn.push(
             DnType::CommonName,

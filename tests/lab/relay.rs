@@ -202,24 +202,24 @@ impl Relay {
             .spawn()
             .expect("start the mxguard binary");
         let pid = child.id();
+        let mark = self.log_mark();
         self.log.push(format!("-- lab: started mxguard, pid {pid}"));
         capture(child.stderr.take().expect("stderr piped"), self.log.clone());
         capture(child.stdout.take().expect("stdout piped"), self.log.clone());
         self.child = Some(child);
-        self.wait_ready().await;
+        self.wait_ready(mark).await;
     }
 
-    /// Polls the listener until it accepts a connection (the relay is ready), failing early
-    /// if the process exits.
-    async fn wait_ready(&mut self) {
+    /// Waits until this start of the relay logged that it started (every listener bound),
+    /// failing early if the process exits. A bare connect is not enough: the lab's port
+    /// reservation may linger for a moment in another test's child process.
+    async fn wait_ready(&mut self, mark: usize) {
         let deadline = Instant::now() + PROCESS_TIMEOUT;
         loop {
-            if let Ok(Ok(_)) = tokio::time::timeout(
-                Duration::from_secs(1),
-                tokio::net::TcpStream::connect(self.config.listen),
-            )
-            .await
-            {
+            let started = self.log_lines()[mark..]
+                .iter()
+                .any(|l| l.contains("mxguard started"));
+            if started {
                 return;
             }
             if let Some(status) = self
@@ -251,6 +251,23 @@ impl Relay {
             let _ = child.wait();
             self.log.push("-- lab: killed mxguard".into());
         }
+    }
+
+    /// The process id of the running relay.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGHUP: the relay rereads its TLS policy tables (the process keeps running). Send it
+    /// only once the relay has logged something after start-up (e.g. a delivery): the handler
+    /// is installed just after the listeners are bound, and before it a SIGHUP would end it.
+    pub fn hangup(&self) {
+        let pid = self.pid().expect("the relay is running");
+        // SAFETY: kill(2) on the pid of a child we spawned and have not yet reaped.
+        let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) };
+        assert_eq!(rc, 0, "SIGHUP to mxguard (pid {pid})");
+        self.log
+            .push(format!("-- lab: sent SIGHUP to mxguard, pid {pid}"));
     }
 
     /// SIGTERM, then waits for a clean exit (SIGKILL after the timeout). Returns the exit status.

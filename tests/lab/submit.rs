@@ -1,11 +1,15 @@
 //! Handing mail to the relay, as Postfix would: a small SMTP client (RFC 5321) that sends one
 //! transaction step by step and keeps every reply, so a test can assert on each of them
 //! (`250 2.0.0 Ok: queued as ID`), and a helper that writes a simple RFC 5322 message.
+//! A submission may first say STARTTLS (RFC 3207) and verify the relay's certificate, as a
+//! client must before it may ask for REQUIRETLS (RFC 8689 §4).
 
+use rustls::pki_types::{CertificateDer, ServerName};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 /// How long any one reply may take before the helper gives up.
@@ -23,6 +27,37 @@ pub struct Submission {
     pub rcpts: Vec<(String, Vec<String>)>,
     /// The message content, CRLF line endings; dot-stuffed by the client when sent.
     pub data: Vec<u8>,
+    /// Say STARTTLS after the first EHLO (and EHLO again inside TLS); `None`: plaintext.
+    pub tls: Option<ClientTls>,
+}
+
+/// How a submission starts TLS with the relay: the roots it trusts and the name it verifies.
+#[derive(Clone, Debug)]
+pub struct ClientTls {
+    pub config: Arc<rustls::ClientConfig>,
+    /// The name the relay's certificate must be valid for (also sent as SNI).
+    pub server_name: String,
+}
+
+impl ClientTls {
+    /// Trusts only `ca_der` (e.g. the lab CA's certificate) and expects `server_name`.
+    pub fn trusting(ca_der: &[u8], server_name: &str) -> ClientTls {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(ca_der.to_vec()))
+            .expect("a CA certificate for the client's roots");
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        ClientTls {
+            config: Arc::new(config),
+            server_name: server_name.to_string(),
+        }
+    }
 }
 
 impl Submission {
@@ -33,7 +68,14 @@ impl Submission {
             mail_params: Vec::new(),
             rcpts: Vec::new(),
             data: data.into(),
+            tls: None,
         }
+    }
+
+    /// Starts TLS before MAIL (see [`ClientTls`]).
+    pub fn starttls(mut self, tls: ClientTls) -> Submission {
+        self.tls = Some(tls);
+        self
     }
 
     pub fn rcpt(mut self, address: &str) -> Submission {
@@ -87,8 +129,11 @@ impl Transcript {
     }
 }
 
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
 struct Client {
-    stream: BufReader<TcpStream>,
+    stream: BufReader<Box<dyn Io>>,
 }
 
 impl Client {
@@ -116,6 +161,26 @@ impl Client {
         s.flush().await.expect("flush to relay");
     }
 
+    /// The client side of the TLS handshake after `220` to STARTTLS, verifying the relay.
+    async fn handshake(self, tls: &ClientTls) -> Client {
+        assert!(
+            self.stream.buffer().is_empty(),
+            "the relay sent data after its 220 to STARTTLS"
+        );
+        let name = ServerName::try_from(tls.server_name.clone()).expect("a valid server name");
+        let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+        let stream = tokio::time::timeout(
+            REPLY_TIMEOUT,
+            connector.connect(name, self.stream.into_inner()),
+        )
+        .await
+        .expect("TLS handshake with the relay within the timeout")
+        .expect("TLS handshake with the relay");
+        Client {
+            stream: BufReader::new(Box::new(stream) as Box<dyn Io>),
+        }
+    }
+
     async fn command(&mut self, t: &mut Transcript, line: String) -> String {
         self.send(format!("{line}\r\n").as_bytes()).await;
         let reply = self.read_reply().await;
@@ -132,13 +197,23 @@ pub async fn submit(addr: SocketAddr, s: &Submission) -> Transcript {
         .expect("connect to relay within the timeout")
         .expect("connect to relay");
     let mut c = Client {
-        stream: BufReader::new(stream),
+        stream: BufReader::new(Box::new(stream) as Box<dyn Io>),
     };
     let mut t = Transcript {
         greeting: c.read_reply().await,
         ..Default::default()
     };
     c.command(&mut t, format!("EHLO {}", s.ehlo)).await;
+    if let Some(tls) = &s.tls {
+        let reply = c.command(&mut t, "STARTTLS".into()).await;
+        assert!(
+            reply.starts_with("220"),
+            "the relay refused STARTTLS: {t:#?}"
+        );
+        c = c.handshake(tls).await;
+        // RFC 3207 §4.2: the session starts over inside TLS.
+        c.command(&mut t, format!("EHLO {}", s.ehlo)).await;
+    }
     let mut mail = format!("MAIL FROM:<{}>", s.mail_from);
     for p in &s.mail_params {
         mail.push(' ');
