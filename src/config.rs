@@ -548,16 +548,13 @@ impl Config {
                 .map_err(|e| ConfigError::key("delivery.sender_tls_policy_file", e.to_string()))?;
         }
         if let Some(file) = &self.dns.trust_anchor_file {
-            crate::dnssec::load_trust_anchors(file)
+            crate::dnssec::anchors::load_trust_anchors(file)
                 .map_err(|e| ConfigError::key("dns.trust_anchor_file", e.to_string()))?;
         }
         // Empty nameservers (resolv.conf) are checked when the resolver is built at start-up.
         if self.dns.dnssec == DnssecMode::TrustAd {
-            crate::dnssec::AdResolver::check_loopback(
-                &self.dns.nameservers,
-                self.dns.trust_ad_remote,
-            )
-            .map_err(|e| ConfigError::key("dns.nameservers", e))?;
+            trust_ad_servers_allowed(&self.dns.nameservers, self.dns.trust_ad_remote)
+                .map_err(|e| ConfigError::key("dns.nameservers", e))?;
         }
         for (i, r) in self.routes.iter().enumerate() {
             crate::next_hop::NextHop::parse(&r.next_hop)
@@ -619,6 +616,19 @@ impl Config {
             unused_after: m.unused_after,
             refresh_concurrency: m.refresh_concurrency.max(1),
         }
+    }
+}
+
+/// The rule of `dns.dnssec = "trust-ad"`: every name server on loopback, unless
+/// `allow_remote`. The error names the setting; the resolver applies the same rule at start-up.
+pub fn trust_ad_servers_allowed(servers: &[SocketAddr], allow_remote: bool) -> Result<(), String> {
+    match servers.iter().find(|s| !s.ip().is_loopback()) {
+        Some(remote) if !allow_remote => Err(format!(
+            "name server {remote} is not a loopback address: trust-ad trusts the AD bit \
+             only from a loopback resolver; the path to a remote one can be forged \
+             (set dns.trust_ad_remote = true only for a path you protect, e.g. IPsec)"
+        )),
+        _ => Ok(()),
     }
 }
 

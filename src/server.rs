@@ -43,6 +43,8 @@ pub async fn run(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Result
         );
     }
     let _lock = lock_data_dir(&config.data_dir)?;
+    // Before any listener exists, so that a SIGHUP never finds its default (terminate).
+    let hangup = hangup_signal();
     let queue = Queue::open(&config.spool_dir()).map_err(|source| ServerError::DataDir {
         path: config.spool_dir().display().to_string(),
         source,
@@ -77,7 +79,11 @@ pub async fn run(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Result
         tracing::info!("listening on {local} ({mode})");
         sockets.push((socket, index));
     }
-    tokio::spawn(watch_tls_tables(deliverer.tls_policies(), shutdown.clone()));
+    tokio::spawn(watch_tls_tables(
+        deliverer.tls_policies(),
+        hangup,
+        shutdown.clone(),
+    ));
     let control = tokio::spawn(control.serve(policies.clone(), shutdown.clone()));
     let refresher = policies.map(|p| tokio::spawn(p.run_refresher(shutdown.clone())));
     let scheduler =
@@ -105,16 +111,9 @@ pub async fn run(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Result
 /// SIGHUP, until shutdown: an operator adds a forced-encryption sender without a restart.
 async fn watch_tls_tables(
     tables: Arc<crate::tls_policy::TlsPolicies>,
+    mut hangup: Option<tokio::signal::unix::Signal>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangup = match signal(SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!("SIGHUP handler: {e}; TLS policy tables reload on change only");
-            None
-        }
-    };
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
     loop {
         let sighup = async {
@@ -130,6 +129,18 @@ async fn watch_tls_tables(
                 tables.reload();
             }
             _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// The SIGHUP stream; `None` (with a warning) when it cannot be had.
+fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("SIGHUP handler: {e}; TLS policy tables reload on change only");
+            None
         }
     }
 }

@@ -256,7 +256,8 @@ async fn requiretls_goes_to_an_mta_sts_enforced_mx_that_advertises_it() {
 // Failure: 5.7.30 at once
 
 /// A destination with neither DANE nor MTA-STS (opportunistic TLS only): its MX is never
-/// contacted, though it offers TLS and REQUIRETLS; the message bounces at once (550 5.7.30).
+/// contacted, though it offers TLS and REQUIRETLS; the message bounces at once (550 5.7.30),
+/// and the DSN returns the header section only even though the sender asked for RET=FULL.
 #[tokio::test]
 async fn requiretls_to_an_unauthenticated_destination_bounces_at_once() {
     let s = StsScene::new().await;
@@ -264,12 +265,9 @@ async fn requiretls_to_an_unauthenticated_destination_bounces_at_once() {
     let relay = s.relay(&tls_listener(s.lab())).await;
 
     let rcpt = "bob@plain.test";
-    let d = send(
-        &relay,
-        &requiretls_mail(s.lab(), rcpt, "opportunistic", false),
-        "bounced",
-    )
-    .await;
+    // RET=FULL asks for the whole message back; RFC 8689 §5 overrides it.
+    let mail = requiretls_mail(s.lab(), rcpt, "opportunistic", false).param("RET=FULL");
+    let d = send(&relay, &mail, "bounced").await;
     assert_facts(&d, "none", "requiretls", "5.7.30");
     assert_eq!(
         d.reply,
@@ -378,6 +376,44 @@ async fn requiretls_to_an_mta_sts_mx_without_requiretls_bounces_at_once() {
     assert_never_deferred(&relay, rcpt);
     assert_nothing_sent(&mx);
     assert_requiretls_dsn(&s.bounce().await, rcpt, "did not advertise REQUIRETLS");
+}
+
+/// RFC 8689 §4.2.1: an MX host that does not advertise REQUIRETLS is passed over for the next
+/// one that does: the first DANE-authenticated host gets QUIT, the second the message.
+#[tokio::test]
+async fn requiretls_passes_over_an_mx_without_it_to_the_next_one() {
+    let s = DaneScene::new().await;
+    let lab = s.lab();
+    let first = lab
+        .ca
+        .issue_with(&["mx10.dane.test"], CertOptions::default());
+    let second = lab
+        .ca
+        .issue_with(&["mx20.dane.test"], CertOptions::default());
+    let without = tls_mx(lab, 10, &first, false).await;
+    let with = tls_mx(lab, 20, &second, true).await;
+    let zone = s.zone("dane.test", &[(10, 10), (20, 20)]).signed();
+    let zone = s.with_tlsa(zone, "mx10.dane.test", (3, 1, 1), &tlsa_for(&first, 1, 1));
+    s.publish(s.with_tlsa(zone, "mx20.dane.test", (3, 1, 1), &tlsa_for(&second, 1, 1)));
+    let relay = s.relay(&tls_listener(lab)).await;
+
+    let d = send(
+        &relay,
+        &requiretls_mail(lab, "bob@dane.test", "fallback", false),
+        "sent",
+    )
+    .await;
+    assert_facts(&d, "verified", "requiretls", "2.0.0");
+    assert!(
+        d.field("relay")
+            .is_some_and(|r| r.starts_with("mx20.dane.test[")),
+        "{}",
+        d.line
+    );
+    assert_nothing_sent(&without);
+    assert!(without.connections() > 0, "the first host was tried");
+    let m = with.next_message(WAIT).await;
+    assert!(m.mail_params.iter().any(|p| p == "REQUIRETLS"));
 }
 
 /// A plaintext-only MX under an enforced policy is a TLS failure (Postfix's 4.7.4, deferred

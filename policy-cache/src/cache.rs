@@ -20,7 +20,7 @@ use crate::{ActivePolicy, CacheError, Clock, FailureRecord, Policy, Settings, St
 use decide::{after_failed_fetch, decide, Kept, Step, Txt};
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
-use hickory_resolver::proto::rr::{Name, RData, RecordType};
+use hickory_resolver::proto::rr::{Name, RecordType};
 use hickory_resolver::TokioResolver;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -412,15 +412,7 @@ fn classify_txt(result: Result<hickory_resolver::lookup::Lookup, NetError>) -> T
     let records: Vec<String> = answer
         .answers()
         .iter()
-        .filter_map(|r| match &r.data {
-            RData::TXT(txt) => Some(
-                txt.txt_data
-                    .iter()
-                    .map(|s| String::from_utf8_lossy(s))
-                    .collect::<String>(),
-            ),
-            _ => None,
-        })
+        .filter_map(|r| crate::sts::record::txt_text(&r.data))
         .collect();
     match parse_records(&records) {
         Ok(record) => Txt::Record(record),

@@ -1,38 +1,21 @@
 //! Gathering the facts: MX resolution, DNSSEC status, addresses and TLSA records, DANE's plan,
 //! each with the code and configuration delivery uses; then each host's policy and probes.
 
-use super::CheckSetupError;
+use super::checker::{hex, Checker};
 use super::{
     probe, sts, verdict, DaneReport, DaneState, Dnssec, EffectivePolicy, HostReport, MxEntry,
     MxKind, MxReport, PolicyKind, Report, Rrset, Settings, TlsaRecord, TlsaReport, TypedRrset,
 };
-use crate::config::{Config, DnssecMode};
+use crate::config::DnssecMode;
 use crate::delivery::dane::{self, DanePlan, HostDane};
 use crate::delivery::dns::{self, LookupError};
 use crate::delivery::local::LocalRequirement;
 use crate::delivery::mx::{self, MxAnswer};
 use crate::delivery::requirement::{self, TlsRequirement};
-use crate::delivery::tls::PkixChecker;
-use crate::dnssec::{DnssecFailure, SecureResolver, Secured, Security};
-use crate::tls_policy::TlsPolicies;
+use crate::dnssec::{DnssecFailure, Secured, Security};
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
-use hickory_resolver::TokioResolver;
 use policy_cache::dane::Tlsa;
-use policy_cache::sts::fetch::Fetcher;
 use std::net::IpAddr;
-
-/// The daemon's look-up and TLS machinery, built from the configuration as `Deliverer::new`
-/// and `control::open_cache` build it.
-pub(super) struct Checker<'a> {
-    pub config: &'a Config,
-    pub resolver: TokioResolver,
-    /// `None` with `dns.dnssec = "off"` (no DANE).
-    secure: Option<SecureResolver>,
-    pub pkix: PkixChecker,
-    pub fetcher: Fetcher,
-    /// The operator's minimum levels (`delivery.tls_policy_file`).
-    tls_policies: TlsPolicies,
-}
 
 /// What the domain-wide look-ups decided, shared by every host's report.
 struct Domain<'a> {
@@ -52,26 +35,6 @@ struct Domain<'a> {
 }
 
 impl<'a> Checker<'a> {
-    pub fn new(config: &'a Config) -> Result<Checker<'a>, CheckSetupError> {
-        let resolver = dns::build_resolver(&config.dns)
-            .map_err(|e| CheckSetupError::Resolver(e.to_string()))?;
-        let secure = SecureResolver::from_config(&config.dns)?;
-        let roots = crate::tls::root_store(&config.delivery.extra_ca_files)?;
-        let pkix = PkixChecker::new(roots).map_err(CheckSetupError::Verifier)?;
-        let fetcher = Fetcher::new(&config.policy_settings(), resolver.clone())
-            .map_err(|e| CheckSetupError::Fetcher(e.to_string()))?;
-        let tls_policies = TlsPolicies::from_config(&config.delivery)
-            .map_err(|e| CheckSetupError::TlsPolicy(e.to_string()))?;
-        Ok(Checker {
-            config,
-            resolver,
-            secure,
-            pkix,
-            fetcher,
-            tls_policies,
-        })
-    }
-
     /// The whole report for `domain` (normalized: lower case, no trailing dot).
     pub async fn check(&self, domain: &str, connect: bool) -> Report {
         let port = self.config.delivery.smtp_port;
@@ -258,16 +221,12 @@ impl<'a> Checker<'a> {
             .map(|(_, v)| v.clone())
             .unwrap_or_else(|| HostDane::NotApplicable(ctx.no_dane_reason()));
         let tlsa = self.tlsa(&dane, host, ctx.port).await;
-        let (plan, applied) = ctx
+        let (plan, applied) =
+            ctx.local
+                .plan_host(&ctx.requirement, &ctx.dane, host, ctx.name, ctx.port);
+        let (published, _) = ctx
             .requirement
-            .policy_for(&ctx.dane, &ctx.local, host, ctx.name, ctx.port);
-        let (published, _) = ctx.requirement.policy_for(
-            &ctx.dane,
-            &LocalRequirement::default(),
-            host,
-            ctx.name,
-            ctx.port,
-        );
+            .published_plan(&ctx.dane, host, ctx.name, ctx.port);
         let policy = verdict::host_policy(&verdict::HostFacts {
             host,
             domain: ctx.name,
@@ -455,10 +414,6 @@ fn tlsa_record(record: RData) -> Option<TlsaRecord> {
         usable: usability.is_ok(),
         unusable_reason: usability.err().map(|e| e.to_string()),
     })
-}
-
-pub(super) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The status of a validated look-up.

@@ -67,6 +67,7 @@
 //! (`mx.kind = "not_found"`), not an error; 2 when the command line or the configuration is
 //! unusable (including a DOMAIN that is not a domain name).
 
+mod checker;
 mod gather;
 mod probe;
 mod render;
@@ -415,7 +416,7 @@ pub async fn check(
     connect: bool,
 ) -> Result<Report, CheckSetupError> {
     let domain = normalize_domain(domain)?;
-    let checker = gather::Checker::new(config)?;
+    let checker = checker::Checker::new(config)?;
     Ok(checker.check(&domain, connect).await)
 }
 

@@ -4,7 +4,7 @@
 //! verdict (the host's usable TLSA records) are reached on it afterwards, and then what
 //! delivery under the host's policy would make of the session.
 
-use super::gather::{hex, Checker};
+use super::checker::{hex, Checker};
 use super::{CertInfo, Probe, StartTlsState, TlsSession, Verdict};
 use crate::delivery::dane::DaneAuth;
 use crate::delivery::requirement::HostPlan;
@@ -258,7 +258,7 @@ fn under_policy(plan: &HostPlan, relay: &Relay, probe: &Probe, seen: &Seen) -> V
                     .to_string(),
             ),
         },
-        HostPlan::Secure { domain } => Verdict::fail(format!(
+        HostPlan::Secure { domain, .. } => Verdict::fail(format!(
             "not evaluated: the local level secure needs a certificate PKIX-valid for {domain} \
              or a subdomain; the PKIX verdict above is for the MX host name"
         )),

@@ -2,10 +2,10 @@
 //! `_mta-sts` TXT record and the policy fetched now through the daemon's fetcher settings,
 //! never read from or written into the daemon's cache.
 
-use super::gather::Checker;
+use super::checker::Checker;
 use super::{Authorization, FetchState, StsPolicy, StsReport, TxtReport, TxtStatus};
 use crate::delivery::dns::{self, LookupError};
-use hickory_resolver::proto::rr::{RData, RecordType};
+use hickory_resolver::proto::rr::RecordType;
 use policy_cache::sts::fetch::POLICY_PATH;
 use policy_cache::sts::record::{parse_records, RecordError};
 use policy_cache::{ActivePolicy, Mode, Policy, StsLookup};
@@ -48,7 +48,10 @@ impl Checker<'_> {
         };
         let record = match answer {
             Ok(records) => {
-                report.txt.records = records.iter().filter_map(txt_text).collect();
+                report.txt.records = records
+                    .iter()
+                    .filter_map(policy_cache::sts::record::txt_text)
+                    .collect();
                 match parse_records(&report.txt.records) {
                     Ok(record) => {
                         report.txt.status = TxtStatus::Record;
@@ -146,16 +149,4 @@ pub(super) fn authorizations(sts: &StsReport, hosts: &[String]) -> Vec<Authoriza
             pattern: policy.matching(h).map(|p| p.0.clone()),
         })
         .collect()
-}
-
-fn txt_text(record: &RData) -> Option<String> {
-    match record {
-        RData::TXT(txt) => Some(
-            txt.txt_data
-                .iter()
-                .map(|s| String::from_utf8_lossy(s))
-                .collect::<String>(),
-        ),
-        _ => None,
-    }
 }

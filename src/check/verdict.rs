@@ -52,9 +52,19 @@ fn local_plan(plan: &HostPlan, host: &str) -> String {
         HostPlan::Verified { .. } => {
             format!("STARTTLS required with a certificate PKIX-valid for {host}")
         }
-        HostPlan::Secure { domain } => {
+        HostPlan::Secure {
+            domain,
+            mx_pattern: None,
+        } => {
             format!("STARTTLS required with a certificate PKIX-valid for {domain} or a subdomain")
         }
+        HostPlan::Secure {
+            domain,
+            mx_pattern: Some(_),
+        } => format!(
+            "STARTTLS required with a certificate PKIX-valid for {host} (MTA-STS) and for \
+             {domain} or a subdomain (secure)"
+        ),
         HostPlan::Skip(failure) => {
             format!(
                 "{}: the host is never tried ({})",

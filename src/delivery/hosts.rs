@@ -81,9 +81,9 @@ impl<'a> Run<'a> {
                 break;
             }
             self.best_mx = index == 0;
-            let (plan, policy) = self.requirement.policy_for(
+            let (plan, policy) = self.local.plan_host(
+                self.requirement,
                 self.dane,
-                self.local,
                 host,
                 self.job.domain,
                 self.port,
@@ -161,8 +161,9 @@ impl<'a> Run<'a> {
     async fn try_address(&mut self, relay: &Relay, plan: &HostPlan) -> Result<Vec<Attempt>, Next> {
         let session = match plan {
             HostPlan::Verified { .. } => self.open_verified(relay).await?,
-            HostPlan::Secure { domain } => {
-                let checked = self.tls_setup(self.deliverer.pkix.secure(domain))?;
+            HostPlan::Secure { domain, mx_pattern } => {
+                let mx_host = mx_pattern.as_ref().map(|_| relay.host.as_str());
+                let checked = self.tls_setup(self.deliverer.pkix.secure(domain, mx_host))?;
                 self.open_required(relay, &checked, None).await?
             }
             HostPlan::Plaintext => {

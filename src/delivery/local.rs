@@ -12,7 +12,9 @@
 //! - REQUIRETLS refuses every host that neither DANE nor an enforced MTA-STS policy
 //!   authenticates (the session later checks that the server advertises REQUIRETLS).
 
-use super::requirement::HostPlan;
+use super::attempt::AppliedPolicy;
+use super::dane::DanePlan;
+use super::requirement::{HostPlan, TlsRequirement, DANE};
 use super::tls_failure::TlsFailure;
 use crate::envelope::Envelope;
 use crate::tls_policy::{Floor, TlsLevel, TlsPolicies};
@@ -48,7 +50,9 @@ impl LocalRequirement {
         // the sender wrote does not undo it.
         let forbidden = floor
             .and_then(|f| f.sender_side)
-            .is_some_and(|l| !l.is_automatic() && l != TlsLevel::None);
+            .is_some_and(|l| !l.is_automatic() && l != TlsLevel::None)
+            // Setting DANE aside would leave a `dane-only` destination nothing to deliver to.
+            || floor.is_some_and(|f| f.level == TlsLevel::DaneOnly);
         if header && forbidden {
             tracing::info!(
                 "TLS-Required: No ignored for sender <{}>: its level forbids it",
@@ -59,6 +63,46 @@ impl LocalRequirement {
             floor,
             requiretls: envelope.requiretls,
             tls_required_no: header && !forbidden,
+        }
+    }
+
+    /// What to do with MX host `host` of `domain`, and the log facts: the published
+    /// policies' plan, raised by this requirement (never lowered).
+    pub fn plan_host(
+        &self,
+        requirement: &TlsRequirement,
+        dane: &DanePlan,
+        host: &str,
+        domain: &str,
+        port: u16,
+    ) -> (HostPlan, AppliedPolicy) {
+        let (base, applied) = requirement.published_plan(dane, host, domain, port);
+        match self.apply(base, host, domain) {
+            (plan, Some(label)) => (plan, AppliedPolicy::named(&label)),
+            (plan, None) => (plan, applied),
+        }
+    }
+
+    /// The log facts when no host is named (nothing was dialled).
+    pub fn applied_to_domain(
+        &self,
+        requirement: &TlsRequirement,
+        dane: &DanePlan,
+    ) -> AppliedPolicy {
+        if self.requiretls {
+            return AppliedPolicy::named(REQUIRETLS);
+        }
+        if self.tls_required_no {
+            return AppliedPolicy::named(TLS_REQUIRED_NO);
+        }
+        if dane.applies() {
+            return AppliedPolicy::named(DANE);
+        }
+        match self.floor.map(|f| f.level) {
+            Some(level) if !level.is_automatic() && requirement.sts().is_none() => {
+                AppliedPolicy::named(&format!("local:{level}"))
+            }
+            _ => requirement.applied(None),
         }
     }
 
@@ -83,7 +127,12 @@ impl LocalRequirement {
         }
         // RFC 8689 §4.2.1: only a host authenticated by DANE or an enforced MTA-STS policy.
         let plan = match plan {
-            plan @ (HostPlan::Dane(_) | HostPlan::Verified { pattern: Some(_) }) => plan,
+            plan @ (HostPlan::Dane(_)
+            | HostPlan::Verified { pattern: Some(_) }
+            | HostPlan::Secure {
+                mx_pattern: Some(_),
+                ..
+            }) => plan,
             plan @ HostPlan::Skip(_) => plan,
             _ => HostPlan::Skip(TlsFailure::RequireTls {
                 host: host.to_string(),
@@ -110,8 +159,13 @@ fn raise(base: HostPlan, level: TlsLevel, host: &str, domain: &str) -> (HostPlan
         ) => local(HostPlan::Verified { pattern: None }),
         // `secure` trusts no name DNS alone vouches for: even an MTA-STS-listed host must have
         // a certificate for the next-hop domain (DANE authenticates by itself).
+        (TlsLevel::Secure, HostPlan::Verified { pattern }) => local(HostPlan::Secure {
+            domain: domain.to_string(),
+            mx_pattern: pattern,
+        }),
         (TlsLevel::Secure, base) if !matches!(base, HostPlan::Dane(_)) => local(HostPlan::Secure {
             domain: domain.to_string(),
+            mx_pattern: None,
         }),
         (TlsLevel::DaneOnly, base @ HostPlan::Dane(_)) => (base, None),
         (TlsLevel::DaneOnly, _) => (
@@ -178,7 +232,13 @@ mod tests {
         let (p, _) = with(TlsLevel::Verify).apply(HostPlan::Encrypt, "mx", "d");
         assert_eq!(p, HostPlan::Verified { pattern: None });
         let (p, _) = with(TlsLevel::Secure).apply(sts, "mx", "d");
-        assert_eq!(p, HostPlan::Secure { domain: "d".into() });
+        assert_eq!(
+            p,
+            HostPlan::Secure {
+                domain: "d".into(),
+                mx_pattern: Some("mx".into())
+            }
+        );
         let (p, l) = with(TlsLevel::DaneOnly).apply(HostPlan::Encrypt, "mx", "d");
         assert!(matches!(p, HostPlan::Skip(TlsFailure::DaneRequired { .. })));
         assert_eq!(l.as_deref(), Some("local:dane-only"));

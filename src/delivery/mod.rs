@@ -136,7 +136,10 @@ impl Deliverer {
         let pkix = tls::PkixChecker::new(roots).map_err(DeliveryInitError::Verifier)?;
         let sessions = Semaphore::new(config.delivery.max_concurrency.max(1));
         let secure_dns = SecureResolver::from_config(&config.dns)?;
-        let tls_policies = Arc::new(TlsPolicies::from_config(&config.delivery)?);
+        let tls_policies = Arc::new(TlsPolicies::open(
+            config.delivery.tls_policy_file.as_deref(),
+            config.delivery.sender_tls_policy_file.as_deref(),
+        )?);
         Ok(Deliverer {
             tls_policies,
             config,
@@ -365,11 +368,11 @@ fn failed(
     let failure = worst.take().unwrap_or_else(|| no_host(job.domain));
     let policy = match &failure.relay {
         Some(relay) => {
-            requirement
-                .policy_for(dane, local, &relay.host, job.domain, plan.port)
+            local
+                .plan_host(requirement, dane, &relay.host, job.domain, plan.port)
                 .1
         }
-        None => requirement.applied_to_domain(dane, local),
+        None => local.applied_to_domain(requirement, dane),
     };
     every_recipient(job, failure, policy)
 }

@@ -8,7 +8,6 @@
 
 use super::attempt::{AppliedPolicy, Failure, Rank, StsFacts};
 use super::dane::{DaneAuth, DanePlan, HostDane};
-use super::local::LocalRequirement;
 use super::tls_failure::TlsFailure;
 use crate::reply::{EnhancedCode, Reply};
 use policy_cache::{ActivePolicy, Mode, StsLookup};
@@ -41,7 +40,13 @@ pub(crate) enum HostPlan {
     Verified { pattern: Option<String> },
     /// A local `secure` level: TLS with a certificate PKIX-valid for the next-hop `domain` or
     /// one of its subdomains (never only for the MX host name, which DNS alone vouches for).
-    Secure { domain: String },
+    /// `mx_pattern` is the MTA-STS `mx` line the host matched when an enforced policy also
+    /// applies: the certificate must then be valid for the MX host name too (never weaker
+    /// than the policy), and the host counts as MTA-STS-authenticated (REQUIRETLS).
+    Secure {
+        domain: String,
+        mx_pattern: Option<String>,
+    },
     /// No STARTTLS at all (a local `none` level where nothing is published).
     Plaintext,
     /// Opportunistic TLS, with every would-be failure reported (testing mode). `pattern` is
@@ -129,56 +134,32 @@ impl TlsRequirement {
         }
     }
 
-    /// What to do with MX host `host` of `domain`, and the log facts, when DANE and local
-    /// requirements have a say. A host under DANE is judged by DANE alone, whatever MTA-STS
-    /// says (DANE takes precedence, RFC 8461 §2; RFC 7672 §2.2); the others by this
-    /// requirement. The local requirement then raises the plan (never lowers it).
-    pub fn policy_for(
+    /// What the published policies say of MX host `host` of `domain`, with the log facts. A
+    /// host under DANE is judged by DANE alone, whatever MTA-STS says (DANE takes
+    /// precedence, RFC 8461 §2; RFC 7672 §2.2); the others by this requirement.
+    pub fn published_plan(
         &self,
         dane: &DanePlan,
-        local: &LocalRequirement,
         host: &str,
         domain: &str,
         port: u16,
     ) -> (HostPlan, AppliedPolicy) {
-        let (base, applied) = match dane.host(host) {
-            Some(HostDane::Authenticate(auth)) => (HostPlan::Dane(auth.clone()), None),
-            Some(HostDane::EncryptOnly { .. }) => (HostPlan::Encrypt, None),
+        match dane.host(host) {
+            Some(HostDane::Authenticate(auth)) => {
+                (HostPlan::Dane(auth.clone()), AppliedPolicy::named(DANE))
+            }
+            Some(HostDane::EncryptOnly { .. }) => (HostPlan::Encrypt, AppliedPolicy::named(DANE)),
             Some(HostDane::LookupError { reason, .. }) => (
                 HostPlan::Skip(TlsFailure::TlsaLookup {
                     host: host.to_string(),
                     port,
                     reason: reason.clone(),
                 }),
-                None,
+                AppliedPolicy::named(DANE),
             ),
             Some(HostDane::NotApplicable(_)) | None => {
-                (self.host_plan(host, domain), Some(self.applied(Some(host))))
+                (self.host_plan(host, domain), self.applied(Some(host)))
             }
-        };
-        let applied = applied.unwrap_or_else(|| AppliedPolicy::named(DANE));
-        match local.apply(base, host, domain) {
-            (plan, Some(label)) => (plan, AppliedPolicy::named(&label)),
-            (plan, None) => (plan, applied),
-        }
-    }
-
-    /// The log facts when no host is named (nothing was dialled).
-    pub fn applied_to_domain(&self, dane: &DanePlan, local: &LocalRequirement) -> AppliedPolicy {
-        if local.requiretls {
-            return AppliedPolicy::named(super::local::REQUIRETLS);
-        }
-        if local.tls_required_no {
-            return AppliedPolicy::named(super::local::TLS_REQUIRED_NO);
-        }
-        if dane.applies() {
-            return AppliedPolicy::named(DANE);
-        }
-        match local.floor.map(|f| f.level) {
-            Some(level) if !level.is_automatic() && self.sts().is_none() => {
-                AppliedPolicy::named(&format!("local:{level}"))
-            }
-            _ => self.applied(None),
         }
     }
 

@@ -108,11 +108,18 @@ impl PkixChecker {
     /// A connector for one handshake under a local `secure` level: the chain must be
     /// PKIX-valid for the next-hop `domain` itself or for one of its subdomains (Postfix's
     /// `smtp_tls_secure_cert_match = nexthop, dot-nexthop`), whatever MX host name DNS gave.
-    pub fn secure(&self, domain: &str) -> Result<CheckedHandshake, rustls::Error> {
+    /// With `mx_host` (an enforced MTA-STS policy applies too), the certificate must also be
+    /// valid for the MX host name.
+    pub fn secure(
+        &self,
+        domain: &str,
+        mx_host: Option<&str>,
+    ) -> Result<CheckedHandshake, rustls::Error> {
         let verdict = Arc::new(Mutex::new(None));
         let check = CertCheck::NextHop {
             webpki: self.webpki.clone(),
             domain: domain.to_ascii_lowercase(),
+            mx_host: mx_host.map(str::to_string),
             verdict: verdict.clone(),
         };
         self.one_handshake(check, Verdict::Pkix(verdict), true)
@@ -199,6 +206,8 @@ enum CertCheck {
     NextHop {
         webpki: Arc<rustls::client::WebPkiServerVerifier>,
         domain: String,
+        /// Also required: validity for this MX host name (an enforced MTA-STS policy).
+        mx_host: Option<String>,
         verdict: Arc<Mutex<CertVerdict>>,
     },
     /// The Web PKI verifier, noting its verdict; rejecting only when enforcing.
@@ -258,12 +267,26 @@ impl ServerCertVerifier for DeliveryVerifier {
             CertCheck::NextHop {
                 webpki,
                 domain,
+                mx_host,
                 verdict,
             } => {
                 let mut result = Err(rustls::Error::InvalidCertificate(
                     rustls::CertificateError::NotValidForName,
                 ));
-                for name in next_hop_names(end_entity, domain) {
+                let mx_check = mx_host.as_ref().map(|host| {
+                    let name = ServerName::try_from(host.clone()).map_err(|_| {
+                        rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)
+                    })?;
+                    webpki.verify_server_cert(end_entity, intermediates, &name, ocsp_response, now)
+                });
+                let names = match mx_check {
+                    Some(Err(e)) => {
+                        result = Err(e);
+                        Vec::new()
+                    }
+                    _ => next_hop_names(end_entity, domain),
+                };
+                for name in names {
                     let Ok(name) = ServerName::try_from(name) else {
                         continue;
                     };

@@ -15,11 +15,29 @@
 //! (RFC 4034 §2.1.2), of an algorithm the validator implements (RSA/SHA-256 and SHA-512, ECDSA
 //! P-256 and P-384, Ed25519).
 
-use super::DnssecSetupError;
 use base64::Engine as _;
 use hickory_resolver::proto::dnssec::{Algorithm, PublicKeyBuf, TrustAnchors};
 use hickory_resolver::proto::rr::{LowerName, Name};
 use std::path::Path;
+use std::path::PathBuf;
+
+/// Why the trust-anchor file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustAnchorError {
+    #[error("trust anchor file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("trust anchor file {}, line {line}: {reason}", path.display())]
+    TrustAnchor {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+    #[error("trust anchor file {}: no DNSKEY lines", path.display())]
+    NoTrustAnchors { path: PathBuf },
+}
 
 /// One trust anchor: a DNSKEY trusted for a zone without proof from above.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,19 +51,19 @@ pub struct TrustAnchor {
 }
 
 /// Reads and parses a trust-anchor file (format in the module documentation).
-pub fn load_trust_anchors(path: &Path) -> Result<Vec<TrustAnchor>, DnssecSetupError> {
-    let text = std::fs::read_to_string(path).map_err(|source| DnssecSetupError::Read {
+pub fn load_trust_anchors(path: &Path) -> Result<Vec<TrustAnchor>, TrustAnchorError> {
+    let text = std::fs::read_to_string(path).map_err(|source| TrustAnchorError::Read {
         path: path.to_path_buf(),
         source,
     })?;
     let anchors =
-        parse_trust_anchors(&text).map_err(|(line, reason)| DnssecSetupError::TrustAnchor {
+        parse_trust_anchors(&text).map_err(|(line, reason)| TrustAnchorError::TrustAnchor {
             path: path.to_path_buf(),
             line,
             reason,
         })?;
     if anchors.is_empty() {
-        return Err(DnssecSetupError::NoTrustAnchors {
+        return Err(TrustAnchorError::NoTrustAnchors {
             path: path.to_path_buf(),
         });
     }
@@ -230,12 +248,12 @@ mod tests {
         std::fs::write(&path, "; nothing\n").unwrap();
         assert!(matches!(
             load_trust_anchors(&path),
-            Err(DnssecSetupError::NoTrustAnchors { .. })
+            Err(TrustAnchorError::NoTrustAnchors { .. })
         ));
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(matches!(
             load_trust_anchors(&path),
-            Err(DnssecSetupError::Read { .. })
+            Err(TrustAnchorError::Read { .. })
         ));
     }
 

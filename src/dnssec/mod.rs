@@ -28,18 +28,19 @@
 //!
 //! [`SecureResolver`] is the one the delivery uses: either mode behind one `lookup`.
 
-mod anchors;
+pub mod anchors;
 mod trust_ad;
 mod validate;
 
-pub use anchors::{load_trust_anchors, parse_trust_anchors, trust_anchors, TrustAnchor};
+pub use anchors::{
+    load_trust_anchors, parse_trust_anchors, trust_anchors, TrustAnchor, TrustAnchorError,
+};
 pub use trust_ad::AdResolver;
 pub use validate::DnssecResolver;
 
 use crate::config::{DnsConfig, DnssecMode};
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use std::fmt;
-use std::path::PathBuf;
 
 /// How far an answer's authenticity is established.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,19 +82,8 @@ pub enum DnssecFailure {
 /// Why the validating resolver could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum DnssecSetupError {
-    #[error("trust anchor file {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("trust anchor file {}, line {line}: {reason}", path.display())]
-    TrustAnchor {
-        path: PathBuf,
-        line: usize,
-        reason: String,
-    },
-    #[error("trust anchor file {}: no DNSKEY lines", path.display())]
-    NoTrustAnchors { path: PathBuf },
+    #[error(transparent)]
+    TrustAnchors(#[from] TrustAnchorError),
     #[error("DNS resolver: {0}")]
     Resolver(String),
 }
@@ -154,9 +144,11 @@ impl SecureResolver {
         name: &Name,
         rtype: RecordType,
     ) -> Result<Secured<Vec<RData>>, DnssecFailure> {
+        let mut name = name.clone();
+        name.set_fqdn(true);
         match self {
-            SecureResolver::Validate(r) => r.lookup(name, rtype).await,
-            SecureResolver::TrustAd(r) => r.lookup(name, rtype).await,
+            SecureResolver::Validate(r) => r.lookup(&name, rtype).await,
+            SecureResolver::TrustAd(r) => r.lookup(&name, rtype).await,
         }
     }
 

@@ -53,25 +53,12 @@ impl AdResolver {
         if servers.is_empty() {
             return Err(DnssecSetupError::Resolver("no name servers".into()));
         }
-        AdResolver::check_loopback(&servers, config.trust_ad_remote)
+        crate::config::trust_ad_servers_allowed(&servers, config.trust_ad_remote)
             .map_err(DnssecSetupError::Resolver)?;
         Ok(AdResolver {
             servers: servers.into(),
             timeout: config.timeout,
         })
-    }
-
-    /// The rule of `trust-ad`: every name server on loopback, unless `allow_remote`. The text
-    /// of the error names the setting (also used by `Config::validate`).
-    pub fn check_loopback(servers: &[SocketAddr], allow_remote: bool) -> Result<(), String> {
-        match servers.iter().find(|s| !s.ip().is_loopback()) {
-            Some(remote) if !allow_remote => Err(format!(
-                "name server {remote} is not a loopback address: trust-ad trusts the AD bit \
-                 only from a loopback resolver; the path to a remote one can be forged \
-                 (set dns.trust_ad_remote = true only for a path you protect, e.g. IPsec)"
-            )),
-            _ => Ok(()),
-        }
     }
 
     /// The records of type `rtype` at `name` (made absolute), with the resolver's verdict.
@@ -82,11 +69,9 @@ impl AdResolver {
         name: &Name,
         rtype: RecordType,
     ) -> Result<Secured<Vec<RData>>, DnssecFailure> {
-        let mut name = name.clone();
-        name.set_fqdn(true);
         let mut failures = Vec::new();
         for &server in self.servers.iter() {
-            match self.ask(server, &name, rtype).await {
+            match self.ask(server, name, rtype).await {
                 Ok(response) => return classify(rtype, &response),
                 Err(why) => {
                     tracing::debug!(%server, %name, %rtype, "trust-ad query failed: {why}");
@@ -290,18 +275,24 @@ mod tests {
             "127.0.0.1:53".parse().unwrap(),
             "[::1]:5353".parse().unwrap(),
         ];
-        assert_eq!(AdResolver::check_loopback(&local, false), Ok(()));
+        assert_eq!(
+            crate::config::trust_ad_servers_allowed(&local, false),
+            Ok(())
+        );
         let remote: Vec<SocketAddr> = vec![
             "127.0.0.1:53".parse().unwrap(),
             "192.0.2.1:53".parse().unwrap(),
         ];
-        let e = AdResolver::check_loopback(&remote, false).unwrap_err();
+        let e = crate::config::trust_ad_servers_allowed(&remote, false).unwrap_err();
         assert!(
             e.contains("192.0.2.1:53") && e.contains("dns.trust_ad_remote"),
             "{e}"
         );
         assert!(e.contains("the path to a remote one can be forged"), "{e}");
-        assert_eq!(AdResolver::check_loopback(&remote, true), Ok(()));
+        assert_eq!(
+            crate::config::trust_ad_servers_allowed(&remote, true),
+            Ok(())
+        );
 
         let toml = "[dns]\ndnssec = \"trust-ad\"\nnameservers = [\"192.0.2.1:53\"]\n";
         let e = Config::from_toml(toml).err().unwrap().to_string();

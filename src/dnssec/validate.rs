@@ -41,16 +41,15 @@ impl DnssecResolver {
         Ok(DnssecResolver { resolver })
     }
 
-    /// The validated records of type `rtype` at `name` (made absolute: no search domains).
+    /// The validated records of type `rtype` at `name` (absolute: no search domains).
     /// CNAMEs are followed by the resolver; the answer is only as secure as its whole chain.
     pub async fn lookup(
         &self,
         name: &Name,
         rtype: RecordType,
     ) -> Result<Secured<Vec<RData>>, DnssecFailure> {
-        let mut name = name.clone();
-        name.set_fqdn(true);
-        match self.resolver.lookup(name, rtype).await {
+        // An absolute name: no search domains (SecureResolver::lookup makes sure).
+        match self.resolver.lookup(name.clone(), rtype).await {
             Ok(answer) => classify_answer(rtype, answer.answers()),
             Err(e) => Err(classify_error(&e)),
         }

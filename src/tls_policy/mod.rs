@@ -17,7 +17,6 @@ mod table;
 
 pub use table::{DestinationTable, ReloadingTable, SenderTable, Table, TableError};
 
-use crate::config::DeliveryConfig;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -41,19 +40,15 @@ pub struct Floor {
 }
 
 impl TlsPolicies {
-    /// Reads the tables `config` names; an error stops start-up.
-    pub fn from_config(config: &DeliveryConfig) -> Result<TlsPolicies, TableError> {
+    /// Reads the tables (`[delivery] tls_policy_file` and `sender_tls_policy_file`); an
+    /// error stops start-up.
+    pub fn open(
+        destinations: Option<&std::path::Path>,
+        senders: Option<&std::path::Path>,
+    ) -> Result<TlsPolicies, TableError> {
         Ok(TlsPolicies {
-            destinations: config
-                .tls_policy_file
-                .as_deref()
-                .map(ReloadingTable::open)
-                .transpose()?,
-            senders: config
-                .sender_tls_policy_file
-                .as_deref()
-                .map(ReloadingTable::open)
-                .transpose()?,
+            destinations: destinations.map(ReloadingTable::open).transpose()?,
+            senders: senders.map(ReloadingTable::open).transpose()?,
         })
     }
 

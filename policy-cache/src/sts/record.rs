@@ -38,6 +38,20 @@ const MAX_ID_LEN: usize = 32;
 
 /// Picks the MTA-STS record out of the TXT records of `_mta-sts.<domain>` and parses it. Each
 /// element of `txt` is one TXT record, its strings already concatenated.
+/// The text of a TXT record: its strings joined (RFC 7208 §3.3 style, as RFC 8461 §3.1
+/// expects of a record split into several strings); `None` for another type.
+pub fn txt_text(record: &hickory_resolver::proto::rr::RData) -> Option<String> {
+    match record {
+        hickory_resolver::proto::rr::RData::TXT(txt) => Some(
+            txt.txt_data
+                .iter()
+                .map(|s| String::from_utf8_lossy(s))
+                .collect::<String>(),
+        ),
+        _ => None,
+    }
+}
+
 pub fn parse_records(txt: &[String]) -> Result<StsRecord, RecordError> {
     // RFC 8461 §3.1: records that do not begin with "v=STSv1;" are discarded; if the number of
     // remaining records is not one, assume the domain has no available policy.
