@@ -10,38 +10,33 @@
 mod lab;
 
 use lab::ca::{CertOptions, Issued, LabCa};
-use lab::dane::{a_rdata, mx_rdata, tlsa_for, tlsa_for_ca, tlsa_rdata, DaneScene};
+use lab::dane::{
+    a_rdata, dane_ee, dane_ta, mx_rdata, tlsa_for, tlsa_for_ca, tlsa_rdata, DaneScene, Params,
+};
 use lab::dns::Zone;
 use lab::https::PolicyServer;
-use lab::relay::{DeliveryLine, Relay};
-use lab::smtp::{ReceivedMessage, SmtpServer};
+use lab::relay::{
+    assert_facts, assert_not_verified, assert_relayed_by, shipped_status_filter, DeliveryLine,
+    Relay,
+};
+use lab::smtp::{assert_nothing_sent, mail_commands, ReceivedMessage, SmtpServer};
 use lab::sts::policy;
 use lab::WAIT;
-use std::path::Path;
 
 /// The usual recipient, at the signed `dane.test`.
 const BOB: &str = "bob@dane.test";
 /// The MX host of `dane.test` in most tests (lab host 10).
 const MX10: &str = "mx10.dane.test";
 
-/// TLSA parameters: (usage, selector, matching type).
-type Params = (u8, u8, u8);
-
-/// Publishes `domain`, DNSSEC-signed, with one MX host `mx{n}.{domain}` (lab host `n`) and
-/// `records` at its TLSA name; returns the MX host name.
-fn publish_signed(s: &DaneScene, domain: &str, n: u8, records: &[(Params, Vec<u8>)]) -> String {
-    let host = format!("mx{n}.{domain}");
-    let mut zone = s.zone(domain, &[(10, n)]).signed();
-    for (params, data) in records {
-        zone = s.with_tlsa(zone, &host, *params, data);
-    }
-    s.publish(zone);
-    host
-}
-
 /// `dane.test`, signed, MX host [`MX10`] with `records`.
 fn publish_dane_test(s: &DaneScene, records: &[(Params, Vec<u8>)]) {
-    publish_signed(s, "dane.test", 10, records);
+    s.publish_signed("dane.test", 10, records);
+}
+
+/// Adds to `zone` a DANE-EE(3) record for MX host `host` matching `issued` (see [`dane_ee`]).
+fn with_dane_ee(s: &DaneScene, zone: Zone, host: &str, issued: &Issued) -> Zone {
+    let (params, data) = dane_ee(issued);
+    s.with_tlsa(zone, host, params, &data)
 }
 
 /// A private CA (unknown to the relay) and its intermediate, valid as `options` say.
@@ -56,7 +51,7 @@ fn leaf(ca: &LabCa, names: &[&str]) -> Issued {
 
 /// `[delivery] status_filter` set to the shipped deploy/status_filter.
 fn with_status_filter() -> String {
-    let filter = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/status_filter");
+    let filter = shipped_status_filter();
     format!(
         "[delivery]\nstatus_filter = {:?}\n",
         filter.to_string_lossy()
@@ -67,38 +62,38 @@ fn sni(m: &ReceivedMessage) -> Option<&str> {
     m.tls.as_ref().and_then(|t| t.sni.as_deref())
 }
 
-/// The `tls=`, `policy=` and `dsn=` fields of a delivery line.
-#[track_caller]
-fn assert_facts(d: &DeliveryLine, tls: &str, policy: &str, dsn: &str) {
-    assert_eq!(d.field("tls"), Some(tls), "tls= in {}", d.line);
-    assert_eq!(d.field("policy"), Some(policy), "policy= in {}", d.line);
-    assert_eq!(d.field("dsn"), Some(dsn), "dsn= in {}", d.line);
+/// The delivery line says sent under DANE (`tls=verified, policy=dane, dsn=2.0.0`); returns
+/// the message `mx` received.
+async fn assert_sent_under_dane(d: &DeliveryLine, mx: &SmtpServer) -> ReceivedMessage {
+    assert_facts(d, "verified", "dane", "2.0.0");
+    mx.next_message(WAIT).await
 }
 
-/// How many transactions `mx` saw begin (MAIL FROM), in plaintext or over TLS.
-fn mail_commands(mx: &SmtpServer) -> usize {
-    mx.transcript()
-        .iter()
-        .filter(|l| l.to_ascii_uppercase().starts_with("C: MAIL FROM"))
-        .count()
-}
-
-/// `mx` received nothing: no message, not even a MAIL FROM.
-#[track_caller]
-fn assert_nothing_sent(mx: &SmtpServer) {
-    assert!(mx.messages().is_empty(), "no message may arrive");
-    assert_eq!(
-        mail_commands(mx),
-        0,
-        "no transaction may start: {:#?}",
-        mx.transcript()
-    );
+/// The same, and the relay sent `sni` as SNI (the TLSA base domain).
+async fn assert_sent_under_dane_with_sni(d: &DeliveryLine, mx: &SmtpServer, sni_name: &str) {
+    let m = assert_sent_under_dane(d, mx).await;
+    assert_eq!(sni(&m), Some(sni_name), "SNI is the TLSA base domain");
 }
 
 /// The reply for a host skipped because its TLSA records could not be had (DESIGN.md: 4.7.0,
 /// Postfix's wording, never 4.7.5).
 fn tlsa_lookup_error(s: &DaneScene, host: &str) -> String {
     format!("451 4.7.0 TLSA lookup error for {host}:{}", s.lab().port())
+}
+
+/// Deferred because the TLSA records of `host` could not be had: 4.7.0 in Postfix's words.
+#[track_caller]
+fn assert_tlsa_lookup_error(s: &DaneScene, d: &DeliveryLine, host: &str) {
+    assert_eq!(d.reply, tlsa_lookup_error(s, host), "{}", d.line);
+    assert_facts(d, "none", "dane", "4.7.0");
+}
+
+/// Deferred because [`MX10`] offered no STARTTLS though DANE makes TLS mandatory: 4.7.4 in
+/// Postfix's words.
+#[track_caller]
+fn assert_starttls_not_offered(s: &DaneScene, d: &DeliveryLine) {
+    assert_eq!(d.reply, s.lab().not_offered("451 4.7.4", MX10, 10));
+    assert_facts(d, "none", "dane", "4.7.4");
 }
 
 /// Waits for a relay log line containing every one of `parts`.
@@ -125,13 +120,11 @@ async fn dane_ee_ignores_names_and_dates() {
         },
     );
     let mx = s.tls_mx(10, &issued).await;
-    publish_dane_test(&s, &[((3, 1, 1), tlsa_for(&issued, 1, 1))]);
+    publish_dane_test(&s, &[dane_ee(&issued)]);
     let relay = s.relay("").await;
 
     let d = s.send(&relay, BOB, "ee", "sent").await;
-    assert_facts(&d, "verified", "dane", "2.0.0");
-    let m = mx.next_message(WAIT).await;
-    assert_eq!(sni(&m), Some(MX10), "SNI is the TLSA base domain");
+    assert_sent_under_dane_with_sni(&d, &mx, MX10).await;
 }
 
 /// RFC 7672 §3.1.1: a DANE-EE(3) record that matches nothing: the host is not authenticated,
@@ -142,17 +135,11 @@ async fn dane_ee_mismatch_defers() {
     let issued = s.lab().ca.issue_with(&[MX10], CertOptions::default());
     let other = s.lab().ca.issue_with(&[MX10], CertOptions::default());
     let mx = s.tls_mx(10, &issued).await;
-    publish_dane_test(&s, &[((3, 1, 1), tlsa_for(&other, 1, 1))]);
+    publish_dane_test(&s, &[dane_ee(&other)]);
     let relay = s.relay("").await;
 
     let d = s.send(&relay, BOB, "mismatch", "deferred").await;
-    assert_facts(&d, "none", "dane", "4.7.5");
-    assert!(
-        d.reply
-            .starts_with("451 4.7.5 Server certificate not verified: DANE"),
-        "{}",
-        d.line
-    );
+    assert_not_verified(&d, "dane", ": DANE");
     assert_nothing_sent(&mx);
 }
 
@@ -167,13 +154,11 @@ async fn dane_ta_intermediate_authenticates_a_leaf_for_the_mx_name() {
     let s = DaneScene::new().await;
     let sub = private_intermediate(CertOptions::default());
     let mx = s.tls_mx(10, &leaf(&sub, &[MX10])).await;
-    publish_dane_test(&s, &[((2, 0, 1), tlsa_for_ca(&sub, 0, 1))]);
+    publish_dane_test(&s, &[dane_ta(&sub)]);
     let relay = s.relay("").await;
 
     let d = s.send(&relay, BOB, "ta", "sent").await;
-    assert_facts(&d, "verified", "dane", "2.0.0");
-    let m = mx.next_message(WAIT).await;
-    assert_eq!(sni(&m), Some(MX10));
+    assert_sent_under_dane_with_sni(&d, &mx, MX10).await;
     wait_for_log_with(
         &relay,
         &["matched DANE-TA(2) Cert(0) SHA2-256(1)", "depth 1"],
@@ -194,28 +179,17 @@ async fn dane_ta_anchor_in_or_out_of_the_chain() {
     let mut issued = leaf(&sub, &[host_a]);
     issued.chain_pem.push_str(&root.cert_pem());
     let mx_a = s.tls_mx(10, &issued).await;
-    publish_signed(
-        &s,
-        "ta-root.test",
-        10,
-        &[((2, 0, 1), tlsa_for_ca(&root, 0, 1))],
-    );
+    s.publish_signed("ta-root.test", 10, &[dane_ta(&root)]);
     // Root key in full; the server sends leaf + intermediate only.
     let host_b = "mx11.ta-key.test";
     let mx_b = s.tls_mx(11, &leaf(&sub, &[host_b])).await;
-    publish_signed(
-        &s,
-        "ta-key.test",
-        11,
-        &[((2, 1, 0), tlsa_for_ca(&root, 1, 0))],
-    );
+    s.publish_signed("ta-key.test", 11, &[((2, 1, 0), tlsa_for_ca(&root, 1, 0))]);
     // Intermediate key in full; the server sends its leaf alone.
     let host_c = "mx12.ta-leaf-only.test";
     let mut issued = leaf(&sub, &[host_c]);
     issued.chain_pem = issued.cert_pem.clone();
     let mx_c = s.tls_mx(12, &issued).await;
-    publish_signed(
-        &s,
+    s.publish_signed(
         "ta-leaf-only.test",
         12,
         &[((2, 1, 0), tlsa_for_ca(&sub, 1, 0))],
@@ -228,8 +202,7 @@ async fn dane_ta_anchor_in_or_out_of_the_chain() {
         ("bob@ta-leaf-only.test", &mx_c, host_c),
     ] {
         let d = s.send(&relay, rcpt, "ta root", "sent").await;
-        assert_facts(&d, "verified", "dane", "2.0.0");
-        assert_eq!(sni(&mx.next_message(WAIT).await), Some(host));
+        assert_sent_under_dane_with_sni(&d, mx, host).await;
     }
 }
 
@@ -240,17 +213,11 @@ async fn dane_ta_leaf_for_another_name_defers() {
     let s = DaneScene::new().await;
     let sub = private_intermediate(CertOptions::default());
     let mx = s.tls_mx(10, &leaf(&sub, &["mx10.elsewhere.test"])).await;
-    publish_dane_test(&s, &[((2, 0, 1), tlsa_for_ca(&sub, 0, 1))]);
+    publish_dane_test(&s, &[dane_ta(&sub)]);
     let relay = s.relay("").await;
 
     let d = s.send(&relay, BOB, "ta wrong name", "deferred").await;
-    assert_facts(&d, "none", "dane", "4.7.5");
-    assert!(
-        d.reply
-            .starts_with("451 4.7.5 Server certificate not verified: "),
-        "{}",
-        d.line
-    );
+    assert_not_verified(&d, "dane", ": ");
     assert!(
         d.reply.contains(MX10),
         "the reply names the name expected: {}",
@@ -270,20 +237,14 @@ async fn dane_ta_unrelated_ca_defers() {
     publish_dane_test(
         &s,
         &[
-            ((2, 0, 1), tlsa_for_ca(&stranger, 0, 1)),
+            dane_ta(&stranger),
             ((2, 1, 1), tlsa_for_ca(&LabCa::new(), 1, 1)),
         ],
     );
     let relay = s.relay("").await;
 
     let d = s.send(&relay, BOB, "ta unrelated", "deferred").await;
-    assert_facts(&d, "none", "dane", "4.7.5");
-    assert!(
-        d.reply
-            .starts_with("451 4.7.5 Server certificate not verified: DANE"),
-        "{}",
-        d.line
-    );
+    assert_not_verified(&d, "dane", ": DANE");
     assert_nothing_sent(&mx);
 }
 
@@ -294,17 +255,11 @@ async fn dane_ta_expired_intermediate_defers() {
     let s = DaneScene::new().await;
     let sub = private_intermediate(CertOptions::expired());
     let mx = s.tls_mx(10, &leaf(&sub, &[MX10])).await;
-    publish_dane_test(&s, &[((2, 0, 1), tlsa_for_ca(&sub, 0, 1))]);
+    publish_dane_test(&s, &[dane_ta(&sub)]);
     let relay = s.relay("").await;
 
     let d = s.send(&relay, BOB, "ta expired", "deferred").await;
-    assert_facts(&d, "none", "dane", "4.7.5");
-    assert!(
-        d.reply
-            .starts_with("451 4.7.5 Server certificate not verified: "),
-        "{}",
-        d.line
-    );
+    assert_not_verified(&d, "dane", ": ");
     assert!(
         d.reply.contains("expired"),
         "the reply says why: {}",
@@ -321,7 +276,7 @@ async fn dane_ta_expired_leaf_defers() {
     let mx = s
         .tls_mx(10, &sub.issue_with(&[MX10], CertOptions::expired()))
         .await;
-    publish_dane_test(&s, &[((2, 0, 1), tlsa_for_ca(&sub, 0, 1))]);
+    publish_dane_test(&s, &[dane_ta(&sub)]);
     let relay = s.relay("").await;
 
     let d = s.send(&relay, BOB, "ta expired leaf", "deferred").await;
@@ -341,8 +296,7 @@ async fn dane_ta_wildcard_leaf_authenticates() {
     let relay = s.relay("").await;
 
     let d = s.send(&relay, BOB, "ta wildcard", "sent").await;
-    assert_facts(&d, "verified", "dane", "2.0.0");
-    assert_eq!(sni(&mx.next_message(WAIT).await), Some(MX10));
+    assert_sent_under_dane_with_sni(&d, &mx, MX10).await;
 }
 
 /// RFC 7672 §3.2.3: a DANE-TA(2) leaf without any DNS subjectAltName is matched by its
@@ -356,12 +310,11 @@ async fn dane_ta_leaf_with_only_a_common_name_authenticates() {
         ..CertOptions::default()
     };
     let mx = s.tls_mx(10, &sub.issue_with(&[MX10], options)).await;
-    publish_dane_test(&s, &[((2, 0, 1), tlsa_for_ca(&sub, 0, 1))]);
+    publish_dane_test(&s, &[dane_ta(&sub)]);
     let relay = s.relay("").await;
 
     let d = s.send(&relay, BOB, "ta common name", "sent").await;
-    assert_facts(&d, "verified", "dane", "2.0.0");
-    mx.next_message(WAIT).await;
+    assert_sent_under_dane(&d, &mx).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -387,7 +340,7 @@ async fn every_selector_and_matching_type_authenticates() {
                     _ => tlsa_for_ca(&sub, selector, matching),
                 };
                 let mx = s.tls_mx(n, &issued).await;
-                publish_signed(&s, &domain, n, &[((usage, selector, matching), data)]);
+                s.publish_signed(&domain, n, &[((usage, selector, matching), data)]);
                 cases.push((format!("bob@{domain}"), host, mx));
                 n += 1;
             }
@@ -400,8 +353,7 @@ async fn every_selector_and_matching_type_authenticates() {
     }
     for (rcpt, host, mx) in &cases {
         let d = relay.delivery(rcpt, "sent").await;
-        assert_facts(&d, "verified", "dane", "2.0.0");
-        assert_eq!(sni(&mx.next_message(WAIT).await), Some(host.as_str()));
+        assert_sent_under_dane_with_sni(&d, mx, host).await;
     }
 }
 
@@ -414,16 +366,11 @@ async fn certificate_data_under_the_spki_selector_defers() {
     let ee_host = "mx10.ee-selector.test";
     let ee = leaf(&sub, &[ee_host]);
     let mx_ee = s.tls_mx(10, &ee).await;
-    publish_signed(
-        &s,
-        "ee-selector.test",
-        10,
-        &[((3, 1, 1), tlsa_for(&ee, 0, 1))],
-    );
+    s.publish_signed("ee-selector.test", 10, &[((3, 1, 1), tlsa_for(&ee, 0, 1))]);
     let ta_host = "mx11.ta-selector.test";
     let mx_ta = s.tls_mx(11, &leaf(&sub, &[ta_host])).await;
     let ta_data = tlsa_for_ca(&sub, 0, 1);
-    publish_signed(&s, "ta-selector.test", 11, &[((2, 1, 1), ta_data)]);
+    s.publish_signed("ta-selector.test", 11, &[((2, 1, 1), ta_data)]);
     let relay = s.relay("").await;
 
     for (rcpt, mx) in [
@@ -431,13 +378,7 @@ async fn certificate_data_under_the_spki_selector_defers() {
         ("bob@ta-selector.test", &mx_ta),
     ] {
         let d = s.send(&relay, rcpt, "selector", "deferred").await;
-        assert_facts(&d, "none", "dane", "4.7.5");
-        assert!(
-            d.reply
-                .starts_with("451 4.7.5 Server certificate not verified: DANE"),
-            "{}",
-            d.line
-        );
+        assert_not_verified(&d, "dane", ": DANE");
         assert_nothing_sent(mx);
     }
 }
@@ -475,14 +416,7 @@ async fn pkix_usages_only_mean_encryption_without_authentication() {
     let d = s
         .send(&relay, BOB, "pkix only, no starttls", "deferred")
         .await;
-    assert_eq!(
-        d.reply,
-        format!(
-            "451 4.7.4 TLS is required, but was not offered by host {MX10}[{}]",
-            s.lab().ip(10)
-        )
-    );
-    assert_facts(&d, "none", "dane", "4.7.4");
+    assert_starttls_not_offered(&s, &d);
     assert_eq!(mx.messages().len(), 1, "nothing more arrives");
     assert_eq!(
         mail_commands(&mx),
@@ -499,18 +433,11 @@ async fn no_starttls_with_usable_tlsa_defers() {
     let s = DaneScene::new().await;
     let mx = s.plain_mx(10).await;
     let issued = leaf(&s.lab().ca, &[MX10]);
-    publish_dane_test(&s, &[((3, 1, 1), tlsa_for(&issued, 1, 1))]);
+    publish_dane_test(&s, &[dane_ee(&issued)]);
     let relay = s.relay("").await;
 
     let d = s.send(&relay, BOB, "no starttls", "deferred").await;
-    assert_eq!(
-        d.reply,
-        format!(
-            "451 4.7.4 TLS is required, but was not offered by host {MX10}[{}]",
-            s.lab().ip(10)
-        )
-    );
-    assert_facts(&d, "none", "dane", "4.7.4");
+    assert_starttls_not_offered(&s, &d);
     assert_nothing_sent(&mx);
 }
 
@@ -526,7 +453,7 @@ async fn insecure_zone_means_no_dane() {
     let other = leaf(&s.lab().ca, &[MX10]);
     let mx = s.tls_mx(10, &issued).await;
     let zone = s.zone("dane.test", &[(10, 10)]);
-    s.publish(s.with_tlsa(zone, MX10, (3, 1, 1), &tlsa_for(&other, 1, 1)));
+    s.publish(with_dane_ee(&s, zone, MX10, &other));
     let relay = s.relay("").await;
 
     let d = s.send(&relay, BOB, "insecure", "sent").await;
@@ -559,7 +486,7 @@ async fn mx_host_in_an_unsigned_zone_means_no_dane() {
     let mx = s.tls_mx(10, &issued).await;
     s.publish(Zone::new("dane.test").mx(10, host).signed());
     let provider = Zone::new("provider.test").a(host, s.lab().ip(10));
-    s.publish(s.with_tlsa(provider, host, (3, 1, 1), &tlsa_for(&other, 1, 1)));
+    s.publish(with_dane_ee(&s, provider, host, &other));
     let relay = s.relay("").await;
 
     let d = s.send(&relay, BOB, "unsigned host", "sent").await;
@@ -580,14 +507,13 @@ async fn bogus_tlsa_defers() {
     let published = leaf(&s.lab().ca, &[MX10]);
     let mx = s.tls_mx(10, &issued).await;
     let zone = s.zone("dane.test", &[(10, 10)]).signed();
-    let zone = s.with_tlsa(zone, MX10, (3, 1, 1), &tlsa_for(&published, 1, 1));
+    let zone = with_dane_ee(&s, zone, MX10, &published);
     let owner = s.tlsa_owner(MX10);
     s.publish(zone.tamper(&owner, tlsa_rdata(3, 1, 1, &tlsa_for(&issued, 1, 1))));
     let relay = s.relay("").await;
 
     let d = s.send(&relay, BOB, "bogus tlsa", "deferred").await;
-    assert_eq!(d.reply, tlsa_lookup_error(&s, MX10), "{}", d.line);
-    assert_facts(&d, "none", "dane", "4.7.0");
+    assert_tlsa_lookup_error(&s, &d, MX10);
     assert_eq!(mx.connections(), 0, "the host is not tried");
     wait_for_log_with(&relay, &["skipping MX host mx10.dane.test", "bogus"]).await;
 }
@@ -601,13 +527,12 @@ async fn bogus_address_record_defers() {
     let mx = s.tls_mx(10, &issued).await;
     let attacker = s.plain_mx(66).await;
     let zone = s.zone("dane.test", &[(10, 10)]).signed();
-    let zone = s.with_tlsa(zone, MX10, (3, 1, 1), &tlsa_for(&issued, 1, 1));
+    let zone = with_dane_ee(&s, zone, MX10, &issued);
     s.publish(zone.tamper(MX10, a_rdata(s.lab().ip(66))));
     let relay = s.relay("").await;
 
     let d = s.send(&relay, BOB, "bogus a", "deferred").await;
-    assert_eq!(d.reply, tlsa_lookup_error(&s, MX10), "{}", d.line);
-    assert_facts(&d, "none", "dane", "4.7.0");
+    assert_tlsa_lookup_error(&s, &d, MX10);
     assert_eq!(attacker.connections(), 0, "the forged address is not used");
     assert_eq!(mx.connections(), 0);
     wait_for_log_with(&relay, &["skipping MX host mx10.dane.test", "bogus"]).await;
@@ -625,7 +550,7 @@ async fn bogus_mx_rrset_defers_the_domain() {
         .zone("dane.test", &[(10, 10)])
         .a("mx66.dane.test", s.lab().ip(66))
         .signed();
-    let zone = s.with_tlsa(zone, MX10, (3, 1, 1), &tlsa_for(&issued, 1, 1));
+    let zone = with_dane_ee(&s, zone, MX10, &issued);
     s.publish(zone.tamper("dane.test", mx_rdata(10, "mx66.dane.test")));
     let relay = s.relay("").await;
 
@@ -648,22 +573,18 @@ async fn bogus_mx_rrset_defers_the_domain() {
 #[tokio::test]
 async fn tlsa_servfail_defers_until_dns_recovers() {
     let s = DaneScene::new().await;
-    let issued = leaf(&s.lab().ca, &[MX10]);
-    let mx = s.tls_mx(10, &issued).await;
-    publish_dane_test(&s, &[((3, 1, 1), tlsa_for(&issued, 1, 1))]);
+    let mx = s.dane_ee_domain("dane.test", 10).await;
     s.lab().dns.servfail(&s.tlsa_owner(MX10));
     let relay = s.relay("").await;
 
     let d = s.send(&relay, BOB, "servfail", "deferred").await;
-    assert_eq!(d.reply, tlsa_lookup_error(&s, MX10), "{}", d.line);
-    assert_facts(&d, "none", "dane", "4.7.0");
+    assert_tlsa_lookup_error(&s, &d, MX10);
     assert_eq!(mx.connections(), 0, "the host is not tried");
 
     // "For now": once the lookup works again, the retry delivers under DANE.
     s.lab().dns.heal(&s.tlsa_owner(MX10));
     let d = relay.delivery(BOB, "sent").await;
-    assert_facts(&d, "verified", "dane", "2.0.0");
-    assert_eq!(sni(&mx.next_message(WAIT).await), Some(MX10));
+    assert_sent_under_dane_with_sni(&d, &mx, MX10).await;
 }
 
 /// RFC 7672 §2.1.1, §2.2: hosts are judged one by one: the preferred MX host, whose TLSA
@@ -677,17 +598,16 @@ async fn a_host_with_a_failed_tlsa_lookup_is_skipped_for_the_next() {
     let second = leaf(&s.lab().ca, &[mx20_name]);
     let mx10 = s.tls_mx(10, &first).await;
     let mx20 = s.tls_mx(20, &second).await;
-    let zone = s.zone("dane.test", &[(10, 10), (20, 20)]).signed();
-    let zone = s.with_tlsa(zone, MX10, (3, 1, 1), &tlsa_for(&first, 1, 1));
-    s.publish(s.with_tlsa(zone, mx20_name, (3, 1, 1), &tlsa_for(&second, 1, 1)));
+    s.publish_signed_hosts(
+        "dane.test",
+        &[(10, 10, dane_ee(&first)), (20, 20, dane_ee(&second))],
+    );
     s.lab().dns.servfail(&s.tlsa_owner(MX10));
     let relay = s.relay("").await;
 
     let d = s.send(&relay, BOB, "mixed", "sent").await;
-    assert_facts(&d, "verified", "dane", "2.0.0");
-    let relay_field = d.field("relay").unwrap_or_default();
-    assert!(relay_field.starts_with("mx20.dane.test["), "{}", d.line);
-    assert_eq!(sni(&mx20.next_message(WAIT).await), Some(mx20_name));
+    assert_relayed_by(&d, "mx20.dane.test");
+    assert_sent_under_dane_with_sni(&d, &mx20, mx20_name).await;
     assert_eq!(mx10.connections(), 0, "the preferred host is skipped");
     wait_for_log_with(&relay, &["skipping MX host mx10.dane.test"]).await;
 }
@@ -706,16 +626,16 @@ async fn a_mismatch_at_the_preferred_host_leaves_the_backup() {
     let second = leaf(&s.lab().ca, &[mx20_name]);
     let mx10 = s.tls_mx(10, &first).await;
     let mx20 = s.tls_mx(20, &second).await;
-    let zone = s.zone("dane.test", &[(10, 10), (20, 20)]).signed();
-    let zone = s.with_tlsa(zone, MX10, (3, 1, 1), &tlsa_for(&second, 1, 1));
-    s.publish(s.with_tlsa(zone, mx20_name, (3, 1, 1), &tlsa_for(&second, 1, 1)));
+    // Both records are for the backup's key: a mismatch at the preferred host.
+    s.publish_signed_hosts(
+        "dane.test",
+        &[(10, 10, dane_ee(&second)), (20, 20, dane_ee(&second))],
+    );
     let relay = s.relay("").await;
 
     let d = s.send(&relay, BOB, "backup", "sent").await;
-    assert_facts(&d, "verified", "dane", "2.0.0");
-    let relay_field = d.field("relay").unwrap_or_default();
-    assert!(relay_field.starts_with("mx20.dane.test["), "{}", d.line);
-    mx20.next_message(WAIT).await;
+    assert_relayed_by(&d, "mx20.dane.test");
+    assert_sent_under_dane(&d, &mx20).await;
     assert_nothing_sent(&mx10);
 }
 
@@ -727,18 +647,11 @@ async fn any_matching_record_of_the_rrset_authenticates() {
     let retired = leaf(&s.lab().ca, &[MX10]);
     let current = leaf(&s.lab().ca, &[MX10]);
     let mx = s.tls_mx(10, &current).await;
-    publish_dane_test(
-        &s,
-        &[
-            ((3, 1, 1), tlsa_for(&retired, 1, 1)),
-            ((3, 1, 1), tlsa_for(&current, 1, 1)),
-        ],
-    );
+    publish_dane_test(&s, &[dane_ee(&retired), dane_ee(&current)]);
     let relay = s.relay("").await;
 
     let d = s.send(&relay, BOB, "rollover", "sent").await;
-    assert_facts(&d, "verified", "dane", "2.0.0");
-    mx.next_message(WAIT).await;
+    assert_sent_under_dane(&d, &mx).await;
 }
 
 /// RFC 7672 §2.2: under DANE a server that refuses STARTTLS gets nothing: deferred with
@@ -751,7 +664,7 @@ async fn starttls_refused_under_dane_defers() {
     let mut behaviour = behaviour;
     behaviour.starttls_reply = Some("454 4.7.0 TLS not available due to local problem".into());
     let mx = s.lab().mx(10, behaviour).await;
-    publish_dane_test(&s, &[((3, 1, 1), tlsa_for(&issued, 1, 1))]);
+    publish_dane_test(&s, &[dane_ee(&issued)]);
     let relay = s.relay("").await;
 
     let d = s.send(&relay, BOB, "refused", "deferred").await;
@@ -782,8 +695,7 @@ async fn implicit_mx_under_dane() {
     let d = s
         .send(&relay, "bob@implicit.test", "implicit", "sent")
         .await;
-    assert_facts(&d, "verified", "dane", "2.0.0");
-    assert_eq!(sni(&mx.next_message(WAIT).await), Some(domain));
+    assert_sent_under_dane_with_sni(&d, &mx, domain).await;
 }
 
 /// RFC 7671 §7: the TLSA name may be a CNAME (one RRset shared by several hosts); the
@@ -805,8 +717,7 @@ async fn tlsa_name_may_be_an_alias() {
     let relay = s.relay("").await;
 
     let d = s.send(&relay, BOB, "tlsa alias", "sent").await;
-    assert_facts(&d, "verified", "dane", "2.0.0");
-    assert_eq!(sni(&mx.next_message(WAIT).await), Some(MX10));
+    assert_sent_under_dane_with_sni(&d, &mx, MX10).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -819,7 +730,6 @@ async fn tlsa_name_may_be_an_alias() {
 async fn cname_mx_host_uses_tlsa_at_the_target() {
     let s = DaneScene::new().await;
     let sub = private_intermediate(CertOptions::default());
-    let port = s.lab().port();
     let mut other = Zone::new("other-signed.test");
     let mut cases = Vec::new();
     // (domain, lab host, leaf name: the MX host name or the CNAME target)
@@ -834,13 +744,8 @@ async fn cname_mx_host_uses_tlsa_at_the_target() {
                 .cname(&mx_name, &target)
                 .signed(),
         );
-        other = other.a(&target, s.lab().ip(n)).tlsa(
-            &format!("_{port}._tcp.{target}"),
-            2,
-            0,
-            1,
-            &tlsa_for_ca(&sub, 0, 1),
-        );
+        let (params, data) = dane_ta(&sub);
+        other = s.with_tlsa(other.a(&target, s.lab().ip(n)), &target, params, &data);
         cases.push((format!("bob@{domain}"), mx_name, target, mx));
     }
     s.publish(other.signed());
@@ -848,19 +753,8 @@ async fn cname_mx_host_uses_tlsa_at_the_target() {
 
     for (rcpt, mx_name, target, mx) in &cases {
         let d = s.send(&relay, rcpt, "cname", "sent").await;
-        assert_facts(&d, "verified", "dane", "2.0.0");
-        let relay_field = d.field("relay").unwrap_or_default();
-        assert!(
-            relay_field.starts_with(&format!("{mx_name}[")),
-            "{}",
-            d.line
-        );
-        let m = mx.next_message(WAIT).await;
-        assert_eq!(
-            sni(&m),
-            Some(target.as_str()),
-            "SNI is the TLSA base domain"
-        );
+        assert_relayed_by(&d, mx_name);
+        assert_sent_under_dane_with_sni(&d, mx, target).await;
     }
 }
 
@@ -877,7 +771,7 @@ async fn cname_mx_host_falls_back_to_tlsa_at_the_original_name() {
         .mx(10, mx_name)
         .cname(mx_name, target)
         .signed();
-    s.publish(s.with_tlsa(zone, mx_name, (3, 1, 1), &tlsa_for(&issued, 1, 1)));
+    s.publish(with_dane_ee(&s, zone, mx_name, &issued));
     s.publish(
         Zone::new("other-signed.test")
             .a(target, s.lab().ip(10))
@@ -886,9 +780,7 @@ async fn cname_mx_host_falls_back_to_tlsa_at_the_original_name() {
     let relay = s.relay("").await;
 
     let d = s.send(&relay, BOB, "cname fallback", "sent").await;
-    assert_facts(&d, "verified", "dane", "2.0.0");
-    let m = mx.next_message(WAIT).await;
-    assert_eq!(sni(&m), Some(mx_name), "SNI is the TLSA base domain");
+    assert_sent_under_dane_with_sni(&d, &mx, mx_name).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -907,7 +799,7 @@ async fn dane_takes_precedence_over_a_conflicting_mta_sts_policy() {
     let mx = s.tls_mx(10, &issued).await;
     let zone = s.zone("dane.test", &[(10, 10)]);
     let zone = https.announce(zone, "dane.test", "1").signed();
-    s.publish(s.with_tlsa(zone, MX10, (3, 1, 1), &tlsa_for(&issued, 1, 1)));
+    s.publish(with_dane_ee(&s, zone, MX10, &issued));
     https.publish(&s.lab().ca, "dane.test", &enforce_elsewhere);
     // sts.test: unsigned, the same policy, a host with a good certificate.
     let sts_mx = s.tls_mx(20, &leaf(&s.lab().ca, &["mx20.sts.test"])).await;
@@ -928,8 +820,7 @@ async fn dane_takes_precedence_over_a_conflicting_mta_sts_policy() {
     assert_nothing_sent(&sts_mx);
 
     let d = s.send(&relay, BOB, "dane over sts", "sent").await;
-    assert_facts(&d, "verified", "dane", "2.0.0");
-    assert_eq!(sni(&mx.next_message(WAIT).await), Some(MX10));
+    assert_sent_under_dane_with_sni(&d, &mx, MX10).await;
 }
 
 /// RFC 8461 §2: with every MX host under DANE, MTA-STS has no say, so a failed MTA-STS lookup
@@ -941,15 +832,14 @@ async fn a_failed_mta_sts_lookup_does_not_hold_up_a_dane_domain() {
     let issued = leaf(&s.lab().ca, &[MX10]);
     let mx = s.tls_mx(10, &issued).await;
     let zone = https.announce(s.zone("dane.test", &[(10, 10)]), "dane.test", "1");
-    s.publish(s.with_tlsa(zone.signed(), MX10, (3, 1, 1), &tlsa_for(&issued, 1, 1)));
+    s.publish(with_dane_ee(&s, zone.signed(), MX10, &issued));
     s.lab().dns.servfail("_mta-sts.dane.test");
     let relay = s
         .relay(&format!("[mta_sts]\nhttps_port = {}\n", https.port()))
         .await;
 
     let d = s.send(&relay, BOB, "sts lookup fails", "sent").await;
-    assert_facts(&d, "verified", "dane", "2.0.0");
-    mx.next_message(WAIT).await;
+    assert_sent_under_dane(&d, &mx).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -963,7 +853,7 @@ async fn dane_mismatch_bounces_at_once_with_the_status_filter() {
     let issued = leaf(&s.lab().ca, &[MX10]);
     let other = leaf(&s.lab().ca, &[MX10]);
     let mx = s.tls_mx(10, &issued).await;
-    publish_dane_test(&s, &[((3, 1, 1), tlsa_for(&other, 1, 1))]);
+    publish_dane_test(&s, &[dane_ee(&other)]);
     let relay = s.relay(&with_status_filter()).await;
 
     let d = s.send(&relay, BOB, "mismatch, filtered", "bounced").await;
@@ -999,15 +889,12 @@ async fn dane_mismatch_bounces_at_once_with_the_status_filter() {
 #[tokio::test]
 async fn tlsa_lookup_error_stays_deferred_with_the_status_filter() {
     let s = DaneScene::new().await;
-    let issued = leaf(&s.lab().ca, &[MX10]);
-    let mx = s.tls_mx(10, &issued).await;
-    publish_dane_test(&s, &[((3, 1, 1), tlsa_for(&issued, 1, 1))]);
+    let mx = s.dane_ee_domain("dane.test", 10).await;
     s.lab().dns.servfail(&s.tlsa_owner(MX10));
     let relay = s.relay(&with_status_filter()).await;
 
     let d = s.send(&relay, BOB, "servfail, filtered", "deferred").await;
-    assert_eq!(d.reply, tlsa_lookup_error(&s, MX10), "{}", d.line);
-    assert_facts(&d, "none", "dane", "4.7.0");
+    assert_tlsa_lookup_error(&s, &d, MX10);
     // The retry (after the lab's 1 s backoff) is deferred again, not bounced.
     let mark = relay.log_mark();
     let again = relay.wait_for_delivery(mark, BOB, "deferred", WAIT).await;
@@ -1036,9 +923,11 @@ async fn a_tlsa_lookup_error_at_any_host_keeps_the_recipient_deferred_with_the_s
             servers.push(s.tls_mx(m, &leaf(&s.lab().ca, &[host])).await);
         }
         // Both TLSA RRsets name a key no server has: a mismatch wherever the lookup works.
-        let zone = s.zone(domain, &[(10, n), (20, n + 10)]).signed();
-        let zone = s.with_tlsa(zone, &first, (3, 1, 1), &[7; 32]);
-        s.publish(s.with_tlsa(zone, &second, (3, 1, 1), &[7; 32]));
+        let nobodys_key = ((3, 1, 1), vec![7; 32]);
+        s.publish_signed_hosts(
+            domain,
+            &[(10, n, nobodys_key.clone()), (20, n + 10, nobodys_key)],
+        );
         let broken = if servfail_preferred { &first } else { &second };
         s.lab().dns.servfail(&s.tlsa_owner(broken));
         rcpts.push(format!("bob@{domain}"));

@@ -9,35 +9,22 @@ mod lab;
 
 use lab::bounce::Bounce;
 use lab::ca::{CertOptions, Issued};
-use lab::dane::{tlsa_for, DaneScene};
+use lab::dane::{dane_ee, DaneScene};
 use lab::dns::Zone;
-use lab::relay::{DeliveryLine, Relay};
-use lab::smtp::{Behaviour, SmtpServer};
+use lab::relay::{assert_facts, assert_never_deferred, assert_relayed_by, DeliveryLine, Relay};
+use lab::smtp::{assert_nothing_sent, Behaviour, ReceivedMessage, SmtpServer};
 use lab::sts::{policy, StsScene, SENDER};
 use lab::submit::{message, submit, ClientTls, Submission};
+use lab::RELAY_NAME;
 use lab::{Lab, WAIT};
 use std::time::Duration;
 
 /// The relay's name, in the certificate of its STARTTLS listener.
-const RELAY_NAME: &str = "relay.lab.test";
 /// A line of every test message's body: it must never come back in a DSN.
 const SECRET: &str = "The launch code is 0000, do not forward.";
 
 // ---------------------------------------------------------------------------------------------
 // Set-up
-
-/// The relay's first listener (where the lab submits) with STARTTLS and a lab-CA certificate
-/// for [`RELAY_NAME`]: REQUIRETLS is offered and accepted only inside TLS (RFC 8689 §4).
-fn tls_listener(lab: &Lab) -> String {
-    let issued = lab.ca.issue_with(&[RELAY_NAME], CertOptions::default());
-    let (cert, key) = issued.write_pem(lab.dir(), "relay");
-    format!(
-        "[[listener]]\naddress = \"{}\"\ntls_cert = {:?}\ntls_key = {:?}\n",
-        lab.relay_addr(),
-        cert.to_string_lossy(),
-        key.to_string_lossy()
-    )
-}
 
 /// A message from [`SENDER`] to `rcpt`, submitted over STARTTLS with REQUIRETLS; with
 /// `tls_required_no`, it also carries `TLS-Required: No`.
@@ -72,6 +59,22 @@ async fn send(relay: &Relay, s: &Submission, status: &str) -> DeliveryLine {
         .await
 }
 
+/// [`send`]s a plain [`requiretls_mail`] (no `TLS-Required: No`) to `rcpt`.
+async fn send_requiretls(
+    relay: &Relay,
+    lab: &Lab,
+    rcpt: &str,
+    subject: &str,
+    status: &str,
+) -> DeliveryLine {
+    send(relay, &requiretls_mail(lab, rcpt, subject, false), status).await
+}
+
+/// A good lab-CA certificate for `names`.
+fn good_cert(lab: &Lab, names: &[&str]) -> Issued {
+    lab.ca.issue_with(names, CertOptions::default())
+}
+
 /// An MX host at `127.X.Y.n` offering STARTTLS with `issued`, advertising REQUIRETLS (after
 /// TLS) when `requiretls`.
 async fn tls_mx(lab: &Lab, n: u8, issued: &Issued, requiretls: bool) -> SmtpServer {
@@ -84,31 +87,44 @@ async fn tls_mx(lab: &Lab, n: u8, issued: &Issued, requiretls: bool) -> SmtpServ
     .await
 }
 
+/// An MX host `mx{n}.{domain}` at `127.X.Y.n`: STARTTLS with a good lab-CA certificate for that
+/// name (and `more_names`), REQUIRETLS advertised when `requiretls`.
+async fn good_tls_mx(
+    lab: &Lab,
+    domain: &str,
+    n: u8,
+    more_names: &[&str],
+    requiretls: bool,
+) -> (SmtpServer, Issued) {
+    let host = format!("mx{n}.{domain}");
+    let names: Vec<&str> = std::iter::once(host.as_str())
+        .chain(more_names.iter().copied())
+        .collect();
+    let issued = good_cert(lab, &names);
+    (tls_mx(lab, n, &issued, requiretls).await, issued)
+}
+
 /// A DANE scene with `dane.test` signed, MX `mx10.dane.test` (lab host 10) offering STARTTLS
 /// with a certificate its DANE-EE record matches.
 async fn dane_scene(requiretls: bool) -> (DaneScene, SmtpServer) {
     let s = DaneScene::new().await;
-    let issued = s
-        .lab()
-        .ca
-        .issue_with(&["mx10.dane.test"], CertOptions::default());
-    let mx = tls_mx(s.lab(), 10, &issued, requiretls).await;
-    let zone = s.zone("dane.test", &[(10, 10)]).signed();
-    s.publish(s.with_tlsa(zone, "mx10.dane.test", (3, 1, 1), &tlsa_for(&issued, 1, 1)));
+    let (mx, issued) = good_tls_mx(s.lab(), "dane.test", 10, &[], requiretls).await;
+    s.publish_signed("dane.test", 10, &[dane_ee(&issued)]);
     (s, mx)
 }
 
-/// An MTA-STS scene with `example.test` under an enforce policy listing its one MX host
+/// An MTA-STS scene with `example.test` under a policy in `mode` listing its one MX host
 /// `mx10.example.test`, which offers STARTTLS with a good lab-CA certificate.
-async fn sts_enforce_scene(requiretls: bool) -> (StsScene, SmtpServer) {
+async fn sts_scene(mode: &str, requiretls: bool) -> (StsScene, SmtpServer) {
     let s = StsScene::new().await;
-    let issued = s
-        .lab()
-        .ca
-        .issue_with(&["mx10.example.test"], CertOptions::default());
-    let mx = tls_mx(s.lab(), 10, &issued, requiretls).await;
-    s.publish_enforce_example();
+    let (mx, _) = good_tls_mx(s.lab(), "example.test", 10, &[], requiretls).await;
+    s.publish_example(&[(10, 10)], "1", &policy(mode, &["mx10.example.test"]));
     (s, mx)
+}
+
+/// The same under an `enforce` policy.
+async fn sts_enforce_scene(requiretls: bool) -> (StsScene, SmtpServer) {
+    sts_scene("enforce", requiretls).await
 }
 
 /// `plain.test`, publishing nothing, with MX `mx.plain.test` at lab host `n`: STARTTLS with a
@@ -120,57 +136,11 @@ async fn opportunistic_domain(lab: &Lab, n: u8) -> SmtpServer {
             .mx(10, "mx.plain.test")
             .a("mx.plain.test", lab.ip(n)),
     );
-    let issued = lab
-        .ca
-        .issue_with(&["mx.plain.test"], CertOptions::default());
-    tls_mx(lab, n, &issued, true).await
+    tls_mx(lab, n, &good_cert(lab, &["mx.plain.test"]), true).await
 }
 
 // ---------------------------------------------------------------------------------------------
 // Assertions
-
-/// The `tls=`, `policy=` and `dsn=` fields of a delivery line.
-#[track_caller]
-fn assert_facts(d: &DeliveryLine, tls: &str, policy: &str, dsn: &str) {
-    assert_eq!(d.field("tls"), Some(tls), "tls= in {}", d.line);
-    assert_eq!(d.field("policy"), Some(policy), "policy= in {}", d.line);
-    assert_eq!(d.field("dsn"), Some(dsn), "dsn= in {}", d.line);
-}
-
-/// How many transactions `mx` saw begin (MAIL FROM).
-fn mail_commands(mx: &SmtpServer) -> usize {
-    mx.transcript()
-        .iter()
-        .filter(|l| l.to_ascii_uppercase().starts_with("C: MAIL FROM"))
-        .count()
-}
-
-/// `mx` received nothing: no message, not even a MAIL FROM.
-#[track_caller]
-fn assert_nothing_sent(mx: &SmtpServer) {
-    assert!(mx.messages().is_empty(), "no message may arrive");
-    assert_eq!(
-        mail_commands(mx),
-        0,
-        "no transaction may start: {:#?}",
-        mx.transcript()
-    );
-}
-
-/// No deferred line for `rcpt`: the bounce came on the first attempt.
-#[track_caller]
-fn assert_never_deferred(relay: &Relay, rcpt: &str) {
-    let deferred: Vec<String> = relay
-        .deliveries()
-        .into_iter()
-        .filter(|d| d.to == rcpt && d.status == "deferred")
-        .map(|d| d.line)
-        .collect();
-    assert!(
-        deferred.is_empty(),
-        "bounced at once, not after retries: {deferred:#?}"
-    );
-}
 
 /// A REQUIRETLS bounce (RFC 8689 §5): Status 5.7.30 for `rcpt` with `diagnostic`, the
 /// original's header section returned but never its body, and the DSN itself sent without
@@ -203,6 +173,27 @@ fn assert_requiretls_dsn(bounce: &Bounce, rcpt: &str, diagnostic: &str) {
     );
 }
 
+/// `rcpt` bounced on the first attempt for REQUIRETLS (`tls=none, policy=requiretls,
+/// dsn=5.7.30`), with no deferral before.
+#[track_caller]
+fn assert_requiretls_bounced(relay: &Relay, d: &DeliveryLine, rcpt: &str) {
+    assert_facts(d, "none", "requiretls", "5.7.30");
+    assert_never_deferred(relay, rcpt);
+}
+
+/// The delivery line says sent over verified TLS for REQUIRETLS, and `mx` received the message
+/// with REQUIRETLS on its MAIL FROM (RFC 8689 §4.2.1); returns it.
+async fn assert_delivered_with_requiretls(d: &DeliveryLine, mx: &SmtpServer) -> ReceivedMessage {
+    assert_facts(d, "verified", "requiretls", "2.0.0");
+    let m = mx.next_message(WAIT).await;
+    assert!(
+        m.mail_params.iter().any(|p| p == "REQUIRETLS"),
+        "REQUIRETLS passed on: {:?}",
+        m.mail_params
+    );
+    m
+}
+
 // ---------------------------------------------------------------------------------------------
 // Success
 
@@ -211,22 +202,11 @@ fn assert_requiretls_dsn(bounce: &Bounce, rcpt: &str, diagnostic: &str) {
 #[tokio::test]
 async fn requiretls_goes_to_a_dane_authenticated_mx_that_advertises_it() {
     let (s, mx) = dane_scene(true).await;
-    let relay = s.relay(&tls_listener(s.lab())).await;
+    let relay = s.relay(&s.lab().tls_listener_toml()).await;
 
-    let d = send(
-        &relay,
-        &requiretls_mail(s.lab(), "bob@dane.test", "dane", false),
-        "sent",
-    )
-    .await;
-    assert_facts(&d, "verified", "requiretls", "2.0.0");
-    let m = mx.next_message(WAIT).await;
+    let d = send_requiretls(&relay, s.lab(), "bob@dane.test", "dane", "sent").await;
+    let m = assert_delivered_with_requiretls(&d, &mx).await;
     assert!(m.tls.is_some());
-    assert!(
-        m.mail_params.iter().any(|p| p == "REQUIRETLS"),
-        "REQUIRETLS passed on: {:?}",
-        m.mail_params
-    );
     assert!(m.data_text().contains(SECRET));
 }
 
@@ -234,22 +214,11 @@ async fn requiretls_goes_to_a_dane_authenticated_mx_that_advertises_it() {
 #[tokio::test]
 async fn requiretls_goes_to_an_mta_sts_enforced_mx_that_advertises_it() {
     let (s, mx) = sts_enforce_scene(true).await;
-    let relay = s.relay(&tls_listener(s.lab())).await;
+    let relay = s.relay(&s.lab().tls_listener_toml()).await;
 
-    let d = send(
-        &relay,
-        &requiretls_mail(s.lab(), "bob@example.test", "sts", false),
-        "sent",
-    )
-    .await;
-    assert_facts(&d, "verified", "requiretls", "2.0.0");
-    let m = mx.next_message(WAIT).await;
+    let d = send_requiretls(&relay, s.lab(), "bob@example.test", "sts", "sent").await;
+    let m = assert_delivered_with_requiretls(&d, &mx).await;
     assert!(m.tls.is_some());
-    assert!(
-        m.mail_params.iter().any(|p| p == "REQUIRETLS"),
-        "REQUIRETLS passed on: {:?}",
-        m.mail_params
-    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -262,20 +231,19 @@ async fn requiretls_goes_to_an_mta_sts_enforced_mx_that_advertises_it() {
 async fn requiretls_to_an_unauthenticated_destination_bounces_at_once() {
     let s = StsScene::new().await;
     let mx = opportunistic_domain(s.lab(), 3).await;
-    let relay = s.relay(&tls_listener(s.lab())).await;
+    let relay = s.relay(&s.lab().tls_listener_toml()).await;
 
     let rcpt = "bob@plain.test";
     // RET=FULL asks for the whole message back; RFC 8689 §5 overrides it.
     let mail = requiretls_mail(s.lab(), rcpt, "opportunistic", false).param("RET=FULL");
     let d = send(&relay, &mail, "bounced").await;
-    assert_facts(&d, "none", "requiretls", "5.7.30");
+    assert_requiretls_bounced(&relay, &d, rcpt);
     assert_eq!(
         d.reply,
         "550 5.7.30 REQUIRETLS support required: mx.plain.test not authenticated by DANE or an \
          enforced MTA-STS policy"
     );
     assert_eq!(d.field("relay"), Some("none"), "{}", d.line);
-    assert_never_deferred(&relay, rcpt);
     assert_eq!(mx.connections(), 0, "never contacted");
     assert_requiretls_dsn(&s.bounce().await, rcpt, "REQUIRETLS support required");
 }
@@ -283,23 +251,12 @@ async fn requiretls_to_an_unauthenticated_destination_bounces_at_once() {
 /// An MTA-STS policy in `testing` mode authenticates nothing: 5.7.30 at once.
 #[tokio::test]
 async fn requiretls_under_an_mta_sts_testing_policy_bounces_at_once() {
-    let s = StsScene::new().await;
-    let issued = s
-        .lab()
-        .ca
-        .issue_with(&["mx10.example.test"], CertOptions::default());
-    let mx = tls_mx(s.lab(), 10, &issued, true).await;
-    s.publish_example(&[(10, 10)], "1", &policy("testing", &["mx10.example.test"]));
-    let relay = s.relay(&tls_listener(s.lab())).await;
+    let (s, mx) = sts_scene("testing", true).await;
+    let relay = s.relay(&s.lab().tls_listener_toml()).await;
 
     let rcpt = "bob@example.test";
-    let d = send(
-        &relay,
-        &requiretls_mail(s.lab(), rcpt, "testing", false),
-        "bounced",
-    )
-    .await;
-    assert_facts(&d, "none", "requiretls", "5.7.30");
+    let d = send_requiretls(&relay, s.lab(), rcpt, "testing", "bounced").await;
+    assert_requiretls_bounced(&relay, &d, rcpt);
     assert!(
         d.reply.starts_with(
             "550 5.7.30 REQUIRETLS support required: mx10.example.test not authenticated"
@@ -307,7 +264,6 @@ async fn requiretls_under_an_mta_sts_testing_policy_bounces_at_once() {
         "{}",
         d.line
     );
-    assert_never_deferred(&relay, rcpt);
     assert_eq!(mx.connections(), 0, "never contacted");
     assert_requiretls_dsn(&s.bounce().await, rcpt, "REQUIRETLS support required");
 }
@@ -317,17 +273,12 @@ async fn requiretls_under_an_mta_sts_testing_policy_bounces_at_once() {
 #[tokio::test]
 async fn requiretls_to_a_dane_mx_without_requiretls_bounces_at_once() {
     let (s, mx) = dane_scene(false).await;
-    let relay = s.relay(&tls_listener(s.lab())).await;
+    let relay = s.relay(&s.lab().tls_listener_toml()).await;
 
     let rcpt = "bob@dane.test";
-    let d = send(
-        &relay,
-        &requiretls_mail(s.lab(), rcpt, "no requiretls", false),
-        "bounced",
-    )
-    .await;
+    let d = send_requiretls(&relay, s.lab(), rcpt, "no requiretls", "bounced").await;
     // No transaction: the line carries no session's TLS facts.
-    assert_facts(&d, "none", "requiretls", "5.7.30");
+    assert_requiretls_bounced(&relay, &d, rcpt);
     assert_eq!(
         d.reply,
         format!(
@@ -336,7 +287,6 @@ async fn requiretls_to_a_dane_mx_without_requiretls_bounces_at_once() {
             s.lab().ip(10)
         )
     );
-    assert_never_deferred(&relay, rcpt);
     assert_nothing_sent(&mx);
     let transcript = mx.transcript();
     assert!(
@@ -356,16 +306,11 @@ async fn requiretls_to_a_dane_mx_without_requiretls_bounces_at_once() {
 #[tokio::test]
 async fn requiretls_to_an_mta_sts_mx_without_requiretls_bounces_at_once() {
     let (s, mx) = sts_enforce_scene(false).await;
-    let relay = s.relay(&tls_listener(s.lab())).await;
+    let relay = s.relay(&s.lab().tls_listener_toml()).await;
 
     let rcpt = "bob@example.test";
-    let d = send(
-        &relay,
-        &requiretls_mail(s.lab(), rcpt, "no requiretls", false),
-        "bounced",
-    )
-    .await;
-    assert_facts(&d, "none", "requiretls", "5.7.30");
+    let d = send_requiretls(&relay, s.lab(), rcpt, "no requiretls", "bounced").await;
+    assert_requiretls_bounced(&relay, &d, rcpt);
     assert!(
         d.reply.ends_with("did not advertise REQUIRETLS")
             && d.reply
@@ -373,7 +318,6 @@ async fn requiretls_to_an_mta_sts_mx_without_requiretls_bounces_at_once() {
         "{}",
         d.line
     );
-    assert_never_deferred(&relay, rcpt);
     assert_nothing_sent(&mx);
     assert_requiretls_dsn(&s.bounce().await, rcpt, "did not advertise REQUIRETLS");
 }
@@ -384,36 +328,19 @@ async fn requiretls_to_an_mta_sts_mx_without_requiretls_bounces_at_once() {
 async fn requiretls_passes_over_an_mx_without_it_to_the_next_one() {
     let s = DaneScene::new().await;
     let lab = s.lab();
-    let first = lab
-        .ca
-        .issue_with(&["mx10.dane.test"], CertOptions::default());
-    let second = lab
-        .ca
-        .issue_with(&["mx20.dane.test"], CertOptions::default());
-    let without = tls_mx(lab, 10, &first, false).await;
-    let with = tls_mx(lab, 20, &second, true).await;
-    let zone = s.zone("dane.test", &[(10, 10), (20, 20)]).signed();
-    let zone = s.with_tlsa(zone, "mx10.dane.test", (3, 1, 1), &tlsa_for(&first, 1, 1));
-    s.publish(s.with_tlsa(zone, "mx20.dane.test", (3, 1, 1), &tlsa_for(&second, 1, 1)));
-    let relay = s.relay(&tls_listener(lab)).await;
-
-    let d = send(
-        &relay,
-        &requiretls_mail(lab, "bob@dane.test", "fallback", false),
-        "sent",
-    )
-    .await;
-    assert_facts(&d, "verified", "requiretls", "2.0.0");
-    assert!(
-        d.field("relay")
-            .is_some_and(|r| r.starts_with("mx20.dane.test[")),
-        "{}",
-        d.line
+    let (without, first) = good_tls_mx(lab, "dane.test", 10, &[], false).await;
+    let (with, second) = good_tls_mx(lab, "dane.test", 20, &[], true).await;
+    s.publish_signed_hosts(
+        "dane.test",
+        &[(10, 10, dane_ee(&first)), (20, 20, dane_ee(&second))],
     );
+    let relay = s.relay(&lab.tls_listener_toml()).await;
+
+    let d = send_requiretls(&relay, lab, "bob@dane.test", "fallback", "sent").await;
+    assert_relayed_by(&d, "mx20.dane.test");
     assert_nothing_sent(&without);
     assert!(without.connections() > 0, "the first host was tried");
-    let m = with.next_message(WAIT).await;
-    assert!(m.mail_params.iter().any(|p| p == "REQUIRETLS"));
+    assert_delivered_with_requiretls(&d, &with).await;
 }
 
 /// A plaintext-only MX under an enforced policy is a TLS failure (Postfix's 4.7.4, deferred
@@ -423,22 +350,14 @@ async fn requiretls_to_a_plaintext_mx_under_enforce_is_a_tls_failure() {
     let s = StsScene::new().await;
     let mx = s.lab().mx(10, Behaviour::plain()).await;
     s.publish_enforce_example();
-    let relay = s.relay(&tls_listener(s.lab())).await;
+    let relay = s.relay(&s.lab().tls_listener_toml()).await;
 
     let rcpt = "bob@example.test";
-    let d = send(
-        &relay,
-        &requiretls_mail(s.lab(), rcpt, "plaintext", false),
-        "deferred",
-    )
-    .await;
+    let d = send_requiretls(&relay, s.lab(), rcpt, "plaintext", "deferred").await;
     assert_facts(&d, "none", "requiretls", "4.7.4");
     assert_eq!(
         d.reply,
-        format!(
-            "451 4.7.4 TLS is required, but was not offered by host mx10.example.test[{}]",
-            s.lab().ip(10)
-        )
+        s.lab().not_offered("451 4.7.4", "mx10.example.test", 10)
     );
     assert_nothing_sent(&mx);
     assert!(
@@ -461,25 +380,15 @@ async fn requiretls_to_a_plaintext_mx_under_enforce_is_a_tls_failure() {
 async fn requiretls_wins_over_tls_required_no() {
     let (s, mx) = sts_enforce_scene(true).await;
     let plain = opportunistic_domain(s.lab(), 3).await;
-    let relay = s.relay(&tls_listener(s.lab())).await;
+    let relay = s.relay(&s.lab().tls_listener_toml()).await;
 
-    let d = send(
-        &relay,
-        &requiretls_mail(s.lab(), "bob@example.test", "both, enforced", true),
-        "sent",
-    )
-    .await;
-    assert_facts(&d, "verified", "requiretls", "2.0.0");
-    let m = mx.next_message(WAIT).await;
-    assert!(m.mail_params.iter().any(|p| p == "REQUIRETLS"));
+    let enforced = requiretls_mail(s.lab(), "bob@example.test", "both, enforced", true);
+    let d = send(&relay, &enforced, "sent").await;
+    assert_delivered_with_requiretls(&d, &mx).await;
 
     let rcpt = "carol@plain.test";
-    let d = send(
-        &relay,
-        &requiretls_mail(s.lab(), rcpt, "both, opportunistic", true),
-        "bounced",
-    )
-    .await;
+    let opportunistic = requiretls_mail(s.lab(), rcpt, "both, opportunistic", true);
+    let d = send(&relay, &opportunistic, "bounced").await;
     assert_facts(&d, "none", "requiretls", "5.7.30");
     assert_eq!(plain.connections(), 0, "never contacted");
     assert_requiretls_dsn(&s.bounce().await, rcpt, "REQUIRETLS support required");
@@ -492,28 +401,17 @@ async fn requiretls_wins_over_tls_required_no() {
 async fn requiretls_with_a_secure_level_on_an_mta_sts_domain_is_delivered() {
     let s = StsScene::new().await;
     let lab = s.lab();
-    let issued = lab.ca.issue_with(
-        &["mx10.example.test", "example.test"],
-        CertOptions::default(),
-    );
-    let mx = tls_mx(lab, 10, &issued, true).await;
+    let (mx, _) = good_tls_mx(lab, "example.test", 10, &["example.test"], true).await;
     s.publish_enforce_example();
     let table = lab.dir().join("tls_policy");
     std::fs::write(&table, "example.test secure\n").expect("write the table");
     let extra = format!(
         "{}[delivery]\ntls_policy_file = {:?}\n",
-        tls_listener(lab),
+        lab.tls_listener_toml(),
         table.to_string_lossy()
     );
     let relay = s.relay(&extra).await;
 
-    let d = send(
-        &relay,
-        &requiretls_mail(lab, "bob@example.test", "secure", false),
-        "sent",
-    )
-    .await;
-    assert_facts(&d, "verified", "requiretls", "2.0.0");
-    let m = mx.next_message(WAIT).await;
-    assert!(m.mail_params.iter().any(|p| p == "REQUIRETLS"));
+    let d = send_requiretls(&relay, lab, "bob@example.test", "secure", "sent").await;
+    assert_delivered_with_requiretls(&d, &mx).await;
 }

@@ -8,11 +8,14 @@
 mod lab;
 
 use lab::bounce::Bounce;
-use lab::ca::{CertOptions, Issued};
-use lab::dane::{tlsa_for, DaneScene};
+use lab::ca::CertOptions;
+use lab::dane::DaneScene;
 use lab::dns::Zone;
-use lab::relay::{DeliveryLine, Relay};
-use lab::smtp::{Behaviour, SmtpServer};
+use lab::relay::{
+    assert_facts, assert_never_deferred, assert_not_verified, assert_relayed_by,
+    assert_reply_starts_with, shipped_status_filter, DeliveryLine, Relay,
+};
+use lab::smtp::{assert_nothing_sent, mail_commands, Behaviour, SmtpServer};
 use lab::sts::{StsScene, SENDER};
 use lab::submit::{message, submit_ok, Submission};
 use lab::{Lab, WAIT};
@@ -42,7 +45,31 @@ struct Levels<'a> {
     second_listener: Option<&'a str>,
 }
 
-impl Levels<'_> {
+impl<'a> Levels<'a> {
+    /// A destination table with `text`, nothing else.
+    fn destinations(text: &'a str) -> Self {
+        Levels {
+            destinations: Some(text),
+            ..Default::default()
+        }
+    }
+
+    /// A sender table with `text`, nothing else.
+    fn senders(text: &'a str) -> Self {
+        Levels {
+            senders: Some(text),
+            ..Default::default()
+        }
+    }
+
+    /// The same with the shipped status filter.
+    fn with_status_filter(self) -> Self {
+        Levels {
+            status_filter: true,
+            ..self
+        }
+    }
+
     /// The TOML snippet for a scene's `relay(extra_toml)`.
     fn toml(&self, lab: &Lab) -> String {
         let mut t = String::new();
@@ -66,7 +93,7 @@ impl Levels<'_> {
             ));
         }
         if self.status_filter {
-            let filter = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/status_filter");
+            let filter = shipped_status_filter();
             t.push_str(&format!("status_filter = {:?}\n", filter.to_string_lossy()));
         }
         t
@@ -84,13 +111,10 @@ fn second_listener(lab: &Lab) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(lab.ip(SECOND_LISTENER_HOST)), lab.port())
 }
 
-/// A lab-CA certificate for `names`, good or broken as `options` say.
-fn cert(lab: &Lab, names: &[&str], options: CertOptions) -> Issued {
-    lab.ca.issue_with(names, options)
-}
-
-/// An MX host at `127.X.Y.n` offering STARTTLS with `issued`.
-async fn tls_mx(lab: &Lab, n: u8, issued: &Issued) -> SmtpServer {
+/// An MX host at `127.X.Y.n` offering STARTTLS with a lab-CA certificate for `names`, good or
+/// broken as `options` say.
+async fn tls_mx(lab: &Lab, n: u8, names: &[&str], options: CertOptions) -> SmtpServer {
+    let issued = lab.ca.issue_with(names, options);
     lab.mx(
         n,
         Behaviour::plain().starttls(&issued.chain_pem, &issued.key_pem),
@@ -98,10 +122,23 @@ async fn tls_mx(lab: &Lab, n: u8, issued: &Issued) -> SmtpServer {
     .await
 }
 
-/// `domain` with one MX host `mx.<domain>` at `127.X.Y.n` (its own zone).
-fn zone_with_mx(lab: &Lab, domain: &str, n: u8) -> Zone {
+/// `domain` (its own zone) with one MX host `mx.<domain>` at `127.X.Y.n`, offering STARTTLS with
+/// a lab-CA certificate for that name, good or broken as `options` say.
+async fn tls_domain(lab: &Lab, domain: &str, n: u8, options: CertOptions) -> SmtpServer {
     let mx = format!("mx.{domain}");
-    Zone::new(domain).mx(10, &mx).a(&mx, lab.ip(n))
+    lab.zone(Zone::new(domain).mx(10, &mx).a(&mx, lab.ip(n)));
+    tls_mx(lab, n, &[&mx], options).await
+}
+
+/// An MTA-STS scene (no policy published) with `example.test`, whose one MX host
+/// `mx.example.test` (lab host 3) offers no STARTTLS.
+async fn plaintext_example_scene() -> (StsScene, SmtpServer) {
+    let s = StsScene::new().await;
+    let mx = s
+        .lab()
+        .domain_with_mx("example.test", 3, Behaviour::plain())
+        .await;
+    (s, mx)
 }
 
 /// A message from `from` to `rcpt`, with a body the tests can look for.
@@ -134,66 +171,25 @@ async fn send(relay: &Relay, s: &Submission, status: &str) -> DeliveryLine {
     send_at(relay, relay.addr(), s, status).await
 }
 
+/// Submits a [`mail`] from `from` to `rcpt` on the first listener; see [`send_at`].
+async fn send_mail(
+    relay: &Relay,
+    from: &str,
+    rcpt: &str,
+    subject: &str,
+    status: &str,
+) -> DeliveryLine {
+    send(relay, &mail(from, rcpt, subject), status).await
+}
+
 // ---------------------------------------------------------------------------------------------
 // Assertions
-
-/// The `tls=`, `policy=` and `dsn=` fields of a delivery line.
-#[track_caller]
-fn assert_facts(d: &DeliveryLine, tls: &str, policy: &str, dsn: &str) {
-    assert_eq!(d.field("tls"), Some(tls), "tls= in {}", d.line);
-    assert_eq!(d.field("policy"), Some(policy), "policy= in {}", d.line);
-    assert_eq!(d.field("dsn"), Some(dsn), "dsn= in {}", d.line);
-}
-
-#[track_caller]
-fn assert_reply_starts_with(d: &DeliveryLine, prefix: &str) {
-    assert!(
-        d.reply.starts_with(prefix),
-        "want a reply starting {prefix:?}: {}",
-        d.line
-    );
-}
-
-/// How many transactions `mx` saw begin (MAIL FROM).
-fn mail_commands(mx: &SmtpServer) -> usize {
-    mx.transcript()
-        .iter()
-        .filter(|l| l.to_ascii_uppercase().starts_with("C: MAIL FROM"))
-        .count()
-}
-
-/// `mx` received nothing: no message, not even a MAIL FROM.
-#[track_caller]
-fn assert_nothing_sent(mx: &SmtpServer) {
-    assert!(mx.messages().is_empty(), "no message may arrive");
-    assert_eq!(
-        mail_commands(mx),
-        0,
-        "no transaction may start: {:#?}",
-        mx.transcript()
-    );
-}
 
 /// The relay said STARTTLS to `mx`.
 fn said_starttls(mx: &SmtpServer) -> bool {
     mx.transcript()
         .iter()
         .any(|l| l.eq_ignore_ascii_case("C: STARTTLS"))
-}
-
-/// No deferred line for `rcpt`: the bounce came on the first attempt.
-#[track_caller]
-fn assert_never_deferred(relay: &Relay, rcpt: &str) {
-    let deferred: Vec<String> = relay
-        .deliveries()
-        .into_iter()
-        .filter(|d| d.to == rcpt && d.status == "deferred")
-        .map(|d| d.line)
-        .collect();
-    assert!(
-        deferred.is_empty(),
-        "bounced at once, not after retries: {deferred:#?}"
-    );
 }
 
 /// The DSN for `rcpt` says failed, `status`, and a diagnostic containing `diagnostic`.
@@ -206,12 +202,13 @@ fn assert_dsn(bounce: &Bounce, rcpt: &str, status: &str, diagnostic: &str) {
     assert!(code.contains(diagnostic), "want {diagnostic:?} in {code}");
 }
 
-/// `451 4.7.4 TLS is required, but was not offered by host H[IP]` (Postfix's words).
-fn not_offered(lab: &Lab, host: &str, n: u8, code: &str) -> String {
-    format!(
-        "{code} TLS is required, but was not offered by host {host}[{}]",
-        lab.ip(n)
-    )
+/// `rcpt`'s mail to the plaintext-only `mx.example.test` (lab host 3) under a level of
+/// `encrypt`, with the status filter: bounced on the first attempt as 5.7.4, in Postfix's words.
+#[track_caller]
+fn assert_encrypt_bounced(lab: &Lab, relay: &Relay, d: &DeliveryLine, rcpt: &str) {
+    assert_facts(d, "none", "local:encrypt", "5.7.4");
+    assert_eq!(d.reply, lab.not_offered("551 5.7.4", "mx.example.test", 3));
+    assert_never_deferred(relay, rcpt);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -221,31 +218,16 @@ fn not_offered(lab: &Lab, host: &str, n: u8, code: &str) -> String {
 /// policy named `local:encrypt`, and not a byte of the message in plaintext.
 #[tokio::test]
 async fn encrypt_defers_when_the_mx_offers_no_starttls() {
-    let s = StsScene::new().await;
+    let (s, mx) = plaintext_example_scene().await;
     let lab = s.lab();
-    let mx = lab
-        .domain_with_mx("example.test", 3, Behaviour::plain())
+    let relay = s
+        .relay(&Levels::destinations("example.test encrypt\n").toml(lab))
         .await;
-    let levels = Levels {
-        destinations: Some("example.test encrypt\n"),
-        ..Default::default()
-    };
-    let relay = s.relay(&levels.toml(lab)).await;
 
-    let d = send(
-        &relay,
-        &mail(SENDER, "bob@example.test", "encrypt"),
-        "deferred",
-    )
-    .await;
+    let d = send_mail(&relay, SENDER, "bob@example.test", "encrypt", "deferred").await;
     assert_facts(&d, "none", "local:encrypt", "4.7.4");
-    assert_eq!(d.reply, not_offered(lab, "mx.example.test", 3, "451 4.7.4"));
-    assert!(
-        d.field("relay")
-            .is_some_and(|r| r.starts_with("mx.example.test[")),
-        "{}",
-        d.line
-    );
+    assert_eq!(d.reply, lab.not_offered("451 4.7.4", "mx.example.test", 3));
+    assert_relayed_by(&d, "mx.example.test");
     assert_nothing_sent(&mx);
 }
 
@@ -253,27 +235,17 @@ async fn encrypt_defers_when_the_mx_offers_no_starttls() {
 /// says so in Postfix's words.
 #[tokio::test]
 async fn encrypt_with_the_status_filter_bounces_at_once() {
-    let s = StsScene::new().await;
+    let (s, mx) = plaintext_example_scene().await;
     let lab = s.lab();
-    let mx = lab
-        .domain_with_mx("example.test", 3, Behaviour::plain())
-        .await;
-    let levels = Levels {
-        destinations: Some("example.test encrypt\n"),
-        status_filter: true,
-        ..Default::default()
-    };
+    let levels = Levels::destinations("example.test encrypt\n").with_status_filter();
     let relay = s.relay(&levels.toml(lab)).await;
 
     let rcpt = "bob@example.test";
-    let d = send(&relay, &mail(SENDER, rcpt, "encrypt"), "bounced").await;
-    assert_facts(&d, "none", "local:encrypt", "5.7.4");
-    assert_eq!(d.reply, not_offered(lab, "mx.example.test", 3, "551 5.7.4"));
-    assert_never_deferred(&relay, rcpt);
+    let d = send_mail(&relay, SENDER, rcpt, "encrypt", "bounced").await;
+    assert_encrypt_bounced(lab, &relay, &d, rcpt);
     assert_nothing_sent(&mx);
-    let bounce = s.bounce().await;
     assert_dsn(
-        &bounce,
+        &s.bounce().await,
         rcpt,
         "5.7.4",
         "TLS is required, but was not offered by host mx.example.test",
@@ -301,32 +273,23 @@ async fn verify_covers_the_subdomains_of_a_dot_entry() {
             .a(bad_mx, lab.ip(5)),
     );
     let plain = lab.mx(3, Behaviour::plain()).await;
-    let good = tls_mx(lab, 4, &cert(lab, &[sub_mx], CertOptions::default())).await;
-    let bad = tls_mx(lab, 5, &cert(lab, &[bad_mx], CertOptions::wrong_name())).await;
-    let levels = Levels {
-        destinations: Some("# subdomains only\n.example.test verify\n"),
-        ..Default::default()
-    };
+    let good = tls_mx(lab, 4, &[sub_mx], CertOptions::default()).await;
+    let bad = tls_mx(lab, 5, &[bad_mx], CertOptions::wrong_name()).await;
+    let levels = Levels::destinations("# subdomains only\n.example.test verify\n");
     let relay = s.relay(&levels.toml(lab)).await;
 
-    let d = send(&relay, &mail(SENDER, "bob@sub.example.test", "sub"), "sent").await;
+    let d = send_mail(&relay, SENDER, "bob@sub.example.test", "sub", "sent").await;
     assert_facts(&d, "verified", "local:verify", "2.0.0");
     let m = good.next_message(WAIT).await;
     let tls = m.tls.expect("delivered over TLS");
     assert_eq!(tls.sni.as_deref(), Some(sub_mx), "SNI is the MX host name");
 
-    let d = send(&relay, &mail(SENDER, "bob@example.test", "parent"), "sent").await;
+    let d = send_mail(&relay, SENDER, "bob@example.test", "parent", "sent").await;
     assert_facts(&d, "none", "none", "2.0.0");
     assert!(plain.next_message(WAIT).await.tls.is_none());
 
-    let d = send(
-        &relay,
-        &mail(SENDER, "bob@bad.example.test", "bad"),
-        "deferred",
-    )
-    .await;
-    assert_facts(&d, "none", "local:verify", "4.7.5");
-    assert_reply_starts_with(&d, "451 4.7.5 Server certificate not verified");
+    let d = send_mail(&relay, SENDER, "bob@bad.example.test", "bad", "deferred").await;
+    assert_not_verified(&d, "local:verify", "");
     assert_nothing_sent(&bad);
 }
 
@@ -345,42 +308,18 @@ async fn secure_wants_a_certificate_for_the_domain_not_the_mx_host() {
     );
     lab.zone(Zone::new("example.test").mx(10, "mx10.other.test"));
     lab.zone(Zone::new("partner.test").mx(10, "mx11.other.test"));
-    let for_domain = tls_mx(
-        lab,
-        10,
-        &cert(lab, &["example.test"], CertOptions::default()),
-    )
-    .await;
-    let for_host = tls_mx(
-        lab,
-        11,
-        &cert(lab, &["mx11.other.test"], CertOptions::default()),
-    )
-    .await;
-    let levels = Levels {
-        destinations: Some("example.test secure\npartner.test secure\n"),
-        ..Default::default()
-    };
+    let for_domain = tls_mx(lab, 10, &["example.test"], CertOptions::default()).await;
+    let for_host = tls_mx(lab, 11, &["mx11.other.test"], CertOptions::default()).await;
+    let levels = Levels::destinations("example.test secure\npartner.test secure\n");
     let relay = s.relay(&levels.toml(lab)).await;
 
-    let d = send(&relay, &mail(SENDER, "bob@example.test", "domain"), "sent").await;
+    let d = send_mail(&relay, SENDER, "bob@example.test", "domain", "sent").await;
     assert_facts(&d, "verified", "local:secure", "2.0.0");
-    assert!(
-        d.field("relay")
-            .is_some_and(|r| r.starts_with("mx10.other.test[")),
-        "{}",
-        d.line
-    );
+    assert_relayed_by(&d, "mx10.other.test");
     assert!(for_domain.next_message(WAIT).await.tls.is_some());
 
-    let d = send(
-        &relay,
-        &mail(SENDER, "bob@partner.test", "host"),
-        "deferred",
-    )
-    .await;
-    assert_facts(&d, "none", "local:secure", "4.7.5");
-    assert_reply_starts_with(&d, "451 4.7.5 Server certificate not verified");
+    let d = send_mail(&relay, SENDER, "bob@partner.test", "host", "deferred").await;
+    assert_not_verified(&d, "local:secure", "");
     assert_nothing_sent(&for_host);
 }
 
@@ -392,20 +331,12 @@ async fn secure_wants_a_certificate_for_the_domain_not_the_mx_host() {
 async fn none_turns_starttls_off_where_nothing_is_published() {
     let s = StsScene::new().await;
     let lab = s.lab();
-    lab.zone(zone_with_mx(lab, "example.test", 3));
-    let mx = tls_mx(
-        lab,
-        3,
-        &cert(lab, &["mx.example.test"], CertOptions::default()),
-    )
-    .await;
-    let levels = Levels {
-        destinations: Some("example.test none\n"),
-        ..Default::default()
-    };
-    let relay = s.relay(&levels.toml(lab)).await;
+    let mx = tls_domain(lab, "example.test", 3, CertOptions::default()).await;
+    let relay = s
+        .relay(&Levels::destinations("example.test none\n").toml(lab))
+        .await;
 
-    let d = send(&relay, &mail(SENDER, "bob@example.test", "none"), "sent").await;
+    let d = send_mail(&relay, SENDER, "bob@example.test", "none", "sent").await;
     assert_facts(&d, "none", "local:none", "2.0.0");
     let m = mx.next_message(WAIT).await;
     assert!(m.tls.is_none(), "delivered in plaintext");
@@ -423,13 +354,11 @@ async fn none_does_not_weaken_an_enforced_mta_sts_policy() {
     let s = StsScene::new().await;
     let mx = s.tls_mx(10, &["mx10.example.test"]).await;
     s.publish_enforce_example();
-    let levels = Levels {
-        destinations: Some("example.test none\n"),
-        ..Default::default()
-    };
-    let relay = s.relay(&levels.toml(s.lab())).await;
+    let relay = s
+        .relay(&Levels::destinations("example.test none\n").toml(s.lab()))
+        .await;
 
-    let d = send(&relay, &mail(SENDER, "bob@example.test", "sts"), "sent").await;
+    let d = send_mail(&relay, SENDER, "bob@example.test", "sts", "sent").await;
     assert_facts(&d, "verified", "mta-sts", "2.0.0");
     assert!(mx.next_message(WAIT).await.tls.is_some());
     assert!(said_starttls(&mx));
@@ -439,16 +368,10 @@ async fn none_does_not_weaken_an_enforced_mta_sts_policy() {
 #[tokio::test]
 async fn none_does_not_weaken_dane() {
     let s = DaneScene::new().await;
-    let lab = s.lab();
-    let issued = cert(lab, &["mx10.dane.test"], CertOptions::default());
-    let mx = s.tls_mx(10, &issued).await;
-    let zone = s.zone("dane.test", &[(10, 10)]).signed();
-    s.publish(s.with_tlsa(zone, "mx10.dane.test", (3, 1, 1), &tlsa_for(&issued, 1, 1)));
-    let levels = Levels {
-        destinations: Some("dane.test none\n"),
-        ..Default::default()
-    };
-    let relay = s.relay(&levels.toml(lab)).await;
+    let mx = s.dane_ee_domain("dane.test", 10).await;
+    let relay = s
+        .relay(&Levels::destinations("dane.test none\n").toml(s.lab()))
+        .await;
 
     let d = send(&relay, &s.mail("bob@dane.test", "dane"), "sent").await;
     assert_facts(&d, "verified", "dane", "2.0.0");
@@ -462,18 +385,9 @@ async fn none_does_not_weaken_dane() {
 /// certificate) and `dane.test` (signed, MX `mx11.dane.test` with a matching DANE-EE record).
 async fn dane_only_scene() -> (DaneScene, SmtpServer, SmtpServer) {
     let s = DaneScene::new().await;
-    let lab = s.lab();
     s.publish(s.zone("nodane.test", &[(10, 10)]));
-    let nodane = tls_mx(
-        lab,
-        10,
-        &cert(lab, &["mx10.nodane.test"], CertOptions::default()),
-    )
-    .await;
-    let issued = cert(lab, &["mx11.dane.test"], CertOptions::default());
-    let dane = s.tls_mx(11, &issued).await;
-    let zone = s.zone("dane.test", &[(10, 11)]).signed();
-    s.publish(s.with_tlsa(zone, "mx11.dane.test", (3, 1, 1), &tlsa_for(&issued, 1, 1)));
+    let nodane = tls_mx(s.lab(), 10, &["mx10.nodane.test"], CertOptions::default()).await;
+    let dane = s.dane_ee_domain("dane.test", 11).await;
     (s, nodane, dane)
 }
 
@@ -482,10 +396,7 @@ async fn dane_only_scene() -> (DaneScene, SmtpServer, SmtpServer) {
 #[tokio::test]
 async fn dane_only_refuses_a_domain_without_dane() {
     let (s, nodane, dane) = dane_only_scene().await;
-    let levels = Levels {
-        destinations: Some("nodane.test dane-only\ndane.test dane-only\n"),
-        ..Default::default()
-    };
+    let levels = Levels::destinations("nodane.test dane-only\ndane.test dane-only\n");
     let relay = s.relay(&levels.toml(s.lab())).await;
 
     let d = send(&relay, &s.mail("bob@nodane.test", "no dane"), "deferred").await;
@@ -510,11 +421,7 @@ async fn dane_only_refuses_a_domain_without_dane() {
 #[tokio::test]
 async fn dane_only_with_the_status_filter_bounces() {
     let (s, nodane, _dane) = dane_only_scene().await;
-    let levels = Levels {
-        destinations: Some("nodane.test dane-only\n"),
-        status_filter: true,
-        ..Default::default()
-    };
+    let levels = Levels::destinations("nodane.test dane-only\n").with_status_filter();
     let relay = s.relay(&levels.toml(s.lab())).await;
 
     let rcpt = "bob@nodane.test";
@@ -537,34 +444,20 @@ async fn dane_only_with_the_status_filter_bounces() {
 /// plaintext sender MX; bob@sender.test's mail to the same MX goes out in plaintext.
 #[tokio::test]
 async fn the_sender_table_forces_encryption_for_one_sender() {
-    let s = StsScene::new().await;
+    let (s, mx) = plaintext_example_scene().await;
     let lab = s.lab();
-    let mx = lab
-        .domain_with_mx("example.test", 3, Behaviour::plain())
-        .await;
-    let levels = Levels {
-        senders: Some("alice@sender.test encrypt\n"),
-        status_filter: true,
-        ..Default::default()
-    };
+    let levels = Levels::senders("alice@sender.test encrypt\n").with_status_filter();
     let relay = s.relay(&levels.toml(lab)).await;
 
-    let d = send(
-        &relay,
-        &mail(BOB_SENDER, "carol@example.test", "bob"),
-        "sent",
-    )
-    .await;
+    let d = send_mail(&relay, BOB_SENDER, "carol@example.test", "bob", "sent").await;
     assert_facts(&d, "none", "none", "2.0.0");
     let m = mx.next_message(WAIT).await;
     assert_eq!(m.mail_from, BOB_SENDER);
     assert!(m.tls.is_none());
 
     let rcpt = "dave@example.test";
-    let d = send(&relay, &mail(SENDER, rcpt, "alice"), "bounced").await;
-    assert_facts(&d, "none", "local:encrypt", "5.7.4");
-    assert_eq!(d.reply, not_offered(lab, "mx.example.test", 3, "551 5.7.4"));
-    assert_never_deferred(&relay, rcpt);
+    let d = send_mail(&relay, SENDER, rcpt, "alice", "bounced").await;
+    assert_encrypt_bounced(lab, &relay, &d, rcpt);
     assert_eq!(mail_commands(&mx), 1, "only bob's message reached the MX");
     let bounce = s.bounce().await;
     assert_eq!(bounce.to, SENDER);
@@ -583,44 +476,25 @@ async fn the_sender_table_forces_encryption_for_one_sender() {
 async fn sender_domain_entries_and_the_address_first() {
     let s = StsScene::new().await;
     let lab = s.lab();
-    lab.zone(zone_with_mx(lab, "example.test", 3));
-    let mx = tls_mx(
-        lab,
-        3,
-        &cert(lab, &["mx.example.test"], CertOptions::wrong_name()),
-    )
-    .await;
-    let levels = Levels {
-        senders: Some("@sender.test verify\nalice@sender.test encrypt\n"),
-        ..Default::default()
-    };
+    let mx = tls_domain(lab, "example.test", 3, CertOptions::wrong_name()).await;
+    let levels = Levels::senders("@sender.test verify\nalice@sender.test encrypt\n");
     let relay = s.relay(&levels.toml(lab)).await;
 
     let carol = "carol@sender.test";
-    let d = send(
-        &relay,
-        &mail(carol, "bob@example.test", "carol"),
-        "deferred",
-    )
-    .await;
-    assert_facts(&d, "none", "local:verify", "4.7.5");
-    assert_reply_starts_with(&d, "451 4.7.5 Server certificate not verified");
+    let d = send_mail(&relay, carol, "bob@example.test", "carol", "deferred").await;
+    assert_not_verified(&d, "local:verify", "");
     assert_eq!(mail_commands(&mx), 0);
 
-    let d = send(&relay, &mail(SENDER, "dave@example.test", "alice"), "sent").await;
+    let d = send_mail(&relay, SENDER, "dave@example.test", "alice", "sent").await;
     assert_facts(&d, "unverified", "local:encrypt", "2.0.0");
     let m = mx.next_message(WAIT).await;
     assert_eq!(m.mail_from, SENDER);
     assert!(m.tls.is_some());
 
-    let d = send(
-        &relay,
-        &mail("erin@elsewhere.test", "frank@example.test", "other domain"),
-        "sent",
-    )
-    .await;
+    let erin = "erin@elsewhere.test";
+    let d = send_mail(&relay, erin, "frank@example.test", "other domain", "sent").await;
     assert_facts(&d, "unverified", "none", "2.0.0");
-    assert_eq!(mx.next_message(WAIT).await.mail_from, "erin@elsewhere.test");
+    assert_eq!(mx.next_message(WAIT).await.mail_from, erin);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -647,19 +521,14 @@ fn rewrite_keeping_mtime(path: &Path, text: &str) {
 /// signal). A rewrite that does not parse leaves the previous table in force, and says so.
 #[tokio::test]
 async fn sighup_rereads_the_sender_table_and_a_broken_one_is_not_taken() {
-    let s = StsScene::new().await;
+    let (s, mx) = plaintext_example_scene().await;
     let lab = s.lab();
-    let mx = lab
-        .domain_with_mx("example.test", 3, Behaviour::plain())
+    let mut relay = s
+        .relay(&Levels::senders("bob@sender.test encrypt\n").toml(lab))
         .await;
-    let levels = Levels {
-        senders: Some("bob@sender.test encrypt\n"),
-        ..Default::default()
-    };
-    let mut relay = s.relay(&levels.toml(lab)).await;
     let table = lab.dir().join("sender_tls_policy");
 
-    let d = send(&relay, &mail(SENDER, "r1@example.test", "before"), "sent").await;
+    let d = send_mail(&relay, SENDER, "r1@example.test", "before", "sent").await;
     assert_facts(&d, "none", "none", "2.0.0");
     assert!(mx.next_message(WAIT).await.tls.is_none());
 
@@ -669,7 +538,7 @@ async fn sighup_rereads_the_sender_table_and_a_broken_one_is_not_taken() {
     );
     // Two watcher ticks: the unchanged modification time alone reloads nothing.
     tokio::time::sleep(Duration::from_millis(4500)).await;
-    let d = send(&relay, &mail(SENDER, "r2@example.test", "no tick"), "sent").await;
+    let d = send_mail(&relay, SENDER, "r2@example.test", "no tick", "sent").await;
     assert_facts(&d, "none", "none", "2.0.0");
     mx.next_message(WAIT).await;
 
@@ -685,12 +554,7 @@ async fn sighup_rereads_the_sender_table_and_a_broken_one_is_not_taken() {
             WAIT,
         )
         .await;
-    let d = send(
-        &relay,
-        &mail(SENDER, "r3@example.test", "after"),
-        "deferred",
-    )
-    .await;
+    let d = send_mail(&relay, SENDER, "r3@example.test", "after", "deferred").await;
     assert_facts(&d, "none", "local:encrypt", "4.7.4");
     assert_eq!(mail_commands(&mx), 2, "nothing more reached the MX");
 
@@ -702,12 +566,7 @@ async fn sighup_rereads_the_sender_table_and_a_broken_one_is_not_taken() {
         .wait_for_log_since(mark, |l| l.contains("not reloaded"), WAIT)
         .await;
     assert!(line.contains("line 2"), "the bad line is named: {line}");
-    let d = send(
-        &relay,
-        &mail(SENDER, "r4@example.test", "broken"),
-        "deferred",
-    )
-    .await;
+    let d = send_mail(&relay, SENDER, "r4@example.test", "broken", "deferred").await;
     assert_facts(&d, "none", "local:encrypt", "4.7.4");
     assert_eq!(mail_commands(&mx), 2);
     assert!(relay.is_running(), "SIGHUP does not end the relay");
@@ -716,19 +575,12 @@ async fn sighup_rereads_the_sender_table_and_a_broken_one_is_not_taken() {
 /// Without a signal, a changed file is reread within a few seconds (checked every 2 s).
 #[tokio::test]
 async fn a_changed_sender_table_is_reread_without_a_signal() {
-    let s = StsScene::new().await;
+    let (s, mx) = plaintext_example_scene().await;
     let lab = s.lab();
-    let mx = lab
-        .domain_with_mx("example.test", 3, Behaviour::plain())
-        .await;
-    let levels = Levels {
-        senders: Some("# nobody yet\n"),
-        ..Default::default()
-    };
-    let relay = s.relay(&levels.toml(lab)).await;
+    let relay = s.relay(&Levels::senders("# nobody yet\n").toml(lab)).await;
     let table = lab.dir().join("sender_tls_policy");
 
-    let d = send(&relay, &mail(SENDER, "r1@example.test", "before"), "sent").await;
+    let d = send_mail(&relay, SENDER, "r1@example.test", "before", "sent").await;
     assert_facts(&d, "none", "none", "2.0.0");
     mx.next_message(WAIT).await;
 
@@ -737,12 +589,7 @@ async fn a_changed_sender_table_is_reread_without_a_signal() {
     relay
         .wait_for_log_since(mark, |l| l.contains("sender_tls_policy reloaded"), WAIT)
         .await;
-    let d = send(
-        &relay,
-        &mail(SENDER, "r2@example.test", "after"),
-        "deferred",
-    )
-    .await;
+    let d = send_mail(&relay, SENDER, "r2@example.test", "after", "deferred").await;
     assert_facts(&d, "none", "local:encrypt", "4.7.4");
     assert_eq!(mail_commands(&mx), 1);
 }
@@ -755,11 +602,8 @@ async fn a_changed_sender_table_is_reread_without_a_signal() {
 /// plaintext sender MX; the same mail on the first listener goes out in plaintext.
 #[tokio::test]
 async fn a_listener_min_level_forces_encryption_for_its_mail() {
-    let s = StsScene::new().await;
+    let (s, mx) = plaintext_example_scene().await;
     let lab = s.lab();
-    let mx = lab
-        .domain_with_mx("example.test", 3, Behaviour::plain())
-        .await;
     let levels = Levels {
         second_listener: Some("encrypt"),
         status_filter: true,
@@ -768,16 +612,9 @@ async fn a_listener_min_level_forces_encryption_for_its_mail() {
     let relay = s.relay(&levels.toml(lab)).await;
 
     let rcpt = "bob@example.test";
-    let d = send_at(
-        &relay,
-        second_listener(lab),
-        &mail(SENDER, rcpt, "forceenc"),
-        "bounced",
-    )
-    .await;
-    assert_facts(&d, "none", "local:encrypt", "5.7.4");
-    assert_eq!(d.reply, not_offered(lab, "mx.example.test", 3, "551 5.7.4"));
-    assert_never_deferred(&relay, rcpt);
+    let forceenc = mail(SENDER, rcpt, "forceenc");
+    let d = send_at(&relay, second_listener(lab), &forceenc, "bounced").await;
+    assert_encrypt_bounced(lab, &relay, &d, rcpt);
     assert_nothing_sent(&mx);
     assert_dsn(
         &s.bounce().await,
@@ -786,7 +623,7 @@ async fn a_listener_min_level_forces_encryption_for_its_mail() {
         "TLS is required, but was not offered",
     );
 
-    let d = send(&relay, &mail(SENDER, "carol@example.test", "plain"), "sent").await;
+    let d = send_mail(&relay, SENDER, "carol@example.test", "plain", "sent").await;
     assert_facts(&d, "none", "none", "2.0.0");
     assert!(mx.next_message(WAIT).await.tls.is_none());
 }
@@ -801,20 +638,8 @@ async fn a_listener_min_level_forces_encryption_for_its_mail() {
 async fn the_strictest_level_wins() {
     let s = StsScene::new().await;
     let lab = s.lab();
-    lab.zone(zone_with_mx(lab, "enc.test", 3));
-    lab.zone(zone_with_mx(lab, "ver.test", 4));
-    let enc = tls_mx(
-        lab,
-        3,
-        &cert(lab, &["mx.enc.test"], CertOptions::wrong_name()),
-    )
-    .await;
-    let ver = tls_mx(
-        lab,
-        4,
-        &cert(lab, &["mx.ver.test"], CertOptions::wrong_name()),
-    )
-    .await;
+    let enc = tls_domain(lab, "enc.test", 3, CertOptions::wrong_name()).await;
+    let ver = tls_domain(lab, "ver.test", 4, CertOptions::wrong_name()).await;
     let levels = Levels {
         destinations: Some("enc.test encrypt\nver.test verify\n"),
         senders: Some("alice@sender.test verify\n"),
@@ -824,41 +649,24 @@ async fn the_strictest_level_wins() {
     let relay = s.relay(&levels.toml(lab)).await;
 
     // The control: encrypt alone takes the unverifiable certificate.
-    let d = send(&relay, &mail(BOB_SENDER, "a@enc.test", "encrypt"), "sent").await;
+    let d = send_mail(&relay, BOB_SENDER, "a@enc.test", "encrypt", "sent").await;
     assert_facts(&d, "unverified", "local:encrypt", "2.0.0");
     enc.next_message(WAIT).await;
 
     // Destination encrypt, sender verify.
-    let d = send(
-        &relay,
-        &mail(SENDER, "b@enc.test", "sender verify"),
-        "deferred",
-    )
-    .await;
-    assert_facts(&d, "none", "local:verify", "4.7.5");
-    assert_reply_starts_with(&d, "451 4.7.5 Server certificate not verified");
+    let d = send_mail(&relay, SENDER, "b@enc.test", "sender verify", "deferred").await;
+    assert_not_verified(&d, "local:verify", "");
 
     // Destination verify, listener encrypt.
     let second = second_listener(lab);
-    let d = send_at(
-        &relay,
-        second,
-        &mail(BOB_SENDER, "c@ver.test", "dest verify"),
-        "deferred",
-    )
-    .await;
-    assert_facts(&d, "none", "local:verify", "4.7.5");
-    assert_reply_starts_with(&d, "451 4.7.5 Server certificate not verified");
+    let dest_verify = mail(BOB_SENDER, "c@ver.test", "dest verify");
+    let d = send_at(&relay, second, &dest_verify, "deferred").await;
+    assert_not_verified(&d, "local:verify", "");
     assert_nothing_sent(&ver);
 
     // Destination encrypt, listener encrypt: still encrypt only.
-    let d = send_at(
-        &relay,
-        second,
-        &mail(BOB_SENDER, "d@enc.test", "both encrypt"),
-        "sent",
-    )
-    .await;
+    let both_encrypt = mail(BOB_SENDER, "d@enc.test", "both encrypt");
+    let d = send_at(&relay, second, &both_encrypt, "sent").await;
     assert_facts(&d, "unverified", "local:encrypt", "2.0.0");
     assert_eq!(
         enc.messages().len(),
@@ -878,12 +686,7 @@ async fn the_strictest_level_wins() {
 async fn tls_required_no_sets_a_policy_aside_unless_the_sender_is_bound() {
     let s = StsScene::new().await;
     let lab = s.lab();
-    let mx = tls_mx(
-        lab,
-        10,
-        &cert(lab, &["mx10.example.test"], CertOptions::wrong_name()),
-    )
-    .await;
+    let mx = tls_mx(lab, 10, &["mx10.example.test"], CertOptions::wrong_name()).await;
     s.publish_enforce_example();
     let levels = Levels {
         senders: Some("alice@sender.test encrypt\n"),
@@ -892,12 +695,8 @@ async fn tls_required_no_sets_a_policy_aside_unless_the_sender_is_bound() {
     };
     let relay = s.relay(&levels.toml(lab)).await;
 
-    let d = send(
-        &relay,
-        &mail_tls_not_required(BOB_SENDER, "r1@example.test", "anyway"),
-        "sent",
-    )
-    .await;
+    let anyway = mail_tls_not_required(BOB_SENDER, "r1@example.test", "anyway");
+    let d = send(&relay, &anyway, "sent").await;
     assert_facts(&d, "unverified", "tls-required-no", "2.0.0");
     let m = mx.next_message(WAIT).await;
     assert!(m.tls.is_some(), "still encrypted where offered");
@@ -906,14 +705,9 @@ async fn tls_required_no_sets_a_policy_aside_unless_the_sender_is_bound() {
         "the header travels on"
     );
 
-    let d = send(
-        &relay,
-        &mail_tls_not_required(SENDER, "r2@example.test", "sender bound"),
-        "deferred",
-    )
-    .await;
-    assert_facts(&d, "none", "mta-sts", "4.7.5");
-    assert_reply_starts_with(&d, "451 4.7.5 Server certificate not verified");
+    let sender_bound = mail_tls_not_required(SENDER, "r2@example.test", "sender bound");
+    let d = send(&relay, &sender_bound, "deferred").await;
+    assert_not_verified(&d, "mta-sts", "");
     relay
         .wait_for_log(
             |l| l.contains("TLS-Required: No ignored for sender <alice@sender.test>"),
@@ -921,13 +715,8 @@ async fn tls_required_no_sets_a_policy_aside_unless_the_sender_is_bound() {
         )
         .await;
 
-    let d = send_at(
-        &relay,
-        second_listener(lab),
-        &mail_tls_not_required(BOB_SENDER, "r3@example.test", "listener bound"),
-        "deferred",
-    )
-    .await;
+    let listener_bound = mail_tls_not_required(BOB_SENDER, "r3@example.test", "listener bound");
+    let d = send_at(&relay, second_listener(lab), &listener_bound, "deferred").await;
     assert_facts(&d, "none", "mta-sts", "4.7.5");
     assert_eq!(
         mx.messages().len(),
@@ -946,25 +735,13 @@ async fn tls_required_no_sets_a_policy_aside_unless_the_sender_is_bound() {
 async fn secure_does_not_weaken_an_enforced_mta_sts_policy() {
     let s = StsScene::new().await;
     let lab = s.lab();
-    let mx = tls_mx(
-        lab,
-        10,
-        &cert(lab, &["example.test"], CertOptions::default()),
-    )
-    .await;
+    let mx = tls_mx(lab, 10, &["example.test"], CertOptions::default()).await;
     s.publish_enforce_example();
-    let levels = Levels {
-        destinations: Some("example.test secure\n"),
-        ..Default::default()
-    };
-    let relay = s.relay(&levels.toml(lab)).await;
+    let relay = s
+        .relay(&Levels::destinations("example.test secure\n").toml(lab))
+        .await;
 
-    let d = send(
-        &relay,
-        &mail(SENDER, "bob@example.test", "secure+sts"),
-        "deferred",
-    )
-    .await;
+    let d = send_mail(&relay, SENDER, "bob@example.test", "secure+sts", "deferred").await;
     assert_eq!(d.field("dsn"), Some("4.7.5"), "{}", d.line);
     assert_eq!(d.field("tls"), Some("none"), "{}", d.line);
     // Either names what demanded the check; both demand it here.
@@ -983,18 +760,12 @@ async fn secure_does_not_weaken_an_enforced_mta_sts_policy() {
 #[tokio::test]
 async fn tls_required_no_does_not_make_a_dane_only_domain_undeliverable() {
     let (s, _nodane, dane) = dane_only_scene().await;
-    let levels = Levels {
-        destinations: Some("dane.test dane-only\n"),
-        ..Default::default()
-    };
-    let relay = s.relay(&levels.toml(s.lab())).await;
+    let relay = s
+        .relay(&Levels::destinations("dane.test dane-only\n").toml(s.lab()))
+        .await;
 
-    let d = send(
-        &relay,
-        &mail_tls_not_required(lab::dane::SENDER, "bob@dane.test", "header"),
-        "sent",
-    )
-    .await;
+    let header = mail_tls_not_required(lab::dane::SENDER, "bob@dane.test", "header");
+    let d = send(&relay, &header, "sent").await;
     assert_eq!(d.field("tls"), Some("verified"), "{}", d.line);
     assert_eq!(d.field("dsn"), Some("2.0.0"), "{}", d.line);
     // DANE authenticated the host; the log may name DANE or the header it overrode.

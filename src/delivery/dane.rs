@@ -89,13 +89,15 @@ impl DanePlan {
             .any(|(_, v)| !matches!(v, HostDane::NotApplicable(_)))
     }
 
-    /// Every host of the domain is under DANE: no other policy is needed to deliver.
+    /// Every host of the domain is authenticated by DANE (or waits for its TLSA lookup): no
+    /// other policy is needed to deliver. Hosts with only unusable TLSA records do not count:
+    /// an MTA-STS policy still applies to them.
     pub fn covers_all(&self) -> bool {
         !self.verdicts.is_empty()
             && self
                 .verdicts
                 .iter()
-                .all(|(_, v)| !matches!(v, HostDane::NotApplicable(_)))
+                .all(|(_, v)| matches!(v, HostDane::Authenticate(_) | HostDane::LookupError { .. }))
     }
 }
 
@@ -166,15 +168,20 @@ pub(crate) async fn host_dane(dns: &SecureResolver, host: &str, port: u16) -> Ho
     let Ok(name) = absolute(host) else {
         return HostDane::NotApplicable("not a host name".into());
     };
+    let lookup_error = |reason| HostDane::LookupError {
+        tlsa_name: tlsa_name(&name, port),
+        reason,
+    };
     let owner = match secure_address(dns, &name).await {
         Ok(Some(owner)) => owner,
-        Ok(None) => return HostDane::NotApplicable("address records not secure".into()),
-        Err(reason) => {
-            return HostDane::LookupError {
-                tlsa_name: tlsa_name(&name, port),
-                reason,
-            }
-        }
+        // RFC 7672 §2.2.2: a host whose own name is a secure CNAME into an unsigned zone is
+        // still in a signed zone: its TLSA records are at the original name.
+        Ok(None) => match secure_cname(dns, &name).await {
+            Ok(true) => name.clone(),
+            Ok(false) => return HostDane::NotApplicable("address records not secure".into()),
+            Err(reason) => return lookup_error(reason),
+        },
+        Err(reason) => return lookup_error(reason),
     };
     // A secure CNAME: the expanded name first, then the original (RFC 7672 §2.2.2).
     let mut bases = vec![owner.clone()];
@@ -218,6 +225,15 @@ async fn secure_address(dns: &SecureResolver, host: &Name) -> Result<Option<Name
         }
     }
     Ok(None)
+}
+
+/// Whether `host` itself is a secure CNAME (the first link of its chain is signed).
+async fn secure_cname(dns: &SecureResolver, host: &Name) -> Result<bool, String> {
+    match dns.lookup(host, RecordType::CNAME).await {
+        Ok(answer) => Ok(answer.status == Security::Secure),
+        Err(e) if e.is_error() => Err(format!("{host} CNAME: {e}")),
+        Err(_) => Ok(false),
+    }
 }
 
 /// A secure TLSA RRset at `tlsa_name`, found for MX host `host` under base name `base`.

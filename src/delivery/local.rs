@@ -183,7 +183,9 @@ fn raise(base: HostPlan, level: TlsLevel, host: &str, domain: &str) -> (HostPlan
 fn says_tls_not_required(message: &[u8]) -> bool {
     let end = find(message, b"\r\n\r\n").unwrap_or(message.len());
     let headers = String::from_utf8_lossy(&message[..end]);
-    headers.split("\r\n").any(|line| {
+    // RFC 5322 §2.2.3: a line that starts with white space continues the field before it.
+    let unfolded = headers.replace("\r\n ", " ").replace("\r\n\t", "\t");
+    unfolded.split("\r\n").any(|line| {
         line.split_once(':').is_some_and(|(name, value)| {
             name.eq_ignore_ascii_case("TLS-Required") && value.trim().eq_ignore_ascii_case("no")
         })
@@ -284,6 +286,10 @@ mod tests {
             b"Subject: x\r\nTLS-Required: No\r\n\r\nbody"
         ));
         assert!(says_tls_not_required(b"tls-required:no\r\n\r\n"));
+        assert!(
+            says_tls_not_required(b"TLS-Required:\r\n No\r\n\r\n"),
+            "folded"
+        );
         assert!(!says_tls_not_required(
             b"Subject: x\r\n\r\nTLS-Required: No\r\n"
         ));

@@ -148,7 +148,14 @@ impl TlsRequirement {
             Some(HostDane::Authenticate(auth)) => {
                 (HostPlan::Dane(auth.clone()), AppliedPolicy::named(DANE))
             }
-            Some(HostDane::EncryptOnly { .. }) => (HostPlan::Encrypt, AppliedPolicy::named(DANE)),
+            // No usable record means no DANE check (RFC 7672 §2.2): TLS is mandatory, and an
+            // enforced MTA-STS policy, which demands more, still applies.
+            Some(HostDane::EncryptOnly { .. }) => match self.host_plan(host, domain) {
+                HostPlan::Opportunistic | HostPlan::Probe { .. } => {
+                    (HostPlan::Encrypt, AppliedPolicy::named(DANE))
+                }
+                sts => (sts, self.applied(Some(host))),
+            },
             Some(HostDane::LookupError { reason, .. }) => (
                 HostPlan::Skip(TlsFailure::TlsaLookup {
                     host: host.to_string(),

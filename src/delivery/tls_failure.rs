@@ -130,6 +130,12 @@ impl TlsFailure {
         let rank = match self {
             TlsFailure::NotAuthorized { .. } => Rank::PolicyMx,
             TlsFailure::TlsaLookup { .. } => Rank::Undetermined,
+            // A host refused before dialling (dane-only, REQUIRETLS) says least: any failure at a
+            // host that qualified, even a refused connection, is reported in preference, and
+            // keeps the recipient waiting for that host.
+            TlsFailure::DaneRequired { .. } | TlsFailure::RequireTls { .. } if relay.is_none() => {
+                Rank::PolicyMx
+            }
             _ => Rank::Tls,
         };
         let mut failure = Failure::new(self.reply(relay.as_ref()), relay, rank);

@@ -4,7 +4,7 @@
 //! domains with TLSA records for MX hosts that offer STARTTLS with chosen certificates.
 
 use crate::lab::bounce::Bounce;
-use crate::lab::ca::{Issued, LabCa};
+use crate::lab::ca::{CertOptions, Issued, LabCa};
 use crate::lab::dns::{name, Zone};
 use crate::lab::relay::{DeliveryLine, Relay};
 use crate::lab::smtp::{Behaviour, SmtpServer};
@@ -18,6 +18,22 @@ use std::net::Ipv4Addr;
 
 /// The envelope sender of the scene's mail.
 pub const SENDER: &str = "alice@sender.test";
+
+/// TLSA parameters: (usage, selector, matching type).
+pub type Params = (u8, u8, u8);
+
+/// A TLSA record: its parameters and association data.
+pub type Record = (Params, Vec<u8>);
+
+/// The usual record for a leaf: DANE-EE(3) SPKI(1) SHA2-256(1) of `issued`.
+pub fn dane_ee(issued: &Issued) -> (Params, Vec<u8>) {
+    ((3, 1, 1), tlsa_for(issued, 1, 1))
+}
+
+/// The usual record for a trust anchor: DANE-TA(2) Cert(0) SHA2-256(1) of the CA `ca`.
+pub fn dane_ta(ca: &LabCa) -> (Params, Vec<u8>) {
+    ((2, 0, 1), tlsa_for_ca(ca, 0, 1))
+}
 
 /// The association data of a TLSA record for `issued` (selector 0: the certificate, 1: its
 /// SPKI; matching 0: as is, 1: SHA2-256, 2: SHA2-512), computed as RFC 6698 §2.1 says.
@@ -112,6 +128,29 @@ impl DaneScene {
         self.lab.zone(zone);
     }
 
+    /// Publishes `domain`, DNSSEC-signed, with one MX host `mx{n}.{domain}` (lab host `n`) and
+    /// `records` at its TLSA name; returns the MX host name.
+    pub fn publish_signed(&self, domain: &str, n: u8, records: &[(Params, Vec<u8>)]) -> String {
+        let host = format!("mx{n}.{domain}");
+        let mut zone = self.zone(domain, &[(10, n)]).signed();
+        for (params, data) in records {
+            zone = self.with_tlsa(zone, &host, *params, data);
+        }
+        self.publish(zone);
+        host
+    }
+
+    /// Publishes `domain`, DNSSEC-signed, with an MX host `mx{n}.{domain}` (lab host `n`) for
+    /// each `(preference, n, record)`, and that one TLSA record at the host's TLSA name.
+    pub fn publish_signed_hosts(&self, domain: &str, hosts: &[(u16, u8, Record)]) {
+        let mx: Vec<(u16, u8)> = hosts.iter().map(|&(p, n, _)| (p, n)).collect();
+        let mut zone = self.zone(domain, &mx).signed();
+        for (_, n, (params, data)) in hosts {
+            zone = self.with_tlsa(zone, &format!("mx{n}.{domain}"), *params, data);
+        }
+        self.publish(zone);
+    }
+
     /// An MX host at `127.X.Y.n` offering STARTTLS with `issued` (its chain).
     pub async fn tls_mx(&self, n: u8, issued: &Issued) -> SmtpServer {
         self.lab
@@ -120,6 +159,16 @@ impl DaneScene {
                 Behaviour::plain().starttls(&issued.chain_pem, &issued.key_pem),
             )
             .await
+    }
+
+    /// `domain`, signed, whose one MX host `mx{n}.{domain}` (lab host `n`) offers STARTTLS with a
+    /// good lab-CA certificate for its name, matched by a DANE-EE(3) record.
+    pub async fn dane_ee_domain(&self, domain: &str, n: u8) -> SmtpServer {
+        let host = format!("mx{n}.{domain}");
+        let issued = self.lab.ca.issue_with(&[&host], CertOptions::default());
+        let mx = self.tls_mx(n, &issued).await;
+        self.publish_signed(domain, n, &[dane_ee(&issued)]);
+        mx
     }
 
     /// An MX host at `127.X.Y.n` without STARTTLS.

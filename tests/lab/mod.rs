@@ -40,6 +40,8 @@ pub const WAIT: Duration = Duration::from_secs(20);
 pub const RELAY_HOST: u8 = 1;
 /// The address octet of the lab's DNS server.
 pub const DNS_HOST: u8 = 53;
+/// The relay's host name in the lab (its `hostname`, and the name on its TLS certificate).
+pub const RELAY_NAME: &str = "relay.lab.test";
 
 pub struct Lab {
     pub dns: DnsServer,
@@ -81,6 +83,15 @@ impl Lab {
     /// `127.X.Y.n` in this lab.
     pub fn ip(&self, n: u8) -> Ipv4Addr {
         Ipv4Addr::new(127, self.net.0, self.net.1, n)
+    }
+
+    /// Postfix's reply for an MX host `host` at `127.X.Y.n` that does not offer STARTTLS when
+    /// TLS is required: `CODE TLS is required, but was not offered by host HOST[IP]`.
+    pub fn not_offered(&self, code: &str, host: &str, n: u8) -> String {
+        format!(
+            "{code} TLS is required, but was not offered by host {host}[{}]",
+            self.ip(n)
+        )
     }
 
     /// The port of every lab MX host (the relay's `smtp_port`).
@@ -135,6 +146,21 @@ impl Lab {
             .unwrap_or_else(|e| panic!("lab SMTP server on {addr}: {e}"))
     }
 
+    /// A `[[listener]]` TOML snippet for the relay's submission address with STARTTLS and a
+    /// lab-CA certificate for [`RELAY_NAME`] (REQUIRETLS is offered only inside TLS).
+    pub fn tls_listener_toml(&self) -> String {
+        let issued = self
+            .ca
+            .issue_with(&[RELAY_NAME], crate::lab::ca::CertOptions::default());
+        let (cert, key) = issued.write_pem(self.dir(), "relay");
+        format!(
+            "[[listener]]\naddress = \"{}\"\ntls_cert = {:?}\ntls_key = {:?}\n",
+            self.relay_addr(),
+            cert.to_string_lossy(),
+            key.to_string_lossy()
+        )
+    }
+
     /// Where the relay listens for submissions.
     pub fn relay_addr(&self) -> SocketAddr {
         SocketAddr::new(IpAddr::V4(self.ip(RELAY_HOST)), self.port)
@@ -144,7 +170,7 @@ impl Lab {
     /// doubling to 2 s) so retries happen within a test.
     pub fn relay_config(&self) -> RelayConfig {
         RelayConfig {
-            hostname: "relay.lab.test".into(),
+            hostname: RELAY_NAME.into(),
             data_dir: self.dir().join("data"),
             listen: self.relay_addr(),
             nameserver: self.dns.addr(),
@@ -163,7 +189,7 @@ impl Lab {
     /// its DNS, its SMTP port, short timeouts, no MTA-STS (such tests pass no policy cache).
     pub fn delivery_config(&self) -> mxguard::config::Config {
         let mut c = mxguard::config::Config {
-            hostname: "relay.lab.test".into(),
+            hostname: RELAY_NAME.into(),
             ..mxguard::config::Config::default()
         };
         c.dns.nameservers = vec![self.dns.addr()];

@@ -498,6 +498,66 @@ impl DeliveryLine {
     }
 }
 
+/// The shipped status filter, `deploy/status_filter` (for `[delivery] status_filter`).
+pub fn shipped_status_filter() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/status_filter")
+}
+
+/// The `tls=`, `policy=` and `dsn=` fields of a delivery line.
+#[track_caller]
+pub fn assert_facts(d: &DeliveryLine, tls: &str, policy: &str, dsn: &str) {
+    assert_eq!(d.field("tls"), Some(tls), "tls= in {}", d.line);
+    assert_eq!(d.field("policy"), Some(policy), "policy= in {}", d.line);
+    assert_eq!(d.field("dsn"), Some(dsn), "dsn= in {}", d.line);
+}
+
+/// The reply of a delivery line starts with `prefix`.
+#[track_caller]
+pub fn assert_reply_starts_with(d: &DeliveryLine, prefix: &str) {
+    assert!(
+        d.reply.starts_with(prefix),
+        "want a reply starting {prefix:?}: {}",
+        d.line
+    );
+}
+
+/// Deferred for a certificate not verified: `tls=none`, `policy`, `dsn=4.7.5`, and a reply
+/// starting `451 4.7.5 Server certificate not verified` followed by `detail`.
+#[track_caller]
+pub fn assert_not_verified(d: &DeliveryLine, policy: &str, detail: &str) {
+    assert_facts(d, "none", policy, "4.7.5");
+    assert_reply_starts_with(
+        d,
+        &format!("451 4.7.5 Server certificate not verified{detail}"),
+    );
+}
+
+/// The `relay=` field of a delivery line names MX host `host` (`host[IP]:PORT`).
+#[track_caller]
+pub fn assert_relayed_by(d: &DeliveryLine, host: &str) {
+    assert!(
+        d.field("relay")
+            .is_some_and(|r| r.starts_with(&format!("{host}["))),
+        "want relay={host}[…] in {}",
+        d.line
+    );
+}
+
+/// No deferred line for `rcpt`: the bounce came on the first attempt.
+#[track_caller]
+pub fn assert_never_deferred(relay: &Relay, rcpt: &str) {
+    let deferred: Vec<String> = relay
+        .deliveries()
+        .into_iter()
+        .filter(|d| d.to == rcpt && d.status == "deferred")
+        .map(|d| d.line)
+        .collect();
+    assert!(
+        deferred.is_empty(),
+        "bounced at once, not after retries: {deferred:#?}"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

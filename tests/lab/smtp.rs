@@ -494,3 +494,23 @@ fn parse_path(text: &str, keyword: &str) -> Option<(String, Vec<String>)> {
         .collect();
     Some((address, params))
 }
+
+/// How many transactions `mx` saw begin (MAIL FROM), in plaintext or over TLS.
+pub fn mail_commands(mx: &SmtpServer) -> usize {
+    mx.transcript()
+        .iter()
+        .filter(|l| l.to_ascii_uppercase().starts_with("C: MAIL FROM"))
+        .count()
+}
+
+/// `mx` received nothing: no message, not even a MAIL FROM.
+#[track_caller]
+pub fn assert_nothing_sent(mx: &SmtpServer) {
+    assert!(mx.messages().is_empty(), "no message may arrive");
+    assert_eq!(
+        mail_commands(mx),
+        0,
+        "no transaction may start: {:#?}",
+        mx.transcript()
+    );
+}
