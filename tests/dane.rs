@@ -127,6 +127,20 @@ async fn dane_ee_ignores_names_and_dates() {
     assert_sent_under_dane_with_sni(&d, &mx, MX10).await;
 }
 
+/// The same delivery with the relay anchored at the root's DS record (`trust_anchor_file` in
+/// the form of the IANA root anchor): the key is fetched and matched, then DANE works alike.
+#[tokio::test]
+async fn a_ds_trust_anchor_validates_like_a_key() {
+    let s = DaneScene::new().await;
+    let issued = s.lab().ca.issue_with(&[MX10], CertOptions::default());
+    let mx = s.tls_mx(10, &issued).await;
+    publish_dane_test(&s, &[dane_ee(&issued)]);
+    let relay = s.relay_with_ds_anchor("").await;
+
+    let d = s.send(&relay, BOB, "ds anchor", "sent").await;
+    assert_sent_under_dane_with_sni(&d, &mx, MX10).await;
+}
+
 /// RFC 7672 §3.1.1: a DANE-EE(3) record that matches nothing: the host is not authenticated,
 /// nothing is sent, the recipient is deferred with 4.7.5 "Server certificate not verified".
 #[tokio::test]

@@ -111,6 +111,30 @@ async fn signed_zone_answers_are_secure() {
     );
 }
 
+/// A DS trust anchor (the form of the IANA root anchor, RFC 4034 §5): the validator fetches the
+/// anchored zone's DNSKEY RRset, trusts the key whose digest matches, and validates as with a
+/// DNSKEY anchor. A DS that matches no key gives temporary failures, never insecure answers.
+#[tokio::test]
+async fn ds_trust_anchors_work_like_keys() {
+    let lab = signed_lab().await;
+    lab.zone(example_zone(&lab));
+    let file = write_trust_anchor_file(lab.dir(), &[lab.dns.ds_trust_anchor()]);
+    let r = resolver_with(lab.dns.addr(), file);
+    let a = secure(&r, "mx.example.test.", RecordType::A).await;
+    assert_eq!(a, vec![RData::A(A(lab.ip(2)))]);
+
+    let stranger = ZoneKey::generate().ds_trust_anchor(&name("test."));
+    let other = lab.dir().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let file = write_trust_anchor_file(&other, &[stranger]);
+    let r = resolver_with(lab.dns.addr(), file);
+    let failure = fails(&r, "mx.example.test.", RecordType::A).await;
+    assert!(
+        matches!(&failure, DnssecFailure::TempFail(why) if why.contains("matches its DS")),
+        "{failure:?}"
+    );
+}
+
 /// NSEC3 proves a name absent (also two labels below a missing name, which plain NSEC from
 /// hickory-server gets wrong) and a type absent at an existing name.
 #[tokio::test]

@@ -1,22 +1,29 @@
 //! The trust anchors of `[dns] trust_anchor_file` for in-process validation.
 //!
-//! **The trust-anchor file** holds one DNSKEY per line in zone-file presentation form (the form
-//! unbound's `trust-anchor-file` and BIND's key files use), without parentheses:
+//! **The trust-anchor file** holds one DNSKEY or DS record per line in zone-file presentation
+//! form (the form of unbound's `trust-anchor-file`, BIND's key files and `ldns-key2ds` or
+//! `dnssec-dsfromkey` output), without parentheses:
 //!
 //! ```text
 //! ; comments start with a semicolon; blank lines are ignored
-//! .            IN DNSKEY 257 3 8  AwEAAaz/tAm8yTn4Mfeh…
+//! .            IN DS     20326 8 2 E06D44B80B8F1D39A95C0B0D7C65D08458E880409BBC683457104237C7F8EC8D
 //! example.org. 3600 IN DNSKEY 257 3 13 mdsswUyr3DPW132mOi8V9xESWE8jTo0d…
 //! ```
 //!
-//! That is: owner name, an optional TTL and class (`IN`, in either order), `DNSKEY`, flags,
-//! protocol, algorithm and the base64 public key (which may be split by spaces). The key must be
-//! a zone key (flag 256, RFC 4034 §2.1.1), not revoked (flag 128, RFC 5011 §2.1), protocol 3
-//! (RFC 4034 §2.1.2), of an algorithm the validator implements (RSA/SHA-256 and SHA-512, ECDSA
-//! P-256 and P-384, Ed25519).
+//! A DNSKEY line is: owner name, an optional TTL and class (`IN`, in either order), `DNSKEY`,
+//! flags, protocol, algorithm and the base64 public key (which may be split by spaces). The key
+//! must be a zone key (flag 256, RFC 4034 §2.1.1), not revoked (flag 128, RFC 5011 §2.1),
+//! protocol 3 (RFC 4034 §2.1.2), of an algorithm the validator implements (RSA/SHA-256 and
+//! SHA-512, ECDSA P-256 and P-384, Ed25519).
+//!
+//! A DS line is: owner, optional TTL and class, `DS`, key tag, algorithm, digest type (1 SHA-1,
+//! 2 SHA-256, 4 SHA-384) and the hex digest (which may be split by spaces). A DS anchor names a
+//! key rather than holding it: the validator fetches the zone's DNSKEY RRset and trusts the
+//! keys whose digest matches (RFC 4034 §5), as unbound does.
 
 use base64::Engine as _;
-use hickory_resolver::proto::dnssec::{Algorithm, PublicKeyBuf, TrustAnchors};
+use hickory_resolver::proto::dnssec::rdata::DS;
+use hickory_resolver::proto::dnssec::{Algorithm, DigestType, PublicKeyBuf, TrustAnchors};
 use hickory_resolver::proto::rr::{LowerName, Name};
 use std::path::Path;
 use std::path::PathBuf;
@@ -35,8 +42,23 @@ pub enum TrustAnchorError {
         line: usize,
         reason: String,
     },
-    #[error("trust anchor file {}: no DNSKEY lines", path.display())]
+    #[error("trust anchor file {}: no DNSKEY or DS lines", path.display())]
     NoTrustAnchors { path: PathBuf },
+}
+
+/// A DS trust anchor: the digest of a zone's key (RFC 4034 §5), the form of the IANA root
+/// anchor; the key itself comes from the zone's DNSKEY RRset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DsAnchor {
+    pub zone: Name,
+    pub ds: DS,
+}
+
+/// One line of the trust-anchor file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Anchor {
+    Key(TrustAnchor),
+    Ds(DsAnchor),
 }
 
 /// One trust anchor: a DNSKEY trusted for a zone without proof from above.
@@ -51,7 +73,7 @@ pub struct TrustAnchor {
 }
 
 /// Reads and parses a trust-anchor file (format in the module documentation).
-pub fn load_trust_anchors(path: &Path) -> Result<Vec<TrustAnchor>, TrustAnchorError> {
+pub fn load_trust_anchors(path: &Path) -> Result<Vec<Anchor>, TrustAnchorError> {
     let text = std::fs::read_to_string(path).map_err(|source| TrustAnchorError::Read {
         path: path.to_path_buf(),
         source,
@@ -80,20 +102,42 @@ pub fn trust_anchors(anchors: &[TrustAnchor]) -> TrustAnchors {
 }
 
 /// Parses trust-anchor text; an error carries the 1-based line number and the reason.
-pub fn parse_trust_anchors(text: &str) -> Result<Vec<TrustAnchor>, (usize, String)> {
+pub fn parse_trust_anchors(text: &str) -> Result<Vec<Anchor>, (usize, String)> {
     let mut anchors = Vec::new();
     for (index, line) in text.lines().enumerate() {
         let content = line.split(';').next().unwrap_or_default();
         if content.trim().is_empty() {
             continue;
         }
-        anchors.push(parse_dnskey_line(content).map_err(|reason| (index + 1, reason))?);
+        anchors.push(parse_line(content).map_err(|reason| (index + 1, reason))?);
     }
     Ok(anchors)
 }
 
-/// One `owner [ttl] [IN] DNSKEY flags protocol algorithm key…` line.
-fn parse_dnskey_line(line: &str) -> Result<TrustAnchor, String> {
+/// The DNSKEY anchors among `anchors`.
+pub fn keys(anchors: &[Anchor]) -> Vec<TrustAnchor> {
+    anchors
+        .iter()
+        .filter_map(|a| match a {
+            Anchor::Key(k) => Some(k.clone()),
+            Anchor::Ds(_) => None,
+        })
+        .collect()
+}
+
+/// The DS anchors among `anchors`.
+pub fn ds_anchors(anchors: &[Anchor]) -> Vec<DsAnchor> {
+    anchors
+        .iter()
+        .filter_map(|a| match a {
+            Anchor::Ds(d) => Some(d.clone()),
+            Anchor::Key(_) => None,
+        })
+        .collect()
+}
+
+/// One `owner [ttl] [IN] DNSKEY|DS …` line.
+fn parse_line(line: &str) -> Result<Anchor, String> {
     if line.contains('(') || line.contains(')') {
         return Err("records spread over lines with parentheses are not supported".into());
     }
@@ -104,12 +148,68 @@ fn parse_dnskey_line(line: &str) -> Result<TrustAnchor, String> {
     // An optional TTL and class, in either order (RFC 1035 §5.1), then the type.
     loop {
         match tokens.next() {
-            Some(t) if t.eq_ignore_ascii_case("DNSKEY") => break,
+            Some(t) if t.eq_ignore_ascii_case("DNSKEY") => {
+                return parse_dnskey(zone, tokens).map(Anchor::Key)
+            }
+            Some(t) if t.eq_ignore_ascii_case("DS") => {
+                return parse_ds(zone, tokens).map(Anchor::Ds)
+            }
             Some(t) if t.eq_ignore_ascii_case("IN") || t.bytes().all(|b| b.is_ascii_digit()) => {}
-            Some(t) => return Err(format!("expected DNSKEY, found {t:?}")),
-            None => return Err("no DNSKEY record on this line".into()),
+            Some(t) => return Err(format!("expected DNSKEY or DS, found {t:?}")),
+            None => return Err("no DNSKEY or DS record on this line".into()),
         }
     }
+}
+
+/// `key-tag algorithm digest-type digest…` (RFC 4034 §5.3).
+fn parse_ds<'a>(zone: Name, mut tokens: impl Iterator<Item = &'a str>) -> Result<DsAnchor, String> {
+    let key_tag: u16 = number(tokens.next(), "key tag")?;
+    let algorithm = Algorithm::from_u8(number(tokens.next(), "algorithm")?);
+    if !algorithm.is_supported() {
+        return Err(format!(
+            "algorithm {algorithm}: not supported by the validator"
+        ));
+    }
+    let digest_type: u8 = number(tokens.next(), "digest type")?;
+    let length = match digest_type {
+        1 => 20,
+        2 => 32,
+        4 => 48,
+        other => {
+            return Err(format!(
+                "digest type {other}: not SHA-1, SHA-256 or SHA-384"
+            ))
+        }
+    };
+    let hex: String = tokens.collect();
+    let digest = decode_hex(&hex).ok_or_else(|| format!("digest {hex:?} is not hex"))?;
+    if digest.len() != length {
+        return Err(format!(
+            "digest of {} bytes; digest type {digest_type} needs {length}",
+            digest.len()
+        ));
+    }
+    Ok(DsAnchor {
+        zone,
+        ds: DS::new(key_tag, algorithm, DigestType::from(digest_type), digest),
+    })
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if text.is_empty() || !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// `flags protocol algorithm key…` (RFC 4034 §2.2).
+fn parse_dnskey<'a>(
+    zone: Name,
+    mut tokens: impl Iterator<Item = &'a str>,
+) -> Result<TrustAnchor, String> {
     let flags: u16 = number(tokens.next(), "flags")?;
     let protocol: u8 = number(tokens.next(), "protocol")?;
     let algorithm: u8 = number(tokens.next(), "algorithm")?;
@@ -186,7 +286,36 @@ mod tests {
     fn good(text: &str) -> TrustAnchor {
         let mut anchors = parse_trust_anchors(text).unwrap();
         assert_eq!(anchors.len(), 1, "{text}");
-        anchors.remove(0)
+        match anchors.remove(0) {
+            Anchor::Key(k) => k,
+            Anchor::Ds(d) => panic!("a DS anchor: {d:?}"),
+        }
+    }
+
+    const ROOT_DS: &str =
+        ". IN DS 20326 8 2 E06D44B80B8F1D39A95C0B0D7C65D08458E880409BBC683457104237C7F8EC8D";
+
+    #[test]
+    fn ds_lines() {
+        let anchors = parse_trust_anchors(&format!("{ROOT_DS}\n")).unwrap();
+        let Anchor::Ds(ds) = &anchors[0] else {
+            panic!("not a DS anchor")
+        };
+        assert!(ds.zone.is_root());
+        assert_eq!(ds.ds.key_tag(), 20326);
+        assert_eq!(ds.ds.digest().len(), 32);
+        // The digest may be split, and the TTL and class come in either order.
+        let split = "test. 3600 IN DS 1 13 2 E06D44B80B8F1D39A95C0B0D7C65D084 58E880409BBC683457104237C7F8EC8D";
+        assert!(matches!(
+            parse_trust_anchors(split).unwrap()[0],
+            Anchor::Ds(_)
+        ));
+        bad(". IN DS 20326 8 2 E06D44", "needs 32");
+        bad(". IN DS 20326 8 3 E06D44", "digest type 3");
+        bad(". IN DS 20326 8 2 XYZ0", "not hex");
+        bad(". IN DS 20326 1 2 E06D", "not supported");
+        assert_eq!(ds_anchors(&anchors).len(), 1);
+        assert!(keys(&anchors).is_empty());
     }
 
     fn bad(text: &str, reason: &str) {
@@ -221,8 +350,8 @@ mod tests {
     #[test]
     fn trust_anchor_errors_name_the_line() {
         bad(
-            &format!("; ok\nexample.test. IN DS 1 13 2 {P256}"),
-            "expected DNSKEY",
+            &format!("; ok\nexample.test. IN TXT 1 13 2 {P256}"),
+            "expected DNSKEY or DS",
         );
         bad("\nexample.test. IN DNSKEY 257 3 13", "no public key");
         bad(&format!("x. DNSKEY 1 3 13 {P256}"), "not a zone key");
@@ -259,7 +388,8 @@ mod tests {
 
     #[test]
     fn anchors_are_trusted_for_their_own_zone() {
-        let anchors = parse_trust_anchors(&format!("test. IN DNSKEY 257 3 13 {P256}")).unwrap();
+        let anchors =
+            keys(&parse_trust_anchors(&format!("test. IN DNSKEY 257 3 13 {P256}")).unwrap());
         let set = trust_anchors(&anchors);
         let key = &anchors[0].key;
         assert!(set.contains_with_name(key, &LowerName::new(&name("test."))));

@@ -1,18 +1,34 @@
 //! In-process validation (`[dns] dnssec = "validate"`): hickory's resolver checks every
 //! answer from the trust anchors, and each record carries its proof.
 
-use super::{anchors, DnssecFailure, DnssecSetupError, Secured, Security};
+use super::anchors::{self, DsAnchor, TrustAnchor};
+use super::{DnssecFailure, DnssecSetupError, Secured, Security};
 use crate::config::DnsConfig;
 use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::dnssec::rdata::DNSSECRData;
 use hickory_resolver::proto::dnssec::{Proof, TrustAnchors};
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 use hickory_resolver::TokioResolver;
 use std::sync::Arc;
+use tokio::sync::OnceCell;
 
+/// A resolver that validates every answer (RFC 4035 §5) from configured trust anchors.
 #[derive(Clone)]
 pub struct DnssecResolver {
-    resolver: TokioResolver,
+    /// The validating resolver, once its anchors are known: at once for DNSKEY anchors (or
+    /// hickory's built-in root keys); after the first look-up of the anchored zones' DNSKEY
+    /// RRsets for DS anchors.
+    resolver: Arc<OnceCell<TokioResolver>>,
+    /// What a DS anchor needs to become a key; `None` once built.
+    pending: Option<Arc<PendingAnchors>>,
+}
+
+/// DS anchors waiting for their zones' keys.
+struct PendingAnchors {
+    config: DnsConfig,
+    keys: Vec<TrustAnchor>,
+    ds: Vec<DsAnchor>,
 }
 
 impl DnssecResolver {
@@ -20,11 +36,23 @@ impl DnssecResolver {
     /// `timeout` and `cache_size`, and the anchors of `trust_anchor_file` (or hickory's built-in
     /// IANA root keys when no file is configured).
     pub fn from_config(config: &DnsConfig) -> Result<DnssecResolver, DnssecSetupError> {
-        let anchors = match &config.trust_anchor_file {
-            Some(path) => anchors::trust_anchors(&anchors::load_trust_anchors(path)?),
-            None => TrustAnchors::default(),
+        let Some(path) = &config.trust_anchor_file else {
+            return DnssecResolver::with_anchors(config, TrustAnchors::default());
         };
-        DnssecResolver::with_anchors(config, anchors)
+        let anchors = anchors::load_trust_anchors(path)?;
+        let ds = anchors::ds_anchors(&anchors);
+        let keys = anchors::keys(&anchors);
+        if ds.is_empty() {
+            return DnssecResolver::with_anchors(config, anchors::trust_anchors(&keys));
+        }
+        Ok(DnssecResolver {
+            resolver: Arc::new(OnceCell::new()),
+            pending: Some(Arc::new(PendingAnchors {
+                config: config.clone(),
+                keys,
+                ds,
+            })),
+        })
     }
 
     /// The same, with the trust anchors given.
@@ -32,13 +60,11 @@ impl DnssecResolver {
         config: &DnsConfig,
         anchors: TrustAnchors,
     ) -> Result<DnssecResolver, DnssecSetupError> {
-        let setup = |e: NetError| DnssecSetupError::Resolver(e.to_string());
-        let builder = crate::delivery::dns::resolver_builder(config).map_err(setup)?;
-        let resolver = builder
-            .with_trust_anchor(Arc::new(anchors))
-            .build()
-            .map_err(setup)?;
-        Ok(DnssecResolver { resolver })
+        let resolver = build(config, anchors)?;
+        Ok(DnssecResolver {
+            resolver: Arc::new(OnceCell::new_with(Some(resolver))),
+            pending: None,
+        })
     }
 
     /// The validated records of type `rtype` at `name` (absolute: no search domains).
@@ -48,12 +74,82 @@ impl DnssecResolver {
         name: &Name,
         rtype: RecordType,
     ) -> Result<Secured<Vec<RData>>, DnssecFailure> {
+        let resolver = self
+            .resolver
+            .get_or_try_init(|| async {
+                match &self.pending {
+                    Some(pending) => pending.resolve().await,
+                    None => Err(DnssecFailure::TempFail("no trust anchors".into())),
+                }
+            })
+            .await?;
         // An absolute name: no search domains (SecureResolver::lookup makes sure).
-        match self.resolver.lookup(name.clone(), rtype).await {
+        match resolver.lookup(name.clone(), rtype).await {
             Ok(answer) => classify_answer(rtype, answer.answers()),
             Err(e) => Err(classify_error(&e)),
         }
     }
+}
+
+impl PendingAnchors {
+    /// RFC 4034 §5: the keys of each DS-anchored zone are those of its DNSKEY RRset whose
+    /// digest the DS gives. The RRset is fetched without validation (it is what the anchor
+    /// vouches for); the validator then checks its self-signature like any other. A failed
+    /// fetch is temporary: the next look-up tries again.
+    async fn resolve(&self) -> Result<TokioResolver, DnssecFailure> {
+        let fail = |why: String| DnssecFailure::TempFail(format!("trust anchor: {why}"));
+        let plain =
+            crate::delivery::dns::build_resolver(&self.config).map_err(|e| fail(e.to_string()))?;
+        let mut keys = self.keys.clone();
+        for anchor in &self.ds {
+            let answer = plain
+                .lookup(anchor.zone.clone(), RecordType::DNSKEY)
+                .await
+                .map_err(|e| fail(format!("DNSKEY of {}: {e}", anchor.zone)))?;
+            let matching: Vec<TrustAnchor> = answer
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::DNSSEC(DNSSECRData::DNSKEY(key)) => Some(key),
+                    _ => None,
+                })
+                .filter(|key| anchor.ds.covers(&anchor.zone, key).unwrap_or(false))
+                .map(|key| TrustAnchor {
+                    zone: anchor.zone.clone(),
+                    flags: key.flags(),
+                    key: key.public_key().clone(),
+                })
+                .collect();
+            if matching.is_empty() {
+                return Err(fail(format!(
+                    "no DNSKEY of {} matches its DS (key tag {})",
+                    anchor.zone,
+                    anchor.ds.key_tag()
+                )));
+            }
+            keys.extend(matching);
+        }
+        tracing::info!(
+            "DNSSEC trust anchors: {} key(s), from the DS records of {}",
+            keys.len(),
+            self.ds
+                .iter()
+                .map(|d| d.zone.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        build(&self.config, anchors::trust_anchors(&keys)).map_err(|e| fail(e.to_string()))
+    }
+}
+
+/// hickory's validating resolver for `config`, trusting `anchors`.
+fn build(config: &DnsConfig, anchors: TrustAnchors) -> Result<TokioResolver, DnssecSetupError> {
+    let setup = |e: NetError| DnssecSetupError::Resolver(e.to_string());
+    let builder = crate::delivery::dns::resolver_builder(config).map_err(setup)?;
+    builder
+        .with_trust_anchor(Arc::new(anchors))
+        .build()
+        .map_err(setup)
 }
 
 /// Sorts a validated positive answer: every record but the RRSIGs carries hickory's proof.

@@ -180,6 +180,20 @@ impl DaneScene {
     /// `extra_toml` is appended to its configuration.
     pub async fn relay(&self, extra_toml: &str) -> Relay {
         let anchor = self.lab.dns.write_trust_anchor(self.lab.dir());
+        self.relay_anchored(&anchor, extra_toml).await
+    }
+
+    /// The same, anchored at the lab root's DS record instead of its key (the form of the
+    /// IANA root anchor).
+    pub async fn relay_with_ds_anchor(&self, extra_toml: &str) -> Relay {
+        let anchor = crate::lab::dns::dnssec::write_trust_anchor_file(
+            self.lab.dir(),
+            &[self.lab.dns.ds_trust_anchor()],
+        );
+        self.relay_anchored(&anchor, extra_toml).await
+    }
+
+    async fn relay_anchored(&self, anchor: &std::path::Path, extra_toml: &str) -> Relay {
         let mut config = self.lab.relay_config();
         config.dnssec = "validate".into();
         let snippet = format!(

@@ -481,11 +481,22 @@ impl DnsServer {
 
     /// The trust-anchor line of the signed root (`test. IN DNSKEY 257 3 13 …`).
     pub fn trust_anchor(&self) -> String {
-        let root = self.state.root.lock().unwrap();
-        let key = root
-            .as_ref()
-            .expect("the lab root is not signed: call DnsServer::sign_root first");
-        key.trust_anchor(&name(LAB_ROOT))
+        self.root_key().trust_anchor(&name(LAB_ROOT))
+    }
+
+    /// The key of the signed root.
+    fn root_key(&self) -> ZoneKey {
+        self.state
+            .root
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("the lab root is not signed: call DnsServer::sign_root first")
+    }
+
+    /// The signed root's trust anchor as a DS line (`test. IN DS …`).
+    pub fn ds_trust_anchor(&self) -> String {
+        self.root_key().ds_trust_anchor(&name(LAB_ROOT))
     }
 
     /// Writes the signed root's trust anchor to a file in `dir`, for `[dns] trust_anchor_file`.

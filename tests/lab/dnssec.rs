@@ -113,6 +113,12 @@ impl ZoneKey {
         format!("{owner} IN DNSKEY {}", self.dnskey)
     }
 
+    /// The same anchor as a DS line (`example.test. IN DS <tag> 13 2 <hex>`), the form of the
+    /// IANA root anchor.
+    pub fn ds_trust_anchor(&self, owner: &Name) -> String {
+        format!("{owner} IN DS {}", self.ds(owner))
+    }
+
     /// A signer for the zone `origin`, for hickory-server's online signing.
     pub(super) fn signer(&self, origin: &Name) -> DnssecSigner {
         let der = PrivatePkcs8KeyDer::from(self.pkcs8.as_slice());
@@ -131,7 +137,7 @@ impl ZoneKey {
 /// with a comment header, and returns the path for `[dns] trust_anchor_file`.
 pub fn write_trust_anchor_file(dir: &Path, lines: &[String]) -> PathBuf {
     let path = dir.join("trust-anchors");
-    let mut text = String::from("; mxguard lab trust anchors (one DNSKEY per line)\n");
+    let mut text = String::from("; mxguard lab trust anchors (one DNSKEY or DS per line)\n");
     for line in lines {
         text.push_str(line);
         text.push('\n');
