@@ -277,8 +277,9 @@ async fn requiretls_to_a_dane_mx_without_requiretls_bounces_at_once() {
 
     let rcpt = "bob@dane.test";
     let d = send_requiretls(&relay, s.lab(), rcpt, "no requiretls", "bounced").await;
-    // No transaction: the line carries no session's TLS facts.
-    assert_requiretls_bounced(&relay, &d, rcpt);
+    // The session got as far as verified TLS: the line says so.
+    assert_facts(&d, "verified", "requiretls", "5.7.30");
+    assert_never_deferred(&relay, rcpt);
     assert_eq!(
         d.reply,
         format!(
@@ -310,7 +311,8 @@ async fn requiretls_to_an_mta_sts_mx_without_requiretls_bounces_at_once() {
 
     let rcpt = "bob@example.test";
     let d = send_requiretls(&relay, s.lab(), rcpt, "no requiretls", "bounced").await;
-    assert_requiretls_bounced(&relay, &d, rcpt);
+    assert_facts(&d, "verified", "requiretls", "5.7.30");
+    assert_never_deferred(&relay, rcpt);
     assert!(
         d.reply.ends_with("did not advertise REQUIRETLS")
             && d.reply

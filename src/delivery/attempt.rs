@@ -230,6 +230,9 @@ pub(crate) struct Failure {
     pub result_type: Option<ResultType>,
     /// `reply` is the server's own (greeting, EHLO/HELO), not a text we wrote.
     pub remote_reply: bool,
+    /// The session's TLS when the failure came after STARTTLS (a REQUIRETLS server that did
+    /// not advertise it), so the log line tells how far the session got.
+    pub tls: TlsInfo,
 }
 
 impl Failure {
@@ -240,6 +243,7 @@ impl Failure {
             rank,
             result_type: None,
             remote_reply: false,
+            tls: TlsInfo::default(),
         }
     }
 

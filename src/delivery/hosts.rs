@@ -203,8 +203,9 @@ impl<'a> Run<'a> {
             Connection::Plain(client) => session::quit(client).await,
             Connection::Tls(client) => session::quit(client.as_mut()).await,
         }
-        self.worst
-            .record(failure.into_failure(Some(session.relay.clone())));
+        let mut failure = failure.into_failure(Some(session.relay.clone()));
+        failure.tls = session.tls.clone();
+        self.worst.record(failure);
         Err(Next::Host)
     }
 
