@@ -232,7 +232,8 @@ pub(crate) struct Failure {
     pub remote_reply: bool,
     /// The session's TLS when the failure came after STARTTLS (a REQUIRETLS server that did
     /// not advertise it), so the log line tells how far the session got.
-    pub tls: TlsInfo,
+    /// Boxed: almost every failure has none, and a failure travels in many `Result`s.
+    pub tls: Option<Box<TlsInfo>>,
 }
 
 impl Failure {
@@ -243,7 +244,7 @@ impl Failure {
             rank,
             result_type: None,
             remote_reply: false,
-            tls: TlsInfo::default(),
+            tls: None,
         }
     }
 

@@ -204,7 +204,7 @@ impl<'a> Run<'a> {
             Connection::Tls(client) => session::quit(client.as_mut()).await,
         }
         let mut failure = failure.into_failure(Some(session.relay.clone()));
-        failure.tls = session.tls.clone();
+        failure.tls = Some(Box::new(session.tls.clone()));
         self.worst.record(failure);
         Err(Next::Host)
     }

@@ -349,7 +349,7 @@ fn every_recipient(job: &Job<'_>, failure: Failure, policy: AppliedPolicy) -> Ve
             reply: failure.reply.clone(),
             remote_reply: failure.remote_reply,
             relay: failure.relay.clone(),
-            tls: failure.tls.clone(),
+            tls: failure.tls.as_deref().cloned().unwrap_or_default(),
             policy: policy.clone(),
             dsn_passed_on: false,
         })
