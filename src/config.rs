@@ -538,14 +538,35 @@ impl Config {
             crate::dsn::status_filter::StatusFilter::load(file)
                 .map_err(|e| ConfigError::key("delivery.status_filter", e.to_string()))?;
         }
-        use crate::tls_policy::{DestinationTable, SenderTable, Table};
+        use crate::tls_policy::{DestinationTable, SenderTable, Table, TlsLevel};
+        // `dane-only` cannot be met without DNSSEC: say so now rather than defer mail forever.
+        let dane_only_needs_dnssec = |key: &str, uses: bool| {
+            if uses && self.dns.dnssec == DnssecMode::Off {
+                return Err(ConfigError::key(
+                    key,
+                    "dane-only needs DNSSEC, but dns.dnssec is \"off\"",
+                ));
+            }
+            Ok(())
+        };
         if let Some(file) = &self.delivery.tls_policy_file {
-            DestinationTable::load(file)
+            let table = DestinationTable::load(file)
                 .map_err(|e| ConfigError::key("delivery.tls_policy_file", e.to_string()))?;
+            dane_only_needs_dnssec("delivery.tls_policy_file", table.uses(TlsLevel::DaneOnly))?;
         }
         if let Some(file) = &self.delivery.sender_tls_policy_file {
-            SenderTable::load(file)
+            let table = SenderTable::load(file)
                 .map_err(|e| ConfigError::key("delivery.sender_tls_policy_file", e.to_string()))?;
+            dane_only_needs_dnssec(
+                "delivery.sender_tls_policy_file",
+                table.uses(TlsLevel::DaneOnly),
+            )?;
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            dane_only_needs_dnssec(
+                &format!("listener[{i}].min_level"),
+                l.min_level == Some(TlsLevel::DaneOnly),
+            )?;
         }
         if let Some(file) = &self.dns.trust_anchor_file {
             crate::dnssec::anchors::load_trust_anchors(file)

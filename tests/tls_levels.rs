@@ -500,20 +500,19 @@ async fn sender_domain_entries_and_the_address_first() {
 // ---------------------------------------------------------------------------------------------
 // Reloading the tables
 
-/// Replaces `path`'s content with `text` without changing its modification time (written
-/// aside, dated like the old file, renamed over it): only SIGHUP can make the relay notice.
+/// Replaces `path`'s content with `text` in place, without changing its modification time:
+/// only SIGHUP can make the relay notice.
 fn rewrite_keeping_mtime(path: &Path, text: &str) {
     let mtime = std::fs::metadata(path)
         .and_then(|m| m.modified())
         .expect("mtime of the table");
-    let aside = path.with_extension("new");
-    std::fs::write(&aside, text).expect("write the new table");
+    // In place (same inode) and dated like the old one: the watcher sees no change at all.
+    std::fs::write(path, text).expect("rewrite the table");
     std::fs::File::options()
         .write(true)
-        .open(&aside)
+        .open(path)
         .and_then(|f| f.set_modified(mtime))
         .expect("date the new table like the old one");
-    std::fs::rename(&aside, path).expect("rename the new table into place");
 }
 
 /// SIGHUP rereads the sender table: alice, delivered in plaintext before, is refused after

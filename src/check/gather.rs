@@ -87,6 +87,7 @@ impl<'a> Checker<'a> {
         // The null sender has no sender level: only the destination table counts.
         let local = LocalRequirement {
             floor: self.tls_policies.floor("", None, domain),
+            dnssec_off: self.secure.is_none(),
             ..LocalRequirement::default()
         };
         let ctx = Domain {

@@ -34,6 +34,9 @@ pub(crate) struct LocalRequirement {
     /// RFC 8689 §4.1: the message says `TLS-Required: No` and nothing forbids honouring it:
     /// DANE and MTA-STS are not consulted; TLS stays opportunistic.
     pub tls_required_no: bool,
+    /// `[dns] dnssec = "off"`: no TLSA record can ever be had, so `dane-only` is our own
+    /// set-up's failure, never the destination's.
+    pub dnssec_off: bool,
 }
 
 impl LocalRequirement {
@@ -63,6 +66,7 @@ impl LocalRequirement {
             floor,
             requiretls: envelope.requiretls,
             tls_required_no: header && !forbidden,
+            dnssec_off: false,
         }
     }
 
@@ -116,6 +120,13 @@ impl LocalRequirement {
     /// published one's.
     pub fn apply(&self, base: HostPlan, host: &str, domain: &str) -> (HostPlan, Option<String>) {
         let (plan, mut label) = match self.floor.map(|f| f.level) {
+            Some(TlsLevel::DaneOnly) if self.dnssec_off => (
+                HostPlan::Skip(TlsFailure::DaneRequired {
+                    host: host.to_string(),
+                    dnssec_off: true,
+                }),
+                Some(format!("local:{}", TlsLevel::DaneOnly)),
+            ),
             Some(level) => raise(base, level, host, domain),
             None => (base, None),
         };
@@ -171,6 +182,7 @@ fn raise(base: HostPlan, level: TlsLevel, host: &str, domain: &str) -> (HostPlan
         (TlsLevel::DaneOnly, _) => (
             HostPlan::Skip(TlsFailure::DaneRequired {
                 host: host.to_string(),
+                dnssec_off: false,
             }),
             Some(format!("local:{}", TlsLevel::DaneOnly)),
         ),

@@ -170,8 +170,9 @@ impl Deliverer {
                 return every_recipient(job, failure, none);
             }
         };
-        let local =
+        let mut local =
             LocalRequirement::for_job(&self.tls_policies, job.envelope, job.message, job.domain);
+        local.dnssec_off = self.secure_dns.is_none();
         if !local.uses_published() {
             // RFC 8689 §4.1: TLS-Required: No sets DANE and MTA-STS aside.
             plan.own_mx = false;

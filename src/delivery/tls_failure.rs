@@ -31,7 +31,8 @@ pub(crate) enum TlsFailure {
         reason: String,
     },
     /// A local `dane-only` level, and DANE does not authenticate the host.
-    DaneRequired { host: String },
+    /// `dnssec_off`: no DANE lookup is possible here (`dns.dnssec = "off"`).
+    DaneRequired { host: String, dnssec_off: bool },
     /// RFC 8689 §4.2.1: a REQUIRETLS message, and the host is not authenticated by DANE or an
     /// enforced MTA-STS policy, or did not advertise REQUIRETLS.
     RequireTls { host: String, reason: String },
@@ -93,7 +94,19 @@ impl TlsFailure {
                 EnhancedCode::new(4, 7, 0),
                 format!("TLSA lookup error for {host}:{port}"),
             ),
-            TlsFailure::DaneRequired { host } => Reply::new(
+            // Our own set-up: 4.7.0, never a verdict on the destination (DESIGN.md).
+            TlsFailure::DaneRequired {
+                host,
+                dnssec_off: true,
+            } => Reply::new(
+                451,
+                EnhancedCode::new(4, 7, 0),
+                format!("DANE is required for host {host}, but DNSSEC is off here (dns.dnssec)"),
+            ),
+            TlsFailure::DaneRequired {
+                host,
+                dnssec_off: false,
+            } => Reply::new(
                 451,
                 EnhancedCode::new(4, 7, 5),
                 format!("DANE is required, but host {host} has no usable TLSA records"),

@@ -88,6 +88,9 @@ pub struct Report<'a> {
     /// The original message as queued, with CRLF line ends.
     pub message: &'a [u8],
     pub recipients: Vec<RecipientReport<'a>>,
+    /// The sender's side (its table entry or its listener) demanded more TLS than the
+    /// automatic level: the DSN, which may travel without TLS, never returns the body.
+    pub confidential: bool,
 }
 
 /// Builds the DSN for `report`: the envelope to queue it under and the message. `None` when no
@@ -230,6 +233,8 @@ enum Omitted {
     AskedForHeaders,
     /// RFC 8689 §5: the DSN of a REQUIRETLS message may travel without TLS, so never the body.
     RequireTls,
+    /// The same care for a message a sender or listener level forced onto TLS.
+    Confidential,
     /// Larger than [`MAX_RETURNED_MESSAGE`].
     TooLarge,
     /// RFC 3461 §4.3: RET=FULL concerns failures; delay and success reports return headers.
@@ -241,6 +246,8 @@ impl<'m> Returned<'m> {
         let headers = cut_at_line(header_section(message), MAX_RETURNED_MESSAGE);
         let omitted = if report.original.requiretls {
             Some(Omitted::RequireTls)
+        } else if report.confidential {
+            Some(Omitted::Confidential)
         } else if report.original.ret == Some(Ret::Headers) {
             Some(Omitted::AskedForHeaders)
         } else if !report.recipients.iter().any(|r| r.action == Action::Failed) {
@@ -413,6 +420,10 @@ fn human_text(report: &Report, host: &str, returned: &Returned) -> String {
             Omitted::RequireTls => {
                 "Only the header section of the original message is attached: the message\r\n\
                  required TLS (REQUIRETLS), and this report might travel without it.\r\n"
+            }
+            Omitted::Confidential => {
+                "Only the header section of the original message is attached: the message\r\n\
+                 was to leave only over TLS, and this report might travel without it.\r\n"
             }
             Omitted::TooLarge => {
                 "Only the header section of the original message is attached: the message\r\n\

@@ -116,6 +116,7 @@ impl Scenario {
             queue_id: &id,
             original: &self.envelope,
             message: &self.message,
+            confidential: false,
             recipients: self
                 .outcomes
                 .iter()

@@ -14,6 +14,7 @@ use crate::dsn;
 use crate::dsn::status_filter::StatusFilter;
 use crate::envelope::Envelope;
 use crate::reply::Reply;
+use crate::tls_policy::TlsLevel;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashSet};
 use std::sync::Arc;
@@ -401,12 +402,21 @@ impl<'a> Pass<'a> {
         if recipients.is_empty() {
             return true;
         }
+        // A sender or listener level above the automatic one promised this message TLS; its
+        // bounce may travel without, so it carries the headers only.
+        let sender_side = self
+            .ctx
+            .deliverer
+            .tls_policies()
+            .floor(&self.envelope.mail_from, self.envelope.min_tls_level, "")
+            .and_then(|f| f.sender_side);
         let report = dsn::Report {
             reporting_mta: &self.ctx.config.hostname,
             queue_id: self.id,
             original: self.envelope,
             message: self.message,
             recipients,
+            confidential: sender_side.is_some_and(|l| !l.is_automatic() && l != TlsLevel::None),
         };
         let Some((envelope, message)) = dsn::build(&report) else {
             return true;

@@ -18,7 +18,7 @@
 use super::TlsLevel;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 /// Why a table could not be read.
@@ -44,9 +44,14 @@ pub struct DestinationTable {
 }
 
 impl DestinationTable {
+    /// Some entry asks for `level`.
+    pub fn uses(&self, level: TlsLevel) -> bool {
+        self.entries.values().any(|l| *l == level)
+    }
+
     /// The level for `domain`: its own entry, else the nearest `.parent` entry.
     pub fn lookup(&self, domain: &str) -> Option<TlsLevel> {
-        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        let domain = a_labels(domain);
         if let Some(level) = self.entries.get(&domain) {
             return Some(*level);
         }
@@ -68,13 +73,18 @@ pub struct SenderTable {
 }
 
 impl SenderTable {
+    /// Some entry asks for `level`.
+    pub fn uses(&self, level: TlsLevel) -> bool {
+        self.entries.values().any(|l| *l == level)
+    }
+
     /// The level for `sender`: the address's own entry, else its `@domain` entry. The null
     /// sender (bounces) has none.
     pub fn lookup(&self, sender: &str) -> Option<TlsLevel> {
         if sender.is_empty() {
             return None;
         }
-        let sender = sender.to_ascii_lowercase();
+        let sender = address_key(sender);
         if let Some(level) = self.entries.get(&sender) {
             return Some(*level);
         }
@@ -85,8 +95,10 @@ impl SenderTable {
 
 /// A table parsed from text; the two kinds differ only in which keys they accept.
 pub trait Table: Sized + Default + Send + Sync + 'static {
-    /// Checks a (lower-cased) key; the reason when it is not one of this table's.
+    /// Checks a (normalized) key; the reason when it is not one of this table's.
     fn check_key(key: &str) -> Result<(), String>;
+    /// The key as lookups see it: lower case, domains as A-labels, no trailing dot.
+    fn normalize_key(key: &str) -> String;
     fn from_entries(entries: HashMap<String, TlsLevel>) -> Self;
 
     /// Parses the text of a table file; an error carries the 1-based line and the reason.
@@ -107,7 +119,7 @@ pub trait Table: Sized + Default + Send + Sync + 'static {
             if let Some(extra) = fields.next() {
                 return Err((line, format!("unexpected {extra:?} after the level")));
             }
-            let key = key.trim_end_matches('.').to_ascii_lowercase();
+            let key = Self::normalize_key(key);
             Self::check_key(&key).map_err(|e| (line, e))?;
             if entries.insert(key.clone(), level).is_some() {
                 return Err((line, format!("{key} appears twice")));
@@ -126,6 +138,24 @@ pub trait Table: Sized + Default + Send + Sync + 'static {
             line,
             reason,
         })
+    }
+}
+
+/// A domain as tables compare it: IDNA A-labels (RFC 5890), lower case, no trailing dot; as
+/// given (lower-cased) when it is no valid IDN, which then matches nothing but itself.
+fn a_labels(domain: &str) -> String {
+    let domain = domain.trim_end_matches('.');
+    idna::domain_to_ascii(domain)
+        .map(|d| d.to_ascii_lowercase())
+        .unwrap_or_else(|_| domain.to_lowercase())
+}
+
+/// An address (or `@domain`) as the sender table compares it: the local part in ASCII lower
+/// case, the domain as A-labels.
+fn address_key(address: &str) -> String {
+    match address.rsplit_once('@') {
+        Some((local, domain)) => format!("{}@{}", local.to_ascii_lowercase(), a_labels(domain)),
+        None => address.to_ascii_lowercase(),
     }
 }
 
@@ -152,6 +182,13 @@ impl Table for DestinationTable {
     fn from_entries(entries: HashMap<String, TlsLevel>) -> Self {
         DestinationTable { entries }
     }
+
+    fn normalize_key(key: &str) -> String {
+        match key.strip_prefix('.') {
+            Some(parent) => format!(".{}", a_labels(parent)),
+            None => a_labels(key),
+        }
+    }
 }
 
 impl Table for SenderTable {
@@ -165,24 +202,43 @@ impl Table for SenderTable {
     fn from_entries(entries: HashMap<String, TlsLevel>) -> Self {
         SenderTable { entries }
     }
+
+    fn normalize_key(key: &str) -> String {
+        address_key(key)
+    }
 }
 
-/// A table file, read again when it changes (its modification time) or on demand (SIGHUP),
-/// so that an operator edits it without a restart. A file that no longer parses leaves the
-/// previous table in force, and says so in the log.
+/// A table file, read again when it changes or on demand (SIGHUP), so that an operator edits
+/// it without a restart. A file that no longer parses leaves the previous table in force, and
+/// says so in the log.
+///
+/// A change is taken at once when the file was replaced whole (a new inode: written aside and
+/// renamed into place, as postmap and careful tools do). A file changed in place is taken only
+/// once it has stayed the same for a whole check interval: a generator still writing it must
+/// not leave the forced senders without their level half-way.
 pub struct ReloadingTable<T> {
     path: PathBuf,
-    current: RwLock<(Option<SystemTime>, Arc<T>)>,
+    current: RwLock<(Option<Stamp>, Arc<T>)>,
+    /// An in-place change seen at the last check, waiting to be seen unchanged once more.
+    pending: Mutex<Option<Stamp>>,
+}
+
+/// What tells one version of the file from another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    inode: u64,
+    modified: Option<SystemTime>,
 }
 
 impl<T: Table> ReloadingTable<T> {
     /// Reads the table; an error stops start-up.
     pub fn open(path: &Path) -> Result<ReloadingTable<T>, TableError> {
-        let mtime = modified(path);
+        let stamp = stamp(path);
         let table = T::load(path)?;
         Ok(ReloadingTable {
             path: path.to_path_buf(),
-            current: RwLock::new((mtime, Arc::new(table))),
+            current: RwLock::new((stamp, Arc::new(table))),
+            pending: Mutex::new(None),
         })
     }
 
@@ -194,34 +250,50 @@ impl<T: Table> ReloadingTable<T> {
         }
     }
 
-    /// Reads the file again if its modification time changed; `true` when a new table is
-    /// in force.
+    /// Called every check interval: reads the file again when it was replaced whole, or
+    /// changed in place and then left alone for one interval; `true` when a new table is in
+    /// force.
     pub fn reload_if_changed(&self) -> bool {
-        let mtime = modified(&self.path);
+        let now = stamp(&self.path);
         let known = match self.current.read() {
             Ok(guard) => guard.0,
             Err(poisoned) => poisoned.into_inner().0,
         };
-        if mtime == known {
+        let mut pending = match self.pending.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if now == known {
+            *pending = None;
             return false;
         }
-        self.reload_with(mtime)
+        let replaced = match (now, known) {
+            (Some(a), Some(b)) => a.inode != b.inode,
+            _ => true,
+        };
+        if replaced || *pending == now {
+            *pending = None;
+            drop(pending);
+            return self.reload_with(now);
+        }
+        *pending = now;
+        false
     }
 
-    /// Reads the file again, whatever its modification time says.
+    /// Reads the file again, whatever it looks like (SIGHUP).
     pub fn reload(&self) -> bool {
-        self.reload_with(modified(&self.path))
+        self.reload_with(stamp(&self.path))
     }
 
-    fn reload_with(&self, mtime: Option<SystemTime>) -> bool {
+    fn reload_with(&self, stamp: Option<Stamp>) -> bool {
         let loaded = T::load(&self.path);
         let mut guard = match self.current.write() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
-        // Remember the time even on failure, so a broken file is reported once, not on every
-        // check; the next edit is tried again.
-        guard.0 = mtime;
+        // Remember the version even on failure, so a broken file is reported once, not on
+        // every check; the next edit is tried again.
+        guard.0 = stamp;
         match loaded {
             Ok(table) => {
                 guard.1 = Arc::new(table);
@@ -236,8 +308,13 @@ impl<T: Table> ReloadingTable<T> {
     }
 }
 
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some(Stamp {
+        inode: meta.ino(),
+        modified: meta.modified().ok(),
+    })
 }
 
 #[cfg(test)]
