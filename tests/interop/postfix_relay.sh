@@ -16,8 +16,8 @@
 #   forceenc  sender_dependent_default_transport_maps sends forced@'s mail through the
 #             `forceenc` transport of deploy/postfix/master.cf.snippet to the second listener:
 #             to the plaintext-only MX it is never delivered, and a 5.7.4 bounce ("TLS is
-#             required, but was not offered by host …") comes back to forced@ at once, while
-#             another sender's message to the same MX is delivered
+#             required, but was not offered by host …", headers only) comes back to forced@
+#             at once, while another sender's message to the same MX is delivered
 #
 # Needs: postfix (postfix, smtp-sink), swaks, root (to start a Postfix instance). Everything
 # runs on 127.0.0.1 with free ports, in a temporary directory; the system Postfix is neither
@@ -265,11 +265,17 @@ scenario_forceenc() {
         return 1
     fi
 
-    # The DSN in forced@'s mailbox (the one message there that returns this one).
-    mbox_message "$marker" || {
-        echo "no message returning the forced sender's in the mailbox" >&2
+    # The DSN in forced@'s mailbox (the one message there that reports on carol@). The message
+    # was to leave only over TLS, so its bounce, which may travel without, returns the
+    # headers only: the body (and its marker) must not be in it.
+    mbox_message "Final-Recipient: rfc822; carol@remote.test" || {
+        echo "no DSN about carol@remote.test in the forced sender's mailbox" >&2
         return 1
     }
+    if grep -qF -- "$marker" <<<"$MBOX_MSG"; then
+        echo "the forced sender's bounce returns the message body" >&2
+        return 1
+    fi
     for want in \
         "^Return-Path: <>" \
         "^From: .*MAILER-DAEMON@mxguard.local.test" \
@@ -283,7 +289,7 @@ scenario_forceenc() {
         "^Action: failed" \
         "^Status: 5\.7\.4" \
         "^Diagnostic-Code: X-Mxguard; 5[0-9][0-9] 5\.7\.4 TLS is required, but was not offered by host " \
-        "^Content-Type: message/rfc822" \
+        "^Content-Type: text/rfc822-headers" \
         "^Subject: forceenc$"; do
         grep -qE -- "$want" <<<"$MBOX_MSG" || {
             echo "the forced sender's bounce lacks: $want" >&2
