@@ -120,14 +120,7 @@ impl LocalRequirement {
     /// published one's.
     pub fn apply(&self, base: HostPlan, host: &str, domain: &str) -> (HostPlan, Option<String>) {
         let (plan, mut label) = match self.floor.map(|f| f.level) {
-            Some(TlsLevel::DaneOnly) if self.dnssec_off => (
-                HostPlan::Skip(TlsFailure::DaneRequired {
-                    host: host.to_string(),
-                    dnssec_off: true,
-                }),
-                Some(format!("local:{}", TlsLevel::DaneOnly)),
-            ),
-            Some(level) => raise(base, level, host, domain),
+            Some(level) => raise(base, level, host, domain, self.dnssec_off),
             None => (base, None),
         };
         if label.is_none() && self.tls_required_no {
@@ -155,7 +148,14 @@ impl LocalRequirement {
 }
 
 /// The plan under a local minimum `level`; the label when the level changed the plan.
-fn raise(base: HostPlan, level: TlsLevel, host: &str, domain: &str) -> (HostPlan, Option<String>) {
+/// `dnssec_off`: no TLSA record can be had here, so `dane-only` fails as our own set-up's fault.
+fn raise(
+    base: HostPlan,
+    level: TlsLevel,
+    host: &str,
+    domain: &str,
+    dnssec_off: bool,
+) -> (HostPlan, Option<String>) {
     let local = |plan| (plan, Some(format!("local:{level}")));
     match (level, base) {
         // Skipped hosts stay skipped; no level makes them usable.
@@ -179,13 +179,10 @@ fn raise(base: HostPlan, level: TlsLevel, host: &str, domain: &str) -> (HostPlan
             mx_pattern: None,
         }),
         (TlsLevel::DaneOnly, base @ HostPlan::Dane(_)) => (base, None),
-        (TlsLevel::DaneOnly, _) => (
-            HostPlan::Skip(TlsFailure::DaneRequired {
-                host: host.to_string(),
-                dnssec_off: false,
-            }),
-            Some(format!("local:{}", TlsLevel::DaneOnly)),
-        ),
+        (TlsLevel::DaneOnly, _) => local(HostPlan::Skip(TlsFailure::DaneRequired {
+            host: host.to_string(),
+            dnssec_off,
+        })),
         (_, base) => (base, None),
     }
 }

@@ -36,6 +36,14 @@ fn client_config(
         algorithms: provider.signature_verification_algorithms,
         check,
     });
+    config_with_verifier(provider, verifier)
+}
+
+/// The same with any server certificate verifier (DANE's comes from the policy cache).
+fn config_with_verifier(
+    provider: Arc<CryptoProvider>,
+    verifier: Arc<dyn ServerCertVerifier>,
+) -> Result<rustls::ClientConfig, rustls::Error> {
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         // RFC 8461 §4.2: TLS 1.2 or later (opportunistic TLS keeps the same floor).
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
@@ -92,17 +100,8 @@ impl PkixChecker {
     ) -> Result<CheckedHandshake, rustls::Error> {
         let verifier = DaneVerifier::new(records, names);
         let verdict = Verdict::Dane(verifier.verdict());
-        let mut config = rustls::ClientConfig::builder_with_provider(self.provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_no_client_auth();
-        config.resumption = rustls::client::Resumption::disabled();
-        Ok(CheckedHandshake {
-            connector: TlsConnector::from(Arc::new(config)),
-            verdict,
-            authenticates: true,
-        })
+        let config = config_with_verifier(self.provider.clone(), Arc::new(verifier))?;
+        Ok(CheckedHandshake::new(config, verdict, true))
     }
 
     /// A connector for one handshake under a local `secure` level: the chain must be
@@ -131,21 +130,15 @@ impl PkixChecker {
         self.one_handshake(CertCheck::AcceptAny, Verdict::None, false)
     }
 
-    /// One configuration per handshake, without session resumption, so that no verdict (and
-    /// no resumed session that skips verification) is ever shared between two jobs.
+    /// A connector for one handshake judged by `check`.
     fn one_handshake(
         &self,
         check: CertCheck,
         verdict: Verdict,
         authenticates: bool,
     ) -> Result<CheckedHandshake, rustls::Error> {
-        let mut config = client_config(self.provider.clone(), check)?;
-        config.resumption = rustls::client::Resumption::disabled();
-        Ok(CheckedHandshake {
-            connector: TlsConnector::from(Arc::new(config)),
-            verdict,
-            authenticates,
-        })
+        let config = client_config(self.provider.clone(), check)?;
+        Ok(CheckedHandshake::new(config, verdict, authenticates))
     }
 }
 
@@ -159,6 +152,21 @@ pub(crate) struct CheckedHandshake {
 }
 
 impl CheckedHandshake {
+    /// One configuration per handshake, without session resumption, so that no verdict (and
+    /// no resumed session that skips verification) is ever shared between two jobs.
+    fn new(
+        mut config: rustls::ClientConfig,
+        verdict: Verdict,
+        authenticates: bool,
+    ) -> CheckedHandshake {
+        config.resumption = rustls::client::Resumption::disabled();
+        CheckedHandshake {
+            connector: TlsConnector::from(Arc::new(config)),
+            verdict,
+            authenticates,
+        }
+    }
+
     /// The certificate check's verdict; a DANE mismatch is a rustls error that carries its
     /// [`DaneMismatch`].
     pub fn verdict(&self) -> CertVerdict {
@@ -180,7 +188,7 @@ impl CheckedHandshake {
     pub fn dane_match(&self) -> Option<String> {
         match &self.verdict {
             Verdict::Dane(slot) => match slot.get()? {
-                DaneVerdict::Matched { .. } => slot.get().map(|v| v.to_string()),
+                matched @ DaneVerdict::Matched { .. } => Some(matched.to_string()),
                 DaneVerdict::Mismatch(_) => None,
             },
             _ => None,
