@@ -199,6 +199,14 @@ pub struct QueueConfig {
     /// (`delay_warning_time`).
     #[serde(default, deserialize_with = "duration")]
     pub delay_warning: Duration,
+    /// Messages in the scheduler's active set at once; the rest wait on disk until due
+    /// (`qmgr_message_active_limit`). At least 1.
+    #[serde(default = "default_active_limit")]
+    pub active_limit: usize,
+    /// Bytes that must stay free on the spool's file system, beyond the size a client declares
+    /// on MAIL FROM; below it MAIL gets `452 4.3.1`. 0 disables the check.
+    #[serde(default = "default_min_free")]
+    pub min_free: u64,
 }
 
 /// MTA-STS (RFC 8461): discovery, fetching and caching of policies. Policy hosts are verified
@@ -349,6 +357,12 @@ fn default_min_backoff() -> Duration {
 fn default_max_backoff() -> Duration {
     Duration::from_secs(4000)
 }
+fn default_active_limit() -> usize {
+    20_000
+}
+fn default_min_free() -> u64 {
+    100 * 1024 * 1024
+}
 
 impl Default for AccessConfig {
     fn default() -> Self {
@@ -404,6 +418,8 @@ impl Default for QueueConfig {
             min_backoff: default_min_backoff(),
             max_backoff: default_max_backoff(),
             delay_warning: Duration::ZERO,
+            active_limit: default_active_limit(),
+            min_free: default_min_free(),
         }
     }
 }
@@ -593,6 +609,9 @@ impl Config {
                 "min_backoff must be positive and not above max_backoff",
             ));
         }
+        if self.queue.active_limit == 0 {
+            return Err(ConfigError::key("queue.active_limit", "must be at least 1"));
+        }
         if self.delivery.max_concurrency == 0 {
             return Err(ConfigError::key(
                 "delivery.max_concurrency",
@@ -712,5 +731,18 @@ mod tests {
         assert_eq!(parse_duration("5d").unwrap(), Duration::from_secs(432000));
         let c = Config::from_toml("[queue]\nmin_backoff = 2\nmax_backoff = \"1m\"\n").unwrap();
         assert_eq!(c.queue.min_backoff, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn queue_limits() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.queue.active_limit, 20_000);
+        assert_eq!(c.queue.min_free, 104_857_600);
+        let c = Config::from_toml("[queue]\nactive_limit = 5\nmin_free = 0\n").unwrap();
+        assert_eq!((c.queue.active_limit, c.queue.min_free), (5, 0));
+        let e = err("[queue]\nactive_limit = 0\n");
+        assert!(e.starts_with("queue.active_limit"), "{e}");
+        let e = err("[queue]\nmin_free = -1\n");
+        assert!(e.starts_with("queue.min_free"), "{e}");
     }
 }

@@ -1,4 +1,4 @@
-//! The control socket: how `mxguard policy …` reaches a running daemon.
+//! The control socket: how `mxguard policy …` and `mxguard queue …` reach a running daemon.
 //!
 //! The MTA-STS policy cache is a sled database, and sled lets one process open it at a time.
 //! While `mxguard serve` runs, the operator's commands therefore go through the daemon: it
@@ -15,10 +15,15 @@
 //! ← text for the operator, any number of lines
 //! ```
 //!
-//! Commands: `policy show DOMAIN`, `policy refresh DOMAIN`, `policy forget DOMAIN`. Anything
-//! else, an over-long line, or a line that is not UTF-8 gets an `error` reply naming the fault.
+//! Commands: `policy show DOMAIN`, `policy refresh DOMAIN`, `policy forget DOMAIN`, and the
+//! queue's (`queue list|show|summary|flush|hold|release|delete|bounce|requeue …`, see
+//! [`crate::queue::command`]; a queue listing is streamed, however long). Anything else, an
+//! over-long line, or a line that is not UTF-8 gets an `error` reply naming the fault. Who
+//! asked (uid and pid of the peer) is logged with every queue command.
 
 use crate::config::Config;
+use crate::queue::command::{Answer, Body, Executor, QueueCommand};
+use crate::queue::Queue;
 use policy_cache::{ActivePolicy, Mode, PolicyCache, StsLookup, SystemClock};
 use std::fmt;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -40,6 +45,10 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long writing the reply may take (the client stopped reading).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest queue command line: a few hundred queue ids fit.
+pub const MAX_QUEUE_REQUEST: usize = 64 * 1024;
+/// How long a queue command may run: `queue hold --all` over 300,000 messages takes a while.
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Connections served at once; more wait to be accepted.
 const MAX_CONNECTIONS: usize = 8;
 /// The longest reply a client reads: the cache's account of one domain is far shorter.
@@ -107,6 +116,28 @@ pub enum RequestError {
     Unknown(String),
     #[error("bad domain {0:?}")]
     BadDomain(String),
+    #[error("{0}")]
+    Queue(String),
+}
+
+/// A request line, of either family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    Policy(Request),
+    Queue(QueueCommand),
+}
+
+impl Incoming {
+    fn parse(line: &str) -> Result<Incoming, RequestError> {
+        let words: Vec<&str> = line.split_ascii_whitespace().collect();
+        match words.split_first() {
+            Some((&"queue", rest)) => QueueCommand::parse(rest)
+                .map(Incoming::Queue)
+                .map_err(RequestError::Queue),
+            _ if line.len() >= MAX_REQUEST => Err(RequestError::TooLong),
+            _ => Request::parse(line).map(Incoming::Policy),
+        }
+    }
 }
 
 impl Request {
@@ -309,8 +340,10 @@ impl ControlListener {
     pub async fn serve(
         self,
         policies: Option<Arc<PolicyCache>>,
+        queue: Option<Queue>,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        let queue = queue.map(|q| Arc::new(Executor::daemon(q)));
         let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let mut handlers = JoinSet::new();
         let mut stop = std::pin::pin!(async move {
@@ -332,13 +365,19 @@ impl ControlListener {
             while handlers.try_join_next().is_some() {}
             match accepted {
                 Ok((stream, _)) => {
-                    if !peer_allowed(&stream) {
+                    let Some(who) = peer_allowed(&stream) else {
                         tracing::warn!("control socket: refused a peer of another user");
                         continue;
-                    }
+                    };
                     let policies = policies.clone();
+                    let queue = queue.clone();
                     handlers.spawn(async move {
-                        handle(stream, policies.as_deref()).await;
+                        let services = Services {
+                            policies: policies.as_deref(),
+                            queue: queue.as_deref(),
+                            who: &who,
+                        };
+                        handle(stream, services).await;
                         drop(permit);
                     });
                 }
@@ -356,56 +395,110 @@ impl ControlListener {
     }
 }
 
-/// Only our own user and root may command the daemon.
-fn peer_allowed(stream: &UnixStream) -> bool {
+/// Only our own user and root may command the daemon; who it is, for the log.
+fn peer_allowed(stream: &UnixStream) -> Option<String> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
-    match stream.peer_cred() {
-        Ok(cred) => cred.uid() == me || cred.uid() == 0,
-        Err(_) => false,
-    }
+    let cred = stream.peer_cred().ok()?;
+    (cred.uid() == me || cred.uid() == 0).then(|| match cred.pid() {
+        Some(pid) => format!("uid {} pid {pid}", cred.uid()),
+        None => format!("uid {}", cred.uid()),
+    })
+}
+
+/// What a connection may use.
+#[derive(Clone, Copy)]
+struct Services<'a> {
+    policies: Option<&'a PolicyCache>,
+    queue: Option<&'a Executor>,
+    who: &'a str,
 }
 
 /// One connection: read the request, run it, write the reply. Never panics on what the peer
 /// sends; every fault becomes an `error` reply or a closed connection.
-async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, policies: Option<&PolicyCache>) {
-    let reply = match tokio::time::timeout(READ_TIMEOUT, read_request(&mut stream)).await {
-        Err(_) => Reply::error("timed out reading the request\n".into()),
-        Ok(Err(e)) => Reply::error(format!("{e}\n")),
-        Ok(Ok(request)) => match policies {
-            None => Reply::error("MTA-STS is disabled in this daemon (mta_sts.enabled)\n".into()),
-            Some(cache) => {
-                tracing::info!("control socket: {request}");
-                match tokio::time::timeout(COMMAND_TIMEOUT, execute(cache, &request)).await {
-                    Ok(reply) => reply,
-                    Err(_) => Reply::error(format!("{request}: timed out\n")),
+async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, services: Services<'_>) {
+    let answer = match tokio::time::timeout(READ_TIMEOUT, read_request(&mut stream)).await {
+        Err(_) => error_answer("timed out reading the request\n".into()),
+        Ok(Err(e)) => error_answer(format!("{e}\n")),
+        Ok(Ok(Incoming::Policy(request))) => policy_answer(services.policies, &request).await,
+        Ok(Ok(Incoming::Queue(command))) => match services.queue {
+            None => error_answer("the queue is not served here\n".into()),
+            Some(executor) => {
+                tracing::info!(
+                    "control socket: queue {} (by {})",
+                    command.to_words().join(" "),
+                    services.who
+                );
+                match tokio::time::timeout(QUEUE_TIMEOUT, executor.run(&command, services.who))
+                    .await
+                {
+                    Ok(answer) => answer,
+                    Err(_) => error_answer("timed out\n".into()),
                 }
             }
         },
     };
-    let write = async {
-        stream.write_all(&reply.encode()).await?;
-        stream.shutdown().await
-    };
-    if let Ok(Err(e)) | Err(e) = tokio::time::timeout(WRITE_TIMEOUT, write)
-        .await
-        .map_err(std::io::Error::from)
-    {
+    if let Err(e) = write_answer(&mut stream, answer).await {
         tracing::debug!("control socket: writing the reply: {e}");
     }
 }
 
+fn error_answer(text: String) -> Answer {
+    Answer {
+        ok: false,
+        body: Body::Text(text),
+    }
+}
+
+async fn policy_answer(policies: Option<&PolicyCache>, request: &Request) -> Answer {
+    let reply = match policies {
+        None => Reply::error("MTA-STS is disabled in this daemon (mta_sts.enabled)\n".into()),
+        Some(cache) => {
+            tracing::info!("control socket: {request}");
+            match tokio::time::timeout(COMMAND_TIMEOUT, execute(cache, request)).await {
+                Ok(reply) => reply,
+                Err(_) => Reply::error(format!("{request}: timed out\n")),
+            }
+        }
+    };
+    Answer {
+        ok: reply.ok,
+        body: Body::Text(reply.text),
+    }
+}
+
+/// The status line, then the body; a streamed body chunk by chunk, each write bounded.
+async fn write_answer<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    answer: Answer,
+) -> std::io::Result<()> {
+    let status: &[u8] = if answer.ok { b"ok\n" } else { b"error\n" };
+    let timed = |r: Result<std::io::Result<()>, _>| r.map_err(std::io::Error::from)?;
+    timed(tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(status)).await)?;
+    match answer.body {
+        Body::Text(text) => {
+            timed(tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(text.as_bytes())).await)?
+        }
+        Body::Stream(mut chunks) => {
+            while let Some(chunk) = chunks.recv().await {
+                timed(tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&chunk)).await)?;
+            }
+        }
+    }
+    timed(tokio::time::timeout(WRITE_TIMEOUT, stream.shutdown()).await)
+}
+
 /// Reads one line of at most [`MAX_REQUEST`] bytes (the end of input also ends it).
-async fn read_request<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Request, RequestError> {
+async fn read_request<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Incoming, RequestError> {
     let mut line = Vec::new();
-    let mut reader = BufReader::new(stream.take(MAX_REQUEST as u64));
+    let mut reader = BufReader::new(stream.take(MAX_QUEUE_REQUEST as u64));
     // An I/O error mid-line leaves what was read; the parse below judges it.
     let _ = reader.read_until(b'\n', &mut line).await;
-    if line.last() != Some(&b'\n') && line.len() >= MAX_REQUEST {
+    if line.last() != Some(&b'\n') && line.len() >= MAX_QUEUE_REQUEST {
         return Err(RequestError::TooLong);
     }
     let text = std::str::from_utf8(&line).map_err(|_| RequestError::NotUtf8)?;
-    Request::parse(text.trim_end_matches(['\r', '\n']))
+    Incoming::parse(text.trim_end_matches(['\r', '\n']))
 }
 
 /// Why the command line could not get an answer from the daemon.
@@ -425,26 +518,74 @@ pub enum ClientError {
     Malformed(String),
 }
 
-/// Sends `request` to the daemon listening on `path` and returns its reply.
-pub async fn request(path: &Path, request: &Request) -> Result<Reply, ClientError> {
+/// Sends a queue command to the daemon listening on `path` and copies the reply's text to
+/// `out` as it arrives (a listing may be large); true when the daemon said `ok`.
+pub async fn request_queue(
+    path: &Path,
+    command: &QueueCommand,
+    out: &mut (dyn std::io::Write + Send),
+) -> Result<bool, ClientError> {
     let shown = path.display().to_string();
-    let mut stream = match UnixStream::connect(path).await {
-        Ok(s) => s,
+    let io = |source| ClientError::Io {
+        path: shown.clone(),
+        source,
+    };
+    let mut stream = connect(path).await?;
+    let line = format!("queue {}\n", command.to_words().join(" "));
+    stream.write_all(line.as_bytes()).await.map_err(io)?;
+    let mut reader = BufReader::new(stream);
+    let mut status = Vec::new();
+    let mut head = (&mut reader).take(16);
+    tokio::time::timeout(QUEUE_TIMEOUT, head.read_until(b'\n', &mut status))
+        .await
+        .map_err(|_| ClientError::Timeout(shown.clone()))?
+        .map_err(io)?;
+    let ok = match status.as_slice() {
+        b"ok\n" => true,
+        b"error\n" => false,
+        _ => return Err(ClientError::Malformed(shown)),
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = tokio::time::timeout(QUEUE_TIMEOUT, reader.read(&mut buf))
+            .await
+            .map_err(|_| ClientError::Timeout(shown.clone()))?
+            .map_err(io)?;
+        if n == 0 {
+            return Ok(ok);
+        }
+        match out.write_all(&buf[..n]) {
+            Ok(()) => {}
+            // The reader went away (`mxguard queue list | head`): not our failure.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ok),
+            Err(e) => return Err(io(e)),
+        }
+    }
+}
+
+async fn connect(path: &Path) -> Result<UnixStream, ClientError> {
+    let shown = path.display().to_string();
+    match UnixStream::connect(path).await {
+        Ok(s) => Ok(s),
         Err(e)
             if matches!(
                 e.kind(),
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
             ) =>
         {
-            return Err(ClientError::NotRunning(shown));
+            Err(ClientError::NotRunning(shown))
         }
-        Err(source) => {
-            return Err(ClientError::Io {
-                path: shown,
-                source,
-            })
-        }
-    };
+        Err(source) => Err(ClientError::Io {
+            path: shown,
+            source,
+        }),
+    }
+}
+
+/// Sends `request` to the daemon listening on `path` and returns its reply.
+pub async fn request(path: &Path, request: &Request) -> Result<Reply, ClientError> {
+    let shown = path.display().to_string();
+    let mut stream = connect(path).await?;
     let exchange = async {
         stream.write_all(format!("{request}\n").as_bytes()).await?;
         let mut bytes = Vec::new();
@@ -539,7 +680,14 @@ mod tests {
     /// Runs `handle` over an in-memory pipe with `input` from the client; returns the reply.
     async fn exchange(input: &[u8]) -> Reply {
         let (mut client, server) = tokio::io::duplex(4096);
-        let task = tokio::spawn(handle(server, None));
+        let task = tokio::spawn(async move {
+            let services = Services {
+                policies: None,
+                queue: None,
+                who: "uid 0",
+            };
+            handle(server, services).await
+        });
         // The server may reply and close before reading everything; that is fine.
         let _ = client.write_all(input).await;
         let _ = client.shutdown().await;
@@ -580,7 +728,7 @@ mod tests {
         let listener = ControlListener::bind(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        let task = tokio::spawn(listener.serve(None, rx));
+        let task = tokio::spawn(listener.serve(None, None, rx));
         let req = Request::new(PolicyAction::Forget, "example.com").unwrap();
         let reply = request(&path, &req).await.unwrap();
         assert!(!reply.ok);

@@ -37,11 +37,10 @@ enum Command {
         /// The user name to put before the hash.
         user: String,
     },
-    /// Show the messages in the queue (like Postfix's mailq).
-    Queue {
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-    },
+    /// The queue: list it (like Postfix's mailq; the default), show a message, summarise it
+    /// (like qshape), or act on messages (like postqueue -f and postsuper -h/-H/-d/-r).
+    /// Through the running daemon's control socket; directly on the spool when none runs.
+    Queue(QueueArgs),
     /// How mail to DOMAIN would be secured, and why: MX hosts with their DNSSEC status, TLSA
     /// records, the MTA-STS TXT record and policy (fetched now, the cache untouched), the
     /// effective policy per host and for the domain; with --connect, each MX address's
@@ -73,6 +72,134 @@ struct PolicyArgs {
     /// TOML configuration file (the daemon's); without it, the built-in defaults apply.
     #[arg(long, short)]
     config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct QueueArgs {
+    #[command(subcommand)]
+    command: Option<QueueVerb>,
+    /// TOML configuration file (the daemon's); without it, the built-in defaults apply.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+}
+
+/// Which messages an action or a listing is about (all given filters must match).
+#[derive(Args, Clone, Default)]
+struct Selector {
+    /// Queue ids.
+    ids: Vec<String>,
+    /// Messages with a pending recipient in this domain.
+    #[arg(long)]
+    domain: Option<String>,
+    /// Messages from this envelope sender (`<>` for the null sender).
+    #[arg(long)]
+    sender: Option<String>,
+}
+
+#[derive(Args, Clone)]
+struct ActionArgs {
+    #[command(flatten)]
+    select: Selector,
+    /// Every message in the queue.
+    #[arg(long)]
+    all: bool,
+}
+
+#[derive(Subcommand, Clone)]
+enum QueueVerb {
+    /// List queued messages (mailq style; `*` marks active, `!` held messages).
+    List {
+        #[command(flatten)]
+        select: Selector,
+        /// Only messages in this state: active, deferred or hold.
+        #[arg(long)]
+        state: Option<String>,
+        /// One JSON array (field names in the README).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Everything about one message: envelope, recipients, attempts, next attempt, last reply.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pending recipients by domain and age, like qshape.
+    Summary {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make messages due now, backoff reset (postqueue -f; with --domain, postqueue -s).
+    Flush(ActionArgs),
+    /// Put messages on hold: never tried, never expired, until released (postsuper -h).
+    Hold(ActionArgs),
+    /// Release held messages (postsuper -H).
+    Release(ActionArgs),
+    /// Remove messages without a bounce (postsuper -d).
+    Delete(ActionArgs),
+    /// Return messages to their senders now, with a DSN saying an operator did it.
+    Bounce(ActionArgs),
+    /// Decide route and policy afresh, at once (postsuper -r).
+    Requeue(ActionArgs),
+}
+
+impl QueueVerb {
+    /// The words of the command, as the control socket reads them.
+    fn words(&self) -> Vec<String> {
+        let mut words = Vec::new();
+        let selector = |words: &mut Vec<String>, s: &Selector| {
+            words.extend(s.ids.iter().cloned());
+            if let Some(d) = &s.domain {
+                words.extend(["--domain".into(), d.clone()]);
+            }
+            if let Some(x) = &s.sender {
+                words.extend(["--sender".into(), x.clone()]);
+            }
+        };
+        let (verb, action) = match self {
+            QueueVerb::List {
+                select,
+                state,
+                json,
+            } => {
+                words.push("list".into());
+                selector(&mut words, select);
+                if let Some(s) = state {
+                    words.extend(["--state".into(), s.clone()]);
+                }
+                if *json {
+                    words.push("--json".into());
+                }
+                return words;
+            }
+            QueueVerb::Show { id, json } => {
+                words.extend(["show".into(), id.clone()]);
+                if *json {
+                    words.push("--json".into());
+                }
+                return words;
+            }
+            QueueVerb::Summary { json } => {
+                words.push("summary".into());
+                if *json {
+                    words.push("--json".into());
+                }
+                return words;
+            }
+            QueueVerb::Flush(a) => ("flush", a),
+            QueueVerb::Hold(a) => ("hold", a),
+            QueueVerb::Release(a) => ("release", a),
+            QueueVerb::Delete(a) => ("delete", a),
+            QueueVerb::Bounce(a) => ("bounce", a),
+            QueueVerb::Requeue(a) => ("requeue", a),
+        };
+        words.push(verb.into());
+        selector(&mut words, &action.select);
+        if action.all {
+            words.push("--all".into());
+        }
+        words
+    }
 }
 
 #[derive(Args)]
@@ -132,11 +259,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{user}:{}", mxguard::inbound::hash_password(password));
             Ok(())
         }
-        Command::Queue { config } => {
-            let config = load_config(config.as_ref())?;
-            print!("{}", mxguard::queue::listing(&config.spool_dir())?);
-            Ok(())
-        }
+        Command::Queue(args) => return queue(args),
         Command::Check(args) => return Ok(check(args)),
         Command::Policy { command } => {
             let (action, args) = match command {
@@ -170,6 +293,15 @@ fn policy(action: PolicyAction, args: PolicyArgs) -> anyhow::Result<ExitCode> {
                         socket.display()
                     )
                 })?;
+                // The cache falls back to memory when its database cannot be opened: right for
+                // a daemon on a full disk, wrong for a command that reports or edits the
+                // database.
+                anyhow::ensure!(
+                    !cache.in_memory(),
+                    "no daemon answers on {}, and the policy cache database {} cannot be opened",
+                    socket.display(),
+                    config.policy_cache_dir().display()
+                );
                 Ok(control::execute(&cache, &request).await)
             }
             Err(e) => Err(anyhow::Error::from(e)),
@@ -182,6 +314,72 @@ fn policy(action: PolicyAction, args: PolicyArgs) -> anyhow::Result<ExitCode> {
         eprint!("{}", reply.text);
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// `mxguard queue …`: through the daemon's control socket; when none listens, on the spool
+/// here (changes only with the data directory's lock, so never beside a starting daemon).
+/// Exit status 1 when the command failed or its selector matched nothing.
+fn queue(args: QueueArgs) -> anyhow::Result<ExitCode> {
+    use mxguard::queue::command::{Body, Executor, QueueCommand, Verb};
+    let config = Arc::new(load_config(args.config.as_ref())?);
+    let words = args
+        .command
+        .map(|c| c.words())
+        .unwrap_or_else(|| vec!["list".to_string()]);
+    let refs: Vec<&str> = words.iter().map(String::as_str).collect();
+    let command = QueueCommand::parse(&refs).map_err(|e| anyhow::anyhow!("queue: {e}"))?;
+    let socket = control::socket_path(&config.data_dir);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let ok = runtime.block_on(async {
+        let mut stdout = std::io::stdout();
+        match control::request_queue(&socket, &command, &mut stdout).await {
+            Ok(ok) => return Ok::<bool, anyhow::Error>(ok),
+            Err(ClientError::NotRunning(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        // No daemon: work on the spool here.
+        let _lock;
+        let executor = if matches!(command.verb, Verb::Act(_)) {
+            _lock = mxguard::server::lock_data_dir(&config.data_dir)?;
+            mxguard::tls::install_crypto_provider();
+            let queue = mxguard::queue::Queue::open(&config.spool_dir())?;
+            let tables = Arc::new(mxguard::tls_policy::TlsPolicies::open(
+                config.delivery.tls_policy_file.as_deref(),
+                config.delivery.sender_tls_policy_file.as_deref(),
+            )?);
+            Executor::offline(queue, config.clone(), tables)
+        } else {
+            Executor::read_only(&config.spool_dir())
+        };
+        let by = format!("uid {} (command line, no daemon)", unsafe_uid());
+        let answer = executor.run(&command, &by).await;
+        let mut out: Box<dyn std::io::Write> = if answer.ok {
+            Box::new(std::io::stdout())
+        } else {
+            Box::new(std::io::stderr())
+        };
+        match answer.body {
+            Body::Text(text) => out.write_all(text.as_bytes())?,
+            Body::Stream(mut chunks) => {
+                while let Some(chunk) = chunks.recv().await {
+                    out.write_all(&chunk)?;
+                }
+            }
+        }
+        Ok(answer.ok)
+    })?;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn unsafe_uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
 }
 
 /// `mxguard check DOMAIN`: 0 when the check ran, 2 when it could not start (usage or

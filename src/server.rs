@@ -84,7 +84,8 @@ pub async fn run(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Result
         hangup,
         shutdown.clone(),
     ));
-    let control = tokio::spawn(control.serve(policies.clone(), shutdown.clone()));
+    let control =
+        tokio::spawn(control.serve(policies.clone(), Some(queue.clone()), shutdown.clone()));
     let refresher = policies.map(|p| tokio::spawn(p.run_refresher(shutdown.clone())));
     let scheduler =
         tokio::spawn(Scheduler::new(queue, deliverer, config.clone()).run(shutdown.clone()));
@@ -159,7 +160,8 @@ fn open_policy_cache(
 }
 
 /// One daemon per data directory: two schedulers on one spool would deliver everything twice.
-fn lock_data_dir(dir: &Path) -> Result<File, ServerError> {
+/// The command line takes the same lock to change the queue when no daemon runs.
+pub fn lock_data_dir(dir: &Path) -> Result<File, ServerError> {
     let err = |source| ServerError::DataDir {
         path: dir.display().to_string(),
         source,

@@ -109,7 +109,7 @@ impl Inner {
         settings: Settings,
         clock: Arc<dyn Clock>,
     ) -> Result<Inner, CacheError> {
-        let store = Store::open(dir)?;
+        let store = Store::open(dir);
         let fetcher = Fetcher::new(&settings, resolver.clone())?;
         let policies = store
             .policies()
@@ -134,6 +134,10 @@ impl Inner {
             settings,
             clock,
         })
+    }
+
+    pub(crate) fn in_memory(&self) -> bool {
+        self.store.in_memory()
     }
 
     pub(crate) async fn lookup(&self, domain: &str) -> StsLookup {
@@ -161,16 +165,16 @@ impl Inner {
         }
     }
 
-    pub(crate) fn forget(&self, domain: &str) -> Result<bool, CacheError> {
+    pub(crate) fn forget(&self, domain: &str) -> bool {
         let domain = cache_key(domain);
         let in_memory = write(&self.policies).remove(&domain).is_some();
         let negative = write(&self.negatives).remove(&domain).is_some();
-        let stored = self.store.forget(&domain)?;
+        let stored = self.store.forget(&domain);
         let forgot = in_memory || negative || stored;
         if forgot {
             tracing::info!(domain, "MTA-STS: cached policy forgotten");
         }
-        Ok(forgot)
+        forgot
     }
 
     pub(crate) fn show(&self, domain: &str) -> String {
@@ -317,8 +321,9 @@ impl Inner {
         let saved = self.store.put_policy(domain, &entry.to_stored());
         write(&self.policies).insert(domain.to_string(), entry);
         self.clear_negative(domain);
-        if let Err(e) = saved.and(self.store.flush_async().await) {
-            tracing::warn!(domain, error = %e, "MTA-STS: cannot save policy");
+        match saved {
+            Ok(()) => self.store.flush_async().await,
+            Err(e) => tracing::warn!(domain, error = %e, "MTA-STS: cannot save policy"),
         }
         active
     }
@@ -337,9 +342,7 @@ impl Inner {
 
     fn clear_negative(&self, domain: &str) {
         if write(&self.negatives).remove(domain).is_some() {
-            if let Err(e) = self.store.remove_negative(domain) {
-                tracing::warn!(domain, error = %e, "MTA-STS: cannot remove negative entry");
-            }
+            self.store.remove_negative(domain);
         }
     }
 

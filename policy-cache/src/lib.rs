@@ -9,7 +9,8 @@
 //! - [`sts::record`]: the TXT record (`v=STSv1; id=…`);
 //! - [`sts::policy`]: the policy file, its MX patterns and matching;
 //! - [`sts::fetch`]: fetching the policy over HTTPS, with every RFC 8461 §3.3 restriction;
-//! - [`store`]: the sled-backed cache that survives restarts;
+//! - [`store`]: the sled-backed cache that survives restarts (in memory while the database
+//!   cannot be opened or written, e.g. on a full disk);
 //! - [`PolicyCache`]: the rules that tie them together (when to fetch, what to keep).
 
 pub mod clock;
@@ -101,8 +102,6 @@ pub struct FailureRecord {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
-    #[error("policy cache database {path}: {message}")]
-    Open { path: String, message: String },
     #[error("policy cache: {0}")]
     Db(String),
     #[error("policy fetcher: {0}")]
@@ -120,7 +119,11 @@ pub use cache::RefreshSummary;
 
 impl PolicyCache {
     /// Opens (creating) the sled database under `dir`; `resolver` answers TXT and address
-    /// queries (the policy host is resolved through it, not the system resolver).
+    /// queries (the policy host is resolved through it, not the system resolver). A database
+    /// that cannot be opened (a full disk) is no error: the cache then works from memory and
+    /// moves to the database once it opens (see [`store`]).
+    ///
+    /// Fails only when the policy fetcher cannot be set up (`extra_ca_files`, `proxy`).
     pub fn open(
         dir: &std::path::Path,
         resolver: hickory_resolver::TokioResolver,
@@ -128,6 +131,13 @@ impl PolicyCache {
         clock: Arc<dyn Clock>,
     ) -> Result<PolicyCache, CacheError> {
         cache::Inner::open(dir, resolver, settings, clock).map(|inner| PolicyCache { inner })
+    }
+
+    /// True while the cache works from memory because its database cannot be opened or
+    /// written (see [`store`]); what it learns meanwhile is copied into the database once it
+    /// opens. A command-line tool that reports or edits the database should refuse then.
+    pub fn in_memory(&self) -> bool {
+        self.inner.in_memory()
     }
 
     /// The policy to apply to a delivery to `domain` now (RFC 8461 §5.1): checks the TXT id,
@@ -144,7 +154,7 @@ impl PolicyCache {
 
     /// Drops everything cached for `domain`; true if there was something.
     pub fn forget(&self, domain: &str) -> Result<bool, CacheError> {
-        self.inner.forget(domain)
+        Ok(self.inner.forget(domain))
     }
 
     /// A human-readable account of what is cached for `domain` and why (`mxguard policy show`).
@@ -173,5 +183,45 @@ impl PolicyCache {
     /// refresh time has come. `run_refresher` runs this every minute.
     pub async fn refresh_due(&self) -> RefreshSummary {
         self.inner.refresh_due().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full disk (here: a path under a regular file, which no database can have) does not
+    /// stop the cache from opening; what it learns is kept in memory.
+    #[tokio::test]
+    async fn opens_in_memory_when_the_database_cannot_be_opened() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let blocker = tmp.path().join("not-a-dir");
+        std::fs::write(&blocker, b"a file").expect("write");
+        let resolver = hickory_resolver::TokioResolver::builder_with_config(
+            hickory_resolver::config::ResolverConfig::from_parts(None, vec![], vec![]),
+            hickory_resolver::net::runtime::TokioRuntimeProvider::default(),
+        )
+        .build()
+        .expect("resolver");
+        let cache = PolicyCache::open(
+            &blocker.join("policy-cache"),
+            resolver,
+            Settings::default(),
+            Arc::new(SystemClock),
+        )
+        .expect("a cache in memory");
+        assert!(cache.in_memory());
+        cache.record_failure(FailureRecord {
+            domain: "Example.TEST".into(),
+            policy_id: "1".into(),
+            mode: "testing".into(),
+            mx_host: "mx.example.test".into(),
+            result_type: "validation-failure".into(),
+            detail: "kept in memory".into(),
+            at: SystemTime::UNIX_EPOCH,
+        });
+        assert_eq!(cache.failures("example.test").len(), 1);
+        assert!(cache.show("example.test").contains("kept in memory"));
+        assert!(!cache.forget("example.test").expect("forget"));
     }
 }

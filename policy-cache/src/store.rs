@@ -1,4 +1,5 @@
-//! The sled-backed store of cached policies, negative entries and failure records.
+//! The store of cached policies, negative entries and failure records: a sled database, or
+//! memory while the database cannot be used.
 //!
 //! RFC 8461 §5.1 asks senders to cache policies for `max_age`, across restarts. Three trees,
 //! each keyed by the policy domain (lower case, A-labels), with serde_json values:
@@ -9,16 +10,32 @@
 //!
 //! sled flushes on its own every 500 ms; writes a restart must see (a new policy, `forget`) are
 //! flushed explicitly. A value that does not decode is logged and treated as absent.
+//!
+//! A database that cannot be opened or written (a full disk, above all) must not stop the
+//! daemon or lose what this process learns: the store then keeps everything in memory
+//! (`backend::Memory`), says so once, and tries the database again at most every
+//! [`RETRY_INTERVAL`] (on a write, or when the refresher asks). Once it opens, what memory
+//! holds is copied into it and the store is back on disk. A write or flush the database fails
+//! moves the store to memory in the same way, with a copy of what the database held: after an
+//! I/O error sled refuses every further write of that handle.
+
+mod backend;
 
 use crate::sts::policy::Policy;
 use crate::{CacheError, FailureRecord};
+use backend::{Backend, Change, Db, Memory, Tree};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
-use std::time::SystemTime;
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Failure records kept per domain; older ones are dropped.
 pub const MAX_FAILURES: usize = 100;
+
+/// The least time between two attempts to get from memory back onto the database.
+pub const RETRY_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A cached policy as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,140 +63,295 @@ pub struct Negative {
     pub error: String,
 }
 
-/// The three trees of the cache database.
+/// The three trees, on the database or in memory.
 pub struct Store {
-    db: sled::Db,
-    policies: sled::Tree,
-    negative: sled::Tree,
-    failures: sled::Tree,
+    /// Where the database is (or should be).
+    dir: PathBuf,
+    backend: RwLock<Backend>,
 }
 
 impl Store {
-    /// Opens (creating) the database in `dir`.
-    pub fn open(dir: &Path) -> Result<Store, CacheError> {
-        let open_error = |e: sled::Error| CacheError::Open {
-            path: dir.display().to_string(),
-            message: e.to_string(),
+    /// Opens (creating) the database in `dir`; when it cannot be opened, a store in memory that
+    /// tries the database again later.
+    pub fn open(dir: &Path) -> Store {
+        let backend = match Db::open(dir) {
+            Ok(db) => Backend::Db(db),
+            Err(e) => {
+                tracing::warn!(
+                    path = %dir.display(),
+                    error = %e,
+                    "policy cache: cannot open the database; \
+                     MTA-STS policies are cached in memory until it can be opened"
+                );
+                Backend::Memory(Memory::empty(Instant::now() + RETRY_INTERVAL))
+            }
         };
-        let db = sled::open(dir).map_err(open_error)?;
-        Ok(Store {
-            policies: db.open_tree("policies").map_err(open_error)?,
-            negative: db.open_tree("negative").map_err(open_error)?,
-            failures: db.open_tree("failures").map_err(open_error)?,
-            db,
-        })
+        Store {
+            dir: dir.to_path_buf(),
+            backend: RwLock::new(backend),
+        }
+    }
+
+    /// True while the store works from memory (the database could not be opened or written).
+    pub fn in_memory(&self) -> bool {
+        matches!(*read(&self.backend), Backend::Memory(_))
     }
 
     /// Every stored policy that decodes.
     pub fn policies(&self) -> Vec<(String, StoredPolicy)> {
-        decode_all(&self.policies, "policy")
+        self.decode_all(Tree::Policies, "policy")
     }
 
     /// Every stored negative entry that decodes.
     pub fn negatives(&self) -> Vec<(String, Negative)> {
-        decode_all(&self.negative, "negative entry")
+        self.decode_all(Tree::Negative, "negative entry")
     }
 
     pub fn policy(&self, domain: &str) -> Option<StoredPolicy> {
-        get(&self.policies, domain, "policy")
+        self.get(Tree::Policies, domain, "policy")
     }
 
     /// Saves a policy (on disk within sled's flush interval, or at the next flush).
     pub fn put_policy(&self, domain: &str, policy: &StoredPolicy) -> Result<(), CacheError> {
-        put(&self.policies, domain, policy)
+        self.put(Tree::Policies, domain, policy)
     }
 
-    pub fn remove_policy(&self, domain: &str) -> Result<bool, CacheError> {
-        remove(&self.policies, domain)
+    /// Removes a policy; true if there was one.
+    pub fn remove_policy(&self, domain: &str) -> bool {
+        self.update(Tree::Policies, domain, &mut |_| None).is_some()
     }
 
     pub fn negative(&self, domain: &str) -> Option<Negative> {
-        get(&self.negative, domain, "negative entry")
+        self.get(Tree::Negative, domain, "negative entry")
     }
 
     /// Saves a negative entry (not flushed: losing one costs one extra fetch).
     pub fn put_negative(&self, domain: &str, negative: &Negative) -> Result<(), CacheError> {
-        put(&self.negative, domain, negative)
+        self.put(Tree::Negative, domain, negative)
     }
 
-    pub fn remove_negative(&self, domain: &str) -> Result<bool, CacheError> {
-        remove(&self.negative, domain)
+    /// Removes a negative entry; true if there was one.
+    pub fn remove_negative(&self, domain: &str) -> bool {
+        self.update(Tree::Negative, domain, &mut |_| None).is_some()
     }
 
     /// Appends a failure record to its domain's list, keeping the last [`MAX_FAILURES`].
     pub fn push_failure(&self, failure: &FailureRecord) -> Result<(), CacheError> {
         let mut encode_error = None;
-        let result = self
-            .failures
-            .fetch_and_update(failure.domain.as_bytes(), |old| {
-                let mut list: Vec<FailureRecord> = old
-                    .and_then(|bytes| decode(&failure.domain, bytes, "failure list"))
-                    .unwrap_or_default();
-                list.push(failure.clone());
-                let excess = list.len().saturating_sub(MAX_FAILURES);
-                list.drain(..excess);
-                match serde_json::to_vec(&list) {
-                    Ok(bytes) => Some(bytes),
-                    Err(e) => {
-                        encode_error = Some(e.to_string());
-                        old.map(|b| b.to_vec())
-                    }
+        self.update(Tree::Failures, &failure.domain, &mut |old| {
+            let mut list: Vec<FailureRecord> = old
+                .and_then(|bytes| decode(&failure.domain, bytes, "failure list"))
+                .unwrap_or_default();
+            list.push(failure.clone());
+            match encode_failures(list) {
+                Ok(bytes) => Some(bytes),
+                Err(e) => {
+                    encode_error = Some(e.to_string());
+                    old.map(<[u8]>::to_vec)
                 }
-            })
-            .map_err(db_error);
-        result?;
+            }
+        });
         encode_error.map_or(Ok(()), |e| Err(CacheError::Db(e)))
     }
 
     /// The failures recorded for `domain`, oldest first.
     pub fn failures(&self, domain: &str) -> Vec<FailureRecord> {
-        get(&self.failures, domain, "failure list").unwrap_or_default()
+        self.get(Tree::Failures, domain, "failure list")
+            .unwrap_or_default()
     }
 
     /// Drops the policy and negative entry of `domain` (failure records stay: they are a report,
     /// not cached knowledge) and flushes; true if there was something.
-    pub fn forget(&self, domain: &str) -> Result<bool, CacheError> {
-        let had_policy = self.remove_policy(domain)?;
-        let had_negative = self.remove_negative(domain)?;
-        self.flush()?;
-        Ok(had_policy || had_negative)
+    pub fn forget(&self, domain: &str) -> bool {
+        let had_policy = self.remove_policy(domain);
+        let had_negative = self.remove_negative(domain);
+        self.flush();
+        had_policy || had_negative
     }
 
-    pub fn flush(&self) -> Result<(), CacheError> {
-        self.db.flush().map(|_| ()).map_err(db_error)
+    /// Writes what the database holds to disk. A flush that fails sends the store to memory; in
+    /// memory, a flush is a chance to get back onto the database.
+    pub fn flush(&self) {
+        let flushed = match &*read(&self.backend) {
+            Backend::Db(db) => db.flush(),
+            Backend::Memory(_) => Ok(()),
+        };
+        self.after_flush(flushed);
     }
 
     /// [`Store::flush`] for async callers: the disk write does not block a runtime thread.
-    pub async fn flush_async(&self) -> Result<(), CacheError> {
-        self.db.flush_async().await.map(|_| ()).map_err(db_error)
+    pub async fn flush_async(&self) {
+        let handle = match &*read(&self.backend) {
+            Backend::Db(db) => Some(db.handle()),
+            Backend::Memory(_) => None,
+        };
+        let flushed = match handle {
+            Some(db) => db.flush_async().await.map(drop),
+            None => Ok(()),
+        };
+        self.after_flush(flushed);
     }
-}
 
-fn db_error(e: sled::Error) -> CacheError {
-    CacheError::Db(e.to_string())
-}
-
-fn get<T: DeserializeOwned>(tree: &sled::Tree, domain: &str, what: &str) -> Option<T> {
-    match tree.get(domain.as_bytes()) {
-        Ok(Some(bytes)) => decode(domain, &bytes, what),
-        Ok(None) => None,
-        Err(e) => {
-            tracing::warn!(domain, error = %e, "policy cache: cannot read {what}");
-            None
+    /// Tries the database again if the store is in memory and the last attempt is
+    /// [`RETRY_INTERVAL`] old (the refresher calls this every pass).
+    pub fn reopen_if_due(&self) {
+        if self.in_memory() {
+            self.retry_if_due(&mut write(&self.backend));
         }
     }
+
+    /// Tries the database now if the store is in memory; true when the store is on the
+    /// database afterwards.
+    pub fn reopen(&self) -> bool {
+        self.reopen_now(&mut write(&self.backend))
+    }
+
+    fn put<T: Serialize>(&self, tree: Tree, domain: &str, value: &T) -> Result<(), CacheError> {
+        let bytes = serde_json::to_vec(value).map_err(|e| CacheError::Db(e.to_string()))?;
+        self.update(tree, domain, &mut |_| Some(bytes.clone()));
+        Ok(())
+    }
+
+    /// Applies `change` (the old value to the new one, `None` removing) to `domain` in `tree`
+    /// and returns the old value. A database that fails the write sends the store to memory,
+    /// where the write is then applied: the entry is never lost for this process.
+    fn update(&self, tree: Tree, domain: &str, change: &mut Change<'_>) -> Option<Vec<u8>> {
+        if let Backend::Db(db) = &*read(&self.backend) {
+            if let Ok(old) = db.update(tree, domain, change) {
+                return old;
+            }
+        }
+        // In memory, or the database failed: both need the backend to themselves.
+        let mut backend = write(&self.backend);
+        self.retry_if_due(&mut backend);
+        let failed = match &*backend {
+            Backend::Db(db) => match db.update(tree, domain, change) {
+                Ok(old) => return old,
+                Err(e) => Some(e),
+            },
+            Backend::Memory(_) => None,
+        };
+        let memory = match failed {
+            Some(e) => self.fall_back(&mut backend, "cannot write to the database", &e),
+            None => memory_of(&mut backend),
+        };
+        memory.update(tree, domain, change)
+    }
+
+    fn after_flush(&self, flushed: Result<(), sled::Error>) {
+        match flushed {
+            Err(e) => {
+                self.fall_back(&mut write(&self.backend), "cannot flush the database", &e);
+            }
+            Ok(()) => self.reopen_if_due(),
+        }
+    }
+
+    /// Moves a store on the database to memory, with a copy of what the database holds, and
+    /// logs it (once: a store already in memory stays as it is).
+    fn fall_back<'a>(
+        &self,
+        backend: &'a mut Backend,
+        what: &str,
+        error: &dyn Display,
+    ) -> &'a mut Memory {
+        if let Backend::Db(db) = &*backend {
+            let memory = Memory::copy_of(db, Instant::now() + RETRY_INTERVAL);
+            tracing::warn!(
+                path = %self.dir.display(),
+                error = %error,
+                entries = memory.len(),
+                "policy cache: {what}; \
+                 MTA-STS policies are cached in memory until it can be opened again"
+            );
+            // Dropping the handle releases the database for a later reopen.
+            *backend = Backend::Memory(memory);
+        }
+        memory_of(backend)
+    }
+
+    fn retry_if_due(&self, backend: &mut Backend) {
+        if let Backend::Memory(memory) = backend {
+            if memory.retry_due(Instant::now()) {
+                self.reopen_now(backend);
+            }
+        }
+    }
+
+    /// Opens the database and copies what memory holds into it; true when the store is on the
+    /// database afterwards.
+    fn reopen_now(&self, backend: &mut Backend) -> bool {
+        let Backend::Memory(memory) = backend else {
+            return true;
+        };
+        memory.postpone(Instant::now() + RETRY_INTERVAL);
+        let reopened = Db::open(&self.dir).and_then(|db| memory.copy_into(&db).map(|n| (db, n)));
+        match reopened {
+            Ok((db, entries)) => {
+                tracing::info!(
+                    path = %self.dir.display(),
+                    entries,
+                    "policy cache: the database is open again; \
+                     the entries cached in memory were copied into it"
+                );
+                *backend = Backend::Db(db);
+                true
+            }
+            Err(e) => {
+                tracing::debug!(
+                    path = %self.dir.display(),
+                    error = %e,
+                    "policy cache: the database is still unusable; MTA-STS policies stay in memory"
+                );
+                false
+            }
+        }
+    }
+
+    fn get<T: DeserializeOwned>(&self, tree: Tree, domain: &str, what: &str) -> Option<T> {
+        match &*read(&self.backend) {
+            Backend::Db(db) => match db.get(tree, domain) {
+                Ok(Some(bytes)) => decode(domain, &bytes, what),
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::warn!(domain, error = %e, "policy cache: cannot read {what}");
+                    None
+                }
+            },
+            Backend::Memory(memory) => memory
+                .get(tree, domain)
+                .and_then(|bytes| decode(domain, bytes, what)),
+        }
+    }
+
+    fn decode_all<T: DeserializeOwned>(&self, tree: Tree, what: &str) -> Vec<(String, T)> {
+        let mut out = Vec::new();
+        let mut push = |domain: &str, bytes: &[u8]| {
+            if let Some(value) = decode(domain, bytes, what) {
+                out.push((domain.to_string(), value));
+            }
+        };
+        match &*read(&self.backend) {
+            Backend::Db(db) => db.for_each(tree, what, &mut push),
+            Backend::Memory(memory) => memory.for_each(tree, &mut push),
+        }
+        out
+    }
 }
 
-fn put<T: Serialize>(tree: &sled::Tree, domain: &str, value: &T) -> Result<(), CacheError> {
-    let bytes = serde_json::to_vec(value).map_err(|e| CacheError::Db(e.to_string()))?;
-    tree.insert(domain.as_bytes(), bytes).map_err(db_error)?;
-    Ok(())
+/// The memory of a backend known to be in memory.
+fn memory_of(backend: &mut Backend) -> &mut Memory {
+    match backend {
+        Backend::Memory(memory) => memory,
+        Backend::Db(_) => unreachable!("the store fell back to memory just before"),
+    }
 }
 
-fn remove(tree: &sled::Tree, domain: &str) -> Result<bool, CacheError> {
-    tree.remove(domain.as_bytes())
-        .map(|old| old.is_some())
-        .map_err(db_error)
+/// Encodes a failure list, keeping its last [`MAX_FAILURES`] records.
+fn encode_failures(mut list: Vec<FailureRecord>) -> Result<Vec<u8>, serde_json::Error> {
+    let excess = list.len().saturating_sub(MAX_FAILURES);
+    list.drain(..excess);
+    serde_json::to_vec(&list)
 }
 
 /// Decodes a stored value; a corrupt one is logged and treated as absent.
@@ -193,27 +365,20 @@ fn decode<T: DeserializeOwned>(domain: &str, bytes: &[u8], what: &str) -> Option
     }
 }
 
-fn decode_all<T: DeserializeOwned>(tree: &sled::Tree, what: &str) -> Vec<(String, T)> {
-    let mut out = Vec::new();
-    for item in tree.iter() {
-        match item {
-            Ok((key, bytes)) => {
-                let domain = String::from_utf8_lossy(&key).into_owned();
-                if let Some(value) = decode(&domain, &bytes, what) {
-                    out.push((domain, value));
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "policy cache: cannot read {what}s"),
-        }
-    }
-    out
+/// A poisoned lock only means another thread panicked between two complete steps (every
+/// change of the backend is one assignment): carry on with it.
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::Mode;
-    use std::time::Duration;
 
     fn policy(id: &str) -> StoredPolicy {
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
@@ -231,6 +396,14 @@ mod tests {
         }
     }
 
+    fn negative(id: &str) -> Negative {
+        Negative {
+            id: id.into(),
+            failed_at: SystemTime::UNIX_EPOCH,
+            error: "boom".into(),
+        }
+    }
+
     fn failure(n: usize) -> FailureRecord {
         FailureRecord {
             domain: "example.test".into(),
@@ -243,41 +416,47 @@ mod tests {
         }
     }
 
+    fn details(store: &Store) -> Vec<String> {
+        store
+            .failures("example.test")
+            .into_iter()
+            .map(|f| f.detail)
+            .collect()
+    }
+
+    /// Writes raw bytes into a tree of a store on the database.
+    fn insert_raw(store: &Store, tree: Tree, key: &str, bytes: &[u8]) {
+        match &*read(&store.backend) {
+            Backend::Db(db) => db.insert_raw(tree, key, bytes),
+            Backend::Memory(_) => panic!("the store is in memory"),
+        }
+    }
+
     #[test]
     fn survives_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let store = Store::open(dir.path()).expect("open");
+            let store = Store::open(dir.path());
+            assert!(!store.in_memory());
             store.put_policy("a.test", &policy("1")).expect("put");
-            let neg = Negative {
-                id: "2".into(),
-                failed_at: SystemTime::UNIX_EPOCH,
-                error: "boom".into(),
-            };
-            store.put_negative("b.test", &neg).expect("put");
-            store.flush().expect("flush");
+            store.put_negative("b.test", &negative("2")).expect("put");
+            store.flush();
         }
-        let store = Store::open(dir.path()).expect("reopen");
+        let store = Store::open(dir.path());
         assert_eq!(store.policy("a.test"), Some(policy("1")));
         assert_eq!(store.policies().len(), 1);
         assert_eq!(store.negative("b.test").map(|n| n.id), Some("2".into()));
-        assert!(store.forget("a.test").expect("forget"));
-        assert!(!store.forget("a.test").expect("forget"));
+        assert!(store.forget("a.test"));
+        assert!(!store.forget("a.test"));
         assert_eq!(store.policy("a.test"), None);
     }
 
     #[test]
     fn corrupt_entries_are_absent() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path()).expect("open");
-        store
-            .policies
-            .insert("bad.test", &b"{not json"[..])
-            .expect("insert");
-        store
-            .failures
-            .insert("example.test", &b"[1,2"[..])
-            .expect("insert");
+        let store = Store::open(dir.path());
+        insert_raw(&store, Tree::Policies, "bad.test", b"{not json");
+        insert_raw(&store, Tree::Failures, "example.test", b"[1,2");
         store.put_policy("good.test", &policy("1")).expect("put");
         assert_eq!(store.policy("bad.test"), None);
         assert_eq!(store.policies().len(), 1);
@@ -290,16 +469,140 @@ mod tests {
     #[test]
     fn failures_are_bounded() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path()).expect("open");
+        let store = Store::open(dir.path());
         for n in 0..MAX_FAILURES + 5 {
             store.push_failure(&failure(n)).expect("push");
         }
-        let list = store.failures("example.test");
+        let list = details(&store);
         assert_eq!(list.len(), MAX_FAILURES);
-        assert_eq!(list[0].detail, "failure 5");
-        assert_eq!(
-            list.last().map(|f| f.detail.clone()),
-            Some(format!("failure {}", MAX_FAILURES + 4))
+        assert_eq!(list[0], "failure 5");
+        assert_eq!(list.last(), Some(&format!("failure {}", MAX_FAILURES + 4)));
+    }
+
+    /// A path under a regular file can never be a database (as a full disk cannot create one):
+    /// the store works from memory, then moves to the database once the path is usable.
+    #[test]
+    fn unusable_path_gives_a_memory_store_that_moves_to_the_database() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let blocker = tmp.path().join("not-a-dir");
+        std::fs::write(&blocker, b"a file").expect("write");
+        let dir = blocker.join("policy-cache");
+
+        let store = Store::open(&dir);
+        assert!(store.in_memory());
+        store.put_policy("a.test", &policy("1")).expect("put");
+        store.put_policy("gone.test", &policy("9")).expect("put");
+        store.put_negative("b.test", &negative("2")).expect("put");
+        for n in 0..MAX_FAILURES + 2 {
+            store.push_failure(&failure(n)).expect("push");
+        }
+        assert!(store.remove_policy("gone.test"));
+        assert!(!store.remove_policy("gone.test"));
+        store.flush();
+        assert_eq!(store.policy("a.test"), Some(policy("1")));
+        assert_eq!(store.policy("gone.test"), None);
+        assert_eq!(store.policies().len(), 1);
+        assert_eq!(store.negatives().len(), 1);
+        assert_eq!(details(&store).len(), MAX_FAILURES);
+        assert_eq!(details(&store)[0], "failure 2");
+
+        assert!(!store.reopen(), "the path is still under a file");
+        assert!(store.in_memory());
+
+        std::fs::remove_file(&blocker).expect("remove");
+        assert!(store.reopen());
+        assert!(!store.in_memory());
+        assert_eq!(store.policy("a.test"), Some(policy("1")));
+        store
+            .put_policy("c.test", &policy("3"))
+            .expect("put on the database");
+        store.flush();
+        drop(store);
+
+        let store = Store::open(&dir);
+        assert!(!store.in_memory());
+        assert_eq!(store.policy("a.test"), Some(policy("1")));
+        assert_eq!(store.policy("c.test"), Some(policy("3")));
+        assert_eq!(store.policy("gone.test"), None);
+        assert_eq!(store.negative("b.test"), Some(negative("2")));
+        assert_eq!(details(&store).len(), MAX_FAILURES);
+    }
+
+    /// A database held by another handle cannot be opened (sled's lock); what the memory store
+    /// did meanwhile is merged into what the database already held: new values win, removals
+    /// apply, failure lists are appended.
+    #[test]
+    fn memory_changes_merge_into_an_existing_database() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = Store::open(dir.path());
+        first.put_policy("old.test", &policy("1")).expect("put");
+        first.put_policy("kept.test", &policy("2")).expect("put");
+        first.push_failure(&failure(0)).expect("push");
+        first.flush();
+
+        let second = Store::open(dir.path());
+        assert!(
+            second.in_memory(),
+            "the database is locked by the first store"
         );
+        assert!(!second.remove_policy("old.test"), "not known in memory");
+        second.put_policy("kept.test", &policy("3")).expect("put");
+        second.push_failure(&failure(1)).expect("push");
+        drop(first);
+
+        assert!(second.reopen());
+        assert_eq!(second.policy("old.test"), None);
+        assert_eq!(second.policy("kept.test"), Some(policy("3")));
+        assert_eq!(details(&second), ["failure 0", "failure 1"]);
+    }
+
+    /// A database that fails a write sends the store to memory with everything it held; the
+    /// store returns to the database when it can.
+    #[test]
+    fn a_failing_database_falls_back_to_memory_with_its_entries() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path());
+        store.put_policy("a.test", &policy("1")).expect("put");
+        store.push_failure(&failure(0)).expect("push");
+        store.fall_back(
+            &mut write(&store.backend),
+            "cannot write to the database",
+            &"simulated: No space left on device",
+        );
+        assert!(store.in_memory());
+        assert_eq!(store.policy("a.test"), Some(policy("1")));
+        store.put_policy("b.test", &policy("2")).expect("put");
+        assert!(store.remove_policy("a.test"));
+        store.push_failure(&failure(1)).expect("push");
+        assert_eq!(details(&store), ["failure 0", "failure 1"]);
+
+        // The dropped handle may take a moment to release sled's lock.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !store.reopen() {
+            assert!(Instant::now() < deadline, "the database did not reopen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(store.policy("a.test"), None);
+        assert_eq!(store.policy("b.test"), Some(policy("2")));
+        assert_eq!(details(&store), ["failure 0", "failure 1"]);
+    }
+
+    #[test]
+    fn reopen_waits_for_the_retry_interval() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let blocker = tmp.path().join("not-a-dir");
+        std::fs::write(&blocker, b"a file").expect("write");
+        let store = Store::open(&blocker.join("db"));
+        std::fs::remove_file(&blocker).expect("remove");
+        // Writes and the refresher try again only once the interval has passed.
+        store.put_policy("a.test", &policy("1")).expect("put");
+        store.reopen_if_due();
+        assert!(store.in_memory());
+        if let Backend::Memory(memory) = &mut *write(&store.backend) {
+            memory.postpone(Instant::now());
+        }
+        store.put_policy("b.test", &policy("2")).expect("put");
+        assert!(!store.in_memory());
+        assert_eq!(store.policies().len(), 2);
     }
 }

@@ -72,6 +72,8 @@ pub enum Status {
     Deferred,
     Bounced,
     Expired,
+    /// Removed by an operator (`mxguard queue delete`), without a bounce.
+    Deleted,
 }
 
 impl Status {
@@ -81,6 +83,7 @@ impl Status {
             Status::Deferred => "deferred",
             Status::Bounced => "bounced",
             Status::Expired => "expired",
+            Status::Deleted => "deleted",
         }
     }
 }

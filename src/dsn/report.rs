@@ -298,7 +298,12 @@ fn delivery_status(report: &Report, host: &str, cs: Charset) -> String {
     let mut out = String::with_capacity(512 + 512 * report.recipients.len());
     // RFC 3464 §2.2: per-message fields.
     push_field(&mut out, "Reporting-MTA", &format!("dns; {host}"), cs);
-    push_field(&mut out, "X-Mxguard-Queue-ID", report.queue_id.as_str(), cs);
+    push_field(
+        &mut out,
+        "X-Mxguard-Queue-ID",
+        &report.queue_id.as_str(),
+        cs,
+    );
     if let Some(envid) = &report.original.envid {
         // RFC 3464 §2.2.1: the ENVID as the client gave it (decoded from xtext).
         push_field(&mut out, "Original-Envelope-Id", envid, cs);

@@ -5,7 +5,8 @@
 //! and hands it to the durable queue before it answers `250`. The pieces:
 //! [`command`] parses lines, [`params`] and [`path`] the MAIL/RCPT arguments, [`data`] decodes
 //! DATA, [`io`] bounds what a client can make us buffer, [`auth`] does SMTP AUTH,
-//! [`received`] writes the trace header, [`connection`] owns TLS and the connection limit.
+//! [`received`] writes the trace header, [`connection`] owns TLS and the connection limit,
+//! [`space`] turns mail away while the spool's file system is short of space.
 
 pub mod access;
 pub mod auth;
@@ -17,6 +18,7 @@ pub mod params;
 pub mod path;
 pub mod received;
 mod session;
+pub mod space;
 mod stats;
 
 pub use auth::hash_password;
@@ -54,6 +56,8 @@ pub struct Inbound {
     tls: Vec<Option<TlsAcceptor>>,
     /// One permit per connection, over all listeners (`smtpd.max_connections`).
     connections: Arc<Semaphore>,
+    /// Free space on the spool's file system against `queue.min_free`.
+    space: space::SpoolSpace,
 }
 
 impl Inbound {
@@ -76,12 +80,14 @@ impl Inbound {
             None => None,
         };
         let connections = Arc::new(Semaphore::new(config.smtpd.max_connections));
+        let space = space::SpoolSpace::new(config.spool_dir(), config.queue.min_free);
         Ok(Inbound {
             config,
             queue,
             users,
             tls,
             connections,
+            space,
         })
     }
 

@@ -1,25 +1,40 @@
 //! The durable queue: accepted messages on stable storage (`spool`), per-recipient delivery
-//! state, and the schedule of attempts and retries (`scheduler`).
+//! state with persisted next-attempt times (`state`), the schedule of attempts and retries
+//! (`scheduler`, `pass`, `scan`), and the operator's view and actions (`admin`, `command`,
+//! `inspect`, `listing`).
+//!
+//! Mail flows in through [`Queue::enqueue`], out through the scheduler's passes; the queue
+//! depends on delivery and dsn, never the other way round.
 
-mod listing;
+mod admin;
+pub mod command;
+pub mod inspect;
+mod notify;
+mod pass;
 mod retry;
+mod scan;
 mod scheduler;
 pub mod spool;
+pub mod state;
 
 pub use crate::queue_id::QueueId;
-pub use listing::listing;
+pub use admin::{operator_bounce_reply, Action, ActionReport};
 pub use retry::{backoff, Decision};
 pub use scheduler::Scheduler;
 
+use crate::config::Config;
+use crate::dsn::status_filter::StatusFilter;
 use crate::envelope::Envelope;
 use crate::reply::{EnhancedCode, Reply};
+use crate::tls_policy::TlsPolicies;
+use scheduler::Event;
 use spool::Spool;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Handle to the queue; cheap to clone. The inbound server stores messages through it; the
-/// scheduler takes the stored ones from it.
+/// scheduler takes the stored ones from it; the control socket sends it operators' actions.
 #[derive(Clone)]
 pub struct Queue {
     inner: Arc<Inner>,
@@ -27,10 +42,23 @@ pub struct Queue {
 
 struct Inner {
     spool: Spool,
-    /// Tells the scheduler about each newly stored message, so it is tried at once.
-    arrivals: mpsc::UnboundedSender<QueueId>,
-    /// Taken by the scheduler when it starts; until then arrivals wait here (and on disk).
-    arrivals_rx: Mutex<Option<mpsc::UnboundedReceiver<QueueId>>>,
+    /// Tells the scheduler about each newly stored message and each operator's action.
+    events: mpsc::UnboundedSender<Event>,
+    /// Taken by the scheduler when it starts; until then events wait here (arrivals are on
+    /// disk as well, and the start-up scan finds them).
+    events_rx: Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
+}
+
+/// What the scheduler's passes and the operator's actions share.
+pub(crate) struct Ctx {
+    pub queue: Queue,
+    pub config: Arc<Config>,
+    /// The operator's minimum TLS levels: a bounce of mail a sender forced onto TLS carries
+    /// the headers only.
+    pub tls_policies: Arc<TlsPolicies>,
+    /// `delivery.status_filter`, parsed once: applied to every failed attempt's reply before
+    /// the queue decides between retry and bounce.
+    pub status_filter: StatusFilter,
 }
 
 impl Queue {
@@ -41,8 +69,8 @@ impl Queue {
         Ok(Queue {
             inner: Arc::new(Inner {
                 spool,
-                arrivals: tx,
-                arrivals_rx: Mutex::new(Some(rx)),
+                events: tx,
+                events_rx: Mutex::new(Some(rx)),
             }),
         })
     }
@@ -69,7 +97,7 @@ impl Queue {
                 "Error: queue file write error",
             ));
         }
-        let _ = self.inner.arrivals.send(id.clone());
+        let _ = self.inner.events.send(Event::Arrived(id));
         Ok(id)
     }
 
@@ -77,7 +105,69 @@ impl Queue {
         &self.inner.spool
     }
 
-    fn take_arrivals(&self) -> Option<mpsc::UnboundedReceiver<QueueId>> {
-        self.inner.arrivals_rx.lock().ok()?.take()
+    /// Asks the running scheduler to apply `action` to `ids`; `None` when no scheduler runs.
+    pub async fn act(
+        &self,
+        action: Action,
+        ids: Vec<QueueId>,
+        by: String,
+    ) -> Option<Vec<ActionReport>> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .events
+            .send(Event::Admin {
+                action,
+                ids,
+                by,
+                reply,
+            })
+            .ok()?;
+        answer.await.ok()
+    }
+
+    /// The messages in the scheduler's active set; `None` when no scheduler runs.
+    pub async fn active(&self) -> Option<Vec<QueueId>> {
+        let (reply, answer) = oneshot::channel();
+        self.inner.events.send(Event::Active { reply }).ok()?;
+        answer.await.ok()
+    }
+
+    fn take_events(&self) -> Option<mpsc::UnboundedReceiver<Event>> {
+        self.inner.events_rx.lock().ok()?.take()
+    }
+}
+
+impl Ctx {
+    pub(crate) fn new(queue: Queue, config: Arc<Config>, tls_policies: Arc<TlsPolicies>) -> Ctx {
+        let status_filter = load_status_filter(&config);
+        Ctx {
+            queue,
+            config,
+            tls_policies,
+            status_filter,
+        }
+    }
+}
+
+/// `delivery.status_filter`, already checked by `Config::validate`. Should the file have become
+/// unreadable since, the relay runs without it: that only keeps failures transient (retried),
+/// never bounces anything the operator did not ask to bounce.
+fn load_status_filter(config: &Config) -> StatusFilter {
+    let Some(path) = &config.delivery.status_filter else {
+        return StatusFilter::default();
+    };
+    match StatusFilter::load(path) {
+        Ok(filter) => {
+            tracing::info!(
+                "delivery.status_filter: {} rule(s) from {}",
+                filter.len(),
+                path.display()
+            );
+            filter
+        }
+        Err(e) => {
+            tracing::error!("delivery.status_filter: {e}; running without the filter");
+            StatusFilter::default()
+        }
     }
 }

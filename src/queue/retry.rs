@@ -57,6 +57,8 @@ mod tests {
             min_backoff: Duration::from_secs(300),
             max_backoff: Duration::from_secs(4000),
             delay_warning: Duration::ZERO,
+            active_limit: 20_000,
+            min_free: 0,
         }
     }
 

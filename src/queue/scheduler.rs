@@ -1,484 +1,513 @@
-//! The scheduler: tries each message when it arrives and again when its backoff runs out,
-//! records per-recipient outcomes, and queues bounces and delay warnings.
+//! The scheduler (Postfix's qmgr, in miniature): decides which message is tried when.
 //!
-//! Each message is in exactly one place at a time: waiting on a timer, or being processed by
-//! one task. A message's pending recipients are grouped by domain, and each domain is one
-//! delivery (one SMTP session), run concurrently within the outbound session limit.
+//! Three places a message can be, and only one at a time:
+//! - the **waiting index**: every queued message not being worked on, as just its id and the
+//!   time it is next due (24 bytes each). The spool is the truth; an index entry is a wake-up
+//!   call, and a pass woken early finds nothing due and changes nothing.
+//! - the **active set** (at most `queue.active_limit` messages, Postfix's
+//!   `qmgr_message_active_limit`): due messages waiting for a pass slot, and those being
+//!   delivered. Passes run at most `delivery.max_concurrency` at a time; only a running pass
+//!   holds the message's body in memory.
+//! - **operator work**: a `queue hold`, `delete`, … being applied. An action on a message that
+//!   is being delivered waits until the delivery ends, so a message is never both delivered
+//!   and deleted.
+//!
+//! Due messages enter the active set oldest-due first (ties by arrival), as room frees: after
+//! a restart, or a flush of 300,000 messages, they come in at the rate passes finish, never
+//! all at once. At start-up the spool is scanned in the background while the listeners already
+//! accept mail and due mail already leaves.
 
-use super::retry::{decide, next_delay, Decision};
-use super::spool::{RcptState, StateRecord};
-use super::{Queue, QueueId};
-use crate::config::Config;
-use crate::delivery::{Attempt, Deliverer, Job, Status, TlsInfo};
-use crate::dsn;
-use crate::dsn::status_filter::StatusFilter;
-use crate::envelope::Envelope;
-use crate::reply::Reply;
-use crate::tls_policy::TlsLevel;
+use super::admin::{self, Action, ActionReport};
+use super::pass::{self, PassOutcome};
+use super::scan;
+use super::state::{unix_secs, Due, LogRecord};
+use super::{Ctx, QueueId};
+use crate::delivery::Deliverer;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashSet};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
-use tokio::time::Instant;
 
 /// How long a shutdown waits for running deliveries before abandoning them (they stay in the
 /// spool and are tried again at the next start).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often records that a full disk refused are offered to the state log again.
+const UNSAVED_RETRY: Duration = Duration::from_secs(5);
+
+/// What the rest of the daemon tells the scheduler.
+pub(crate) enum Event {
+    /// A message was stored: schedule it now.
+    Arrived(QueueId),
+    /// An operator's action on these messages; the reply lists what became of each.
+    Admin {
+        action: Action,
+        ids: Vec<QueueId>,
+        by: String,
+        reply: oneshot::Sender<Vec<ActionReport>>,
+    },
+    /// Which messages are in the active set (for `queue list`).
+    Active {
+        reply: oneshot::Sender<Vec<QueueId>>,
+    },
+}
 
 pub struct Scheduler {
     ctx: Arc<Ctx>,
+    deliverer: Arc<Deliverer>,
 }
 
-/// What every processing task needs.
-struct Ctx {
-    queue: Queue,
-    deliverer: Deliverer,
-    config: Arc<Config>,
-    /// `delivery.status_filter`, parsed once: applied to every failed attempt's reply before
-    /// the queue decides between retry and bounce.
-    status_filter: StatusFilter,
+/// One message in the active set.
+enum Activity {
+    /// Due, waiting for a pass slot.
+    Ready,
+    /// A pass is running; actions asked for meanwhile wait for its end.
+    Delivering(Vec<Deferred>),
 }
+
+/// An operator's action on a message that was busy when it was asked for.
+struct Deferred {
+    action: Action,
+    by: String,
+}
+
+/// The scheduler's books; owned by its one task.
+struct Books {
+    /// (due, id) of every message outside the active set (stale entries allowed).
+    waiting: BinaryHeap<Reverse<(u64, QueueId)>>,
+    /// New arrivals not yet in the active set. Taken turn about with the index, as Postfix's
+    /// qmgr alternates its incoming and deferred queues, so that new mail is not stuck behind
+    /// a flushed backlog of 300,000 retries, nor the backlog behind a flood of new mail.
+    incoming: VecDeque<QueueId>,
+    /// Active messages without a pass yet, in the order they became due.
+    ready: VecDeque<QueueId>,
+    active: HashMap<QueueId, Activity>,
+    /// Messages an operator's action is being applied to, with actions asked for meanwhile.
+    admin: HashMap<QueueId, Vec<Deferred>>,
+    /// Records the state log refused (a full disk), by message.
+    unsaved: HashMap<QueueId, Vec<LogRecord>>,
+    active_limit: usize,
+    pass_limit: usize,
+}
+
+type AdminDone = Vec<(QueueId, Due)>;
 
 impl Scheduler {
-    pub fn new(queue: Queue, deliverer: Deliverer, config: Arc<Config>) -> Scheduler {
-        let status_filter = load_status_filter(&config);
+    pub fn new(
+        queue: super::Queue,
+        deliverer: Deliverer,
+        config: Arc<crate::config::Config>,
+    ) -> Scheduler {
+        let ctx = Ctx::new(queue, config, deliverer.tls_policies());
         Scheduler {
-            ctx: Arc::new(Ctx {
-                queue,
-                deliverer,
-                config,
-                status_filter,
-            }),
+            ctx: Arc::new(ctx),
+            deliverer: Arc::new(deliverer),
         }
     }
 
-    /// Runs until `shutdown` turns true: first everything already in the spool (a restart
-    /// resumes all unfinished mail), then arrivals and retries.
+    /// Runs until `shutdown` turns true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let Some(mut arrivals) = self.ctx.queue.take_arrivals() else {
+        let Some(mut events) = self.ctx.queue.take_events() else {
             tracing::error!("scheduler: started twice on one queue");
             return;
         };
-        let mut timers: BinaryHeap<Reverse<(Instant, QueueId)>> = BinaryHeap::new();
-        let mut active: HashSet<QueueId> = HashSet::new();
-        let mut tasks: JoinSet<(QueueId, Option<Duration>)> = JoinSet::new();
-        match self.ctx.queue.spool().scan() {
-            Ok(ids) => {
-                if !ids.is_empty() {
-                    tracing::info!("queue: resuming {} message(s) from the spool", ids.len());
-                }
-                let now = Instant::now();
-                timers.extend(ids.into_iter().map(|id| Reverse((now, id))));
-            }
-            Err(e) => tracing::error!("queue: cannot scan the spool: {e}"),
-        }
+        let config = &self.ctx.config;
+        let mut books = Books::new(config.queue.active_limit, config.delivery.max_concurrency);
+        let mut passes: JoinSet<PassOutcome> = JoinSet::new();
+        let mut admin_work: JoinSet<AdminDone> = JoinSet::new();
+        let (scan_tx, mut scan_rx) = mpsc::channel::<Vec<(QueueId, u64)>>(4);
+        scan::start(self.ctx.clone(), scan_tx);
+        let mut scanning = true;
+        let mut unsaved_tick = tokio::time::interval(UNSAVED_RETRY);
         loop {
-            let next_timer = timers.peek().map(|Reverse((at, _))| *at);
+            books.fill();
+            self.start_passes(&mut books, &mut passes);
+            let next_due = books.next_wakeup();
             tokio::select! {
-                _ = shutdown.changed() => break,
-                Some(id) = arrivals.recv() => {
-                    if active.insert(id.clone()) {
-                        self.spawn(&mut tasks, id);
-                    }
-                }
-                _ = sleep_until(next_timer) => {
-                    while let Some(Reverse((at, _))) = timers.peek() {
-                        if *at > Instant::now() {
-                            break;
-                        }
-                        let Some(Reverse((_, id))) = timers.pop() else { break };
-                        if active.insert(id.clone()) {
-                            self.spawn(&mut tasks, id);
-                        }
-                    }
-                }
-                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                    match done {
-                        Ok((id, next)) => {
-                            active.remove(&id);
-                            if let Some(delay) = next {
-                                timers.push(Reverse((Instant::now() + delay, id)));
-                            }
-                        }
-                        Err(e) => tracing::error!("queue: a delivery task failed: {e}"),
-                    }
+                _ = shutdown.changed() => {}
+                Some(event) = events.recv() => self.on_event(&mut books, &mut admin_work, event),
+                batch = scan_rx.recv(), if scanning => match batch {
+                    Some(batch) => books.waiting.extend(batch.into_iter().map(|(id, due)| Reverse((due, id)))),
+                    None => scanning = false,
+                },
+                Some(done) = passes.join_next(), if !passes.is_empty() => match done {
+                    Ok(outcome) => self.on_pass_done(&mut books, &mut admin_work, outcome),
+                    Err(e) => tracing::error!("queue: a delivery task failed: {e}"),
+                },
+                Some(done) = admin_work.join_next(), if !admin_work.is_empty() => match done {
+                    Ok(done) => self.on_admin_done(&mut books, &mut admin_work, done),
+                    Err(e) => tracing::error!("queue: an operator's action failed: {e}"),
+                },
+                _ = sleep_until_unix(next_due) => {}
+                _ = unsaved_tick.tick(), if !books.unsaved.is_empty() => {
+                    self.retry_unsaved(&mut books).await;
                 }
             }
             if *shutdown.borrow() {
                 break;
             }
         }
-        tracing::info!("queue: stopping, {} delivery task(s) running", tasks.len());
+        tracing::info!("queue: stopping, {} delivery task(s) running", passes.len());
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
-            while tasks.join_next().await.is_some() {}
+            while passes.join_next().await.is_some() {}
+            while admin_work.join_next().await.is_some() {}
         })
         .await;
-        tasks.abort_all();
-    }
-
-    fn spawn(&self, tasks: &mut JoinSet<(QueueId, Option<Duration>)>, id: QueueId) {
-        let ctx = self.ctx.clone();
-        tasks.spawn(async move {
-            let next = process(&ctx, &id).await;
-            (id, next)
-        });
-    }
-}
-
-/// `delivery.status_filter`, already checked by `Config::validate`. Should the file have become
-/// unreadable since, the relay runs without it: that only keeps failures transient (retried),
-/// never bounces anything the operator did not ask to bounce.
-fn load_status_filter(config: &Config) -> StatusFilter {
-    let Some(path) = &config.delivery.status_filter else {
-        return StatusFilter::default();
-    };
-    match StatusFilter::load(path) {
-        Ok(filter) => {
-            tracing::info!(
-                "delivery.status_filter: {} rule(s) from {}",
-                filter.len(),
-                path.display()
-            );
-            filter
-        }
-        Err(e) => {
-            tracing::error!("delivery.status_filter: {e}; running without the filter");
-            StatusFilter::default()
+        passes.abort_all();
+        admin_work.abort_all();
+        if !books.unsaved.is_empty() {
+            self.retry_unsaved(&mut books).await;
         }
     }
-}
 
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// One pass over a message. Returns when to try it again, or `None` when it is finished.
-async fn process(ctx: &Ctx, id: &QueueId) -> Option<Duration> {
-    let loaded = {
-        let queue = ctx.queue.clone();
-        let id = id.clone();
-        tokio::task::spawn_blocking(move || {
-            let (envelope, message) = queue.spool().load(&id)?;
-            let records = queue.spool().read_state(&id)?;
-            Ok::<_, std::io::Error>((envelope, message, records))
-        })
-        .await
-    };
-    let (envelope, message, records) = match loaded {
-        Ok(Ok(l)) => l,
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Ok(Err(e)) => {
-            tracing::error!("{id}: unreadable queue file, moved to spool/corrupt: {e}");
-            let _ = ctx.queue.spool().quarantine(id);
-            return None;
-        }
-        Err(e) => {
-            tracing::error!("{id}: {e}");
-            return Some(Duration::from_secs(60));
-        }
-    };
-    let pass = Pass::new(ctx, id, &envelope, &message, &records);
-    if pass.pending.is_empty() {
-        pass.finish();
-        return None;
-    }
-    let attempts = pass.deliver().await;
-    pass.record(attempts).await
-}
-
-/// The state of one pass over one message.
-struct Pass<'a> {
-    ctx: &'a Ctx,
-    id: &'a QueueId,
-    envelope: &'a Envelope,
-    message: &'a [u8],
-    /// Current state per recipient (index into the envelope), replayed from the state log.
-    states: Vec<RcptState>,
-    /// Recipients not yet done.
-    pending: Vec<usize>,
-    age: Duration,
-}
-
-impl<'a> Pass<'a> {
-    fn new(
-        ctx: &'a Ctx,
-        id: &'a QueueId,
-        envelope: &'a Envelope,
-        message: &'a [u8],
-        records: &[StateRecord],
-    ) -> Self {
-        let mut states = vec![
-            RcptState::Deferred {
-                attempts: 0,
-                reply: None,
-                warned: false,
-            };
-            envelope.recipients.len()
-        ];
-        for r in records {
-            if let Some(s) = states.get_mut(r.rcpt) {
-                *s = r.state.clone();
+    fn on_event(&self, books: &mut Books, admin_work: &mut JoinSet<AdminDone>, event: Event) {
+        match event {
+            Event::Arrived(id) => books.incoming.push_back(id),
+            Event::Active { reply } => {
+                let _ = reply.send(books.active.keys().copied().collect());
+            }
+            Event::Admin {
+                action,
+                ids,
+                by,
+                reply,
+            } => {
+                let mut reports = Vec::new();
+                let mut now = Vec::new();
+                for id in ids {
+                    let deferred = Deferred {
+                        action: action.clone(),
+                        by: by.clone(),
+                    };
+                    if books.defer(id, deferred) {
+                        reports.push(ActionReport::later(id, &action));
+                    } else {
+                        // A ready message leaves the active set; its ready entry goes stale.
+                        books.active.remove(&id);
+                        books.admin.insert(id, Vec::new());
+                        now.push(id);
+                    }
+                }
+                self.spawn_admin(books, admin_work, action, now, by, reports, reply);
             }
         }
-        let pending = (0..states.len())
-            .filter(|&i| states[i] != RcptState::Done)
-            .collect();
-        let age = SystemTime::now()
-            .duration_since(envelope.arrival)
-            .unwrap_or_default();
-        Pass {
-            ctx,
-            id,
-            envelope,
-            message,
-            states,
-            pending,
-            age,
-        }
     }
 
-    /// Delivers the pending recipients, one session per domain, concurrently.
-    async fn deliver(&self) -> Vec<Attempt> {
-        let mut by_domain: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-        for &i in &self.pending {
-            by_domain
-                .entry(self.envelope.recipients[i].domain())
-                .or_default()
-                .push(i);
-        }
-        let jobs = by_domain.iter().map(|(domain, rcpts)| async move {
-            // The deliverer bounds concurrent sessions (`delivery.max_concurrency`).
-            let job = Job {
-                queue_id: self.id,
-                envelope: self.envelope,
-                message: self.message,
-                domain,
-                recipients: rcpts,
-            };
-            self.ctx.deliverer.deliver(&job).await
+    /// Applies `action` to `ids` (taken out of scheduling) in a task of its own; `reports`
+    /// already holds the deferred ones.
+    #[allow(clippy::too_many_arguments)]
+    fn spawn_admin(
+        &self,
+        books: &mut Books,
+        admin_work: &mut JoinSet<AdminDone>,
+        action: Action,
+        ids: Vec<QueueId>,
+        by: String,
+        mut reports: Vec<ActionReport>,
+        reply: oneshot::Sender<Vec<ActionReport>>,
+    ) {
+        let ctx = self.ctx.clone();
+        let unsaved: HashMap<QueueId, Vec<LogRecord>> = ids
+            .iter()
+            .filter_map(|id| books.unsaved.remove(id).map(|r| (*id, r)))
+            .collect();
+        admin_work.spawn(async move {
+            let mut done = Vec::with_capacity(ids.len());
+            for id in ids {
+                let pending = unsaved.get(&id).cloned().unwrap_or_default();
+                let (report, due) = admin::apply(&ctx, id, &action, &by, pending).await;
+                reports.push(report);
+                done.push((id, due));
+            }
+            let _ = reply.send(reports);
+            done
         });
-        futures::future::join_all(jobs)
-            .await
-            .into_iter()
-            .flatten()
-            .collect()
     }
 
-    /// Logs each attempt, queues bounces, writes the state log; returns the next retry.
-    async fn record(mut self, attempts: Vec<Attempt>) -> Option<Duration> {
-        let queue_cfg = &self.ctx.config.queue;
-        let mut failed: Vec<&Attempt> = Vec::new();
-        let mut relayed: Vec<&Attempt> = Vec::new();
-        let mut changed: Vec<usize> = Vec::new();
-        // Postfix's smtp_delivery_status_filter: the filtered reply is the outcome from here
-        // on — what decides retry or bounce, what the log line and the DSN say.
-        let attempts: Vec<Attempt> = attempts
-            .into_iter()
-            .map(|mut a| {
-                a.reply = self.ctx.status_filter.filter(a.reply);
-                a
-            })
-            .collect();
-        for attempt in &attempts {
-            let Some(rcpt) = self.envelope.recipients.get(attempt.rcpt) else {
+    fn on_admin_done(
+        &self,
+        books: &mut Books,
+        admin_work: &mut JoinSet<AdminDone>,
+        done: AdminDone,
+    ) {
+        for (id, due) in done {
+            let later = books.admin.remove(&id).unwrap_or_default();
+            if !later.is_empty() && due != Due::Finished {
+                self.apply_deferred(books, admin_work, id, later);
+                continue;
+            }
+            books.schedule(id, due);
+        }
+    }
+
+    fn on_pass_done(
+        &self,
+        books: &mut Books,
+        admin_work: &mut JoinSet<AdminDone>,
+        outcome: PassOutcome,
+    ) {
+        let PassOutcome { id, next, unsaved } = outcome;
+        if !unsaved.is_empty() {
+            books.unsaved.insert(id, unsaved);
+        }
+        let later = match books.active.remove(&id) {
+            Some(Activity::Delivering(later)) => later,
+            _ => Vec::new(),
+        };
+        if next == Some(Due::Finished) {
+            books.unsaved.remove(&id);
+            for d in later {
+                tracing::info!(
+                    "{id}: queue {} by {}: nothing left to do, the delivery finished it",
+                    d.action.verb(),
+                    d.by
+                );
+            }
+            return;
+        }
+        if !later.is_empty() {
+            self.apply_deferred(books, admin_work, id, later);
+            return;
+        }
+        if let Some(due) = next {
+            books.schedule(id, due);
+        }
+    }
+
+    /// Applies the actions asked for while `id` was busy, in the order they were asked.
+    fn apply_deferred(
+        &self,
+        books: &mut Books,
+        admin_work: &mut JoinSet<AdminDone>,
+        id: QueueId,
+        later: Vec<Deferred>,
+    ) {
+        books.admin.insert(id, Vec::new());
+        let ctx = self.ctx.clone();
+        let mut pending = books.unsaved.remove(&id).unwrap_or_default();
+        admin_work.spawn(async move {
+            let mut due = Due::At(0);
+            for d in later {
+                let (report, after) = admin::apply(&ctx, id, &d.action, &d.by, pending).await;
+                pending = Vec::new();
+                tracing::info!(
+                    "{id}: deferred queue {} by {}: {}",
+                    d.action.verb(),
+                    d.by,
+                    report.text
+                );
+                due = after;
+                if due == Due::Finished {
+                    break;
+                }
+            }
+            vec![(id, due)]
+        });
+    }
+
+    fn start_passes(&self, books: &mut Books, passes: &mut JoinSet<PassOutcome>) {
+        while passes.len() < books.pass_limit {
+            let Some(id) = books.ready.pop_front() else {
+                break;
+            };
+            // Stale: an operator's action took it out of the active set meanwhile.
+            let Some(activity) = books.active.get_mut(&id) else {
                 continue;
             };
-            let decision = decide(&attempt.reply, self.age, queue_cfg);
-            let status = match decision {
-                Decision::Delivered => Status::Sent,
-                Decision::Bounce => Status::Bounced,
-                Decision::Expire => Status::Expired,
-                Decision::Retry => Status::Deferred,
+            if !matches!(activity, Activity::Ready) {
+                continue;
+            }
+            *activity = Activity::Delivering(Vec::new());
+            let unsaved = books.unsaved.remove(&id).unwrap_or_default();
+            let ctx = self.ctx.clone();
+            let deliverer = self.deliverer.clone();
+            passes.spawn(async move { pass::run(&ctx, &deliverer, id, unsaved).await });
+        }
+    }
+
+    /// Writes what a full disk refused before, oldest first; what still fails stays.
+    async fn retry_unsaved(&self, books: &mut Books) {
+        let ids: Vec<QueueId> = books
+            .unsaved
+            .keys()
+            .copied()
+            .filter(|id| !books.active.contains_key(id) && !books.admin.contains_key(id))
+            .collect();
+        for id in ids {
+            let Some(records) = books.unsaved.remove(&id) else {
+                continue;
             };
-            // Postfix's delay= is the time since arrival, measured when the line is written.
-            let delay = SystemTime::now()
-                .duration_since(self.envelope.arrival)
-                .unwrap_or_default();
-            tracing::info!(
-                "{}",
-                attempt.log_line(self.id, &rcpt.address, delay, status)
-            );
-            match decision {
-                Decision::Delivered => {
-                    self.states[attempt.rcpt] = RcptState::Done;
-                    changed.push(attempt.rcpt);
-                    if !attempt.dsn_passed_on {
-                        relayed.push(attempt);
-                    }
-                }
-                Decision::Bounce | Decision::Expire => failed.push(attempt),
-                Decision::Retry => {
-                    if let RcptState::Deferred {
-                        attempts, reply, ..
-                    } = &mut self.states[attempt.rcpt]
-                    {
-                        *attempts += 1;
-                        *reply = Some(attempt.reply.clone());
-                    }
-                    changed.push(attempt.rcpt);
-                }
+            let left = pass::save(&self.ctx, &id, records).await;
+            if !left.is_empty() {
+                books.unsaved.insert(id, left);
+                break;
             }
+            tracing::info!("{id}: delivery state written (after an earlier failure)");
         }
-        if !failed.is_empty() && self.send_dsn(&failed, dsn::Action::Failed).await {
-            for a in &failed {
-                self.states[a.rcpt] = RcptState::Done;
-                changed.push(a.rcpt);
-            }
-        }
-        // RFC 3461 §5.2.2: delivered to a server that does not speak DSN, a NOTIFY=SUCCESS
-        // recipient gets a "relayed" DSN from us, since nobody further on will send one.
-        // (Best effort: the recipient is done either way.)
-        if !relayed.is_empty() {
-            self.send_dsn(&relayed, dsn::Action::Relayed).await;
-        }
-        self.warn_delayed(&mut changed).await;
-        let max_attempts = self
-            .states
-            .iter()
-            .filter_map(|s| match s {
-                RcptState::Deferred { attempts, .. } => Some(*attempts),
-                RcptState::Done => None,
-            })
-            .max();
-        match max_attempts {
-            // Every recipient is done: the state log would be removed with the message at once,
-            // so it is not written (the common case costs no write beyond the message itself).
-            None => {
-                self.finish();
-                None
-            }
-            Some(n) => {
-                self.save_state(&changed);
-                Some(next_delay(n.max(1), self.age, queue_cfg))
-            }
+    }
+}
+
+impl Books {
+    fn new(active_limit: usize, pass_limit: usize) -> Books {
+        Books {
+            waiting: BinaryHeap::new(),
+            incoming: VecDeque::new(),
+            ready: VecDeque::new(),
+            active: HashMap::new(),
+            admin: HashMap::new(),
+            unsaved: HashMap::new(),
+            active_limit: active_limit.max(1),
+            pass_limit: pass_limit.max(1),
         }
     }
 
-    fn save_state(&self, changed: &[usize]) {
-        let records: Vec<StateRecord> = changed
-            .iter()
-            .map(|&i| StateRecord {
-                rcpt: i,
-                state: self.states[i].clone(),
-            })
-            .collect();
-        if let Err(e) = self.ctx.queue.spool().append_state(self.id, &records) {
-            tracing::error!("{}: cannot record delivery state: {e}", self.id);
+    /// Moves new arrivals and due messages from the index into the active set while it has
+    /// room, one of each in turn.
+    fn fill(&mut self) {
+        let now = unix_secs(SystemTime::now());
+        let mut from_index = false;
+        while self.active.len() < self.active_limit {
+            from_index = !from_index;
+            let id = match (from_index, self.incoming.is_empty()) {
+                (false, false) | (true, true) => self.incoming.pop_front(),
+                (true, false) | (false, true) => None,
+            };
+            let id = match id {
+                Some(id) => id,
+                None => match self.waiting.peek() {
+                    Some(Reverse((due, _))) if *due <= now => match self.waiting.pop() {
+                        Some(Reverse((_, id))) => id,
+                        None => break,
+                    },
+                    _ if self.incoming.is_empty() => break,
+                    _ => continue,
+                },
+            };
+            if self.active.contains_key(&id) || self.admin.contains_key(&id) {
+                continue;
+            }
+            self.active.insert(id, Activity::Ready);
+            self.ready.push_back(id);
         }
     }
 
-    /// Sends a DSN for these attempts to the envelope sender, when the sender and recipients
-    /// want one. Returns true when nothing more is owed: the DSN is durably queued, or none
-    /// was due (null sender, NOTIFY=NEVER). False when storing it failed: the recipients stay
-    /// pending so the bounce is not lost.
-    async fn send_dsn(&self, attempts: &[&Attempt], action: dsn::Action) -> bool {
-        let now = SystemTime::now();
-        let recipients: Vec<dsn::RecipientReport> = attempts
-            .iter()
-            .filter_map(|a| {
-                let rcpt = self.envelope.recipients.get(a.rcpt)?;
-                let wanted = match action {
-                    dsn::Action::Delayed => rcpt.wants_delay_dsn(),
-                    dsn::Action::Delivered | dsn::Action::Relayed => rcpt.wants_success_dsn(),
-                    dsn::Action::Failed => rcpt.wants_failure_dsn(),
-                };
-                wanted.then(|| dsn::RecipientReport {
-                    rcpt,
-                    action,
-                    reply: &a.reply,
-                    remote_mta: a.relay.as_ref().map(|r| r.host.as_str()),
-                    reply_from_remote: a.remote_reply,
-                    last_attempt: Some(now),
-                    will_retry_until: (action == dsn::Action::Delayed)
-                        .then(|| self.envelope.arrival + self.ctx.config.queue.max_lifetime),
-                })
-            })
-            .collect();
-        if recipients.is_empty() {
-            return true;
-        }
-        // A sender or listener level above the automatic one promised this message TLS; its
-        // bounce may travel without, so it carries the headers only.
-        let sender_side = self
-            .ctx
-            .deliverer
-            .tls_policies()
-            .floor(&self.envelope.mail_from, self.envelope.min_tls_level, "")
-            .and_then(|f| f.sender_side);
-        let report = dsn::Report {
-            reporting_mta: &self.ctx.config.hostname,
-            queue_id: self.id,
-            original: self.envelope,
-            message: self.message,
-            recipients,
-            confidential: sender_side.is_some_and(|l| !l.is_automatic() && l != TlsLevel::None),
+    /// Queues `deferred` for when the busy message `id` is free; false when it is not busy.
+    fn defer(&mut self, id: QueueId, deferred: Deferred) -> bool {
+        let later = match self.active.get_mut(&id) {
+            Some(Activity::Delivering(later)) => later,
+            _ => match self.admin.get_mut(&id) {
+                Some(later) => later,
+                None => return false,
+            },
         };
-        let Some((envelope, message)) = dsn::build(&report) else {
-            return true;
-        };
-        match self.ctx.queue.enqueue(envelope, message).await {
-            Ok(dsn_id) => {
-                tracing::info!("{}: sender non-delivery notification: {dsn_id}", self.id);
-                true
-            }
-            Err(reply) => {
-                tracing::error!("{}: cannot queue the DSN, will retry: {reply}", self.id);
-                false
-            }
-        }
+        later.push(deferred);
+        true
     }
 
-    /// RFC 3461 "delay" DSNs: once per recipient, when it has waited `delay_warning`.
-    async fn warn_delayed(&mut self, changed: &mut Vec<usize>) {
-        let after = self.ctx.config.queue.delay_warning;
-        if after.is_zero() || self.age < after {
-            return;
+    /// When to look at the index again: its first entry's time, unless the active set is full
+    /// (then a finishing pass is what makes room).
+    fn next_wakeup(&self) -> Option<u64> {
+        if self.active.len() >= self.active_limit {
+            return None;
         }
-        let due: Vec<usize> = (0..self.states.len())
-            .filter(|&i| matches!(self.states[i], RcptState::Deferred { warned: false, attempts, .. } if attempts > 0))
-            .collect();
-        if due.is_empty() {
-            return;
-        }
-        let attempts: Vec<Attempt> = due
-            .iter()
-            .map(|&i| {
-                let reply = match &self.states[i] {
-                    RcptState::Deferred { reply: Some(r), .. } => r.clone(),
-                    _ => Reply::from_remote(451, "4.0.0 delivery temporarily deferred"),
-                };
-                Attempt {
-                    rcpt: i,
-                    reply,
-                    remote_reply: false,
-                    relay: None,
-                    tls: TlsInfo::default(),
-                    policy: "none".into(),
-                    dsn_passed_on: false,
-                }
-            })
-            .collect();
-        let refs: Vec<&Attempt> = attempts.iter().collect();
-        if self.send_dsn(&refs, dsn::Action::Delayed).await {
-            for &i in &due {
-                if let RcptState::Deferred { warned, .. } = &mut self.states[i] {
-                    *warned = true;
-                }
-                changed.push(i);
-            }
-        }
+        self.waiting.peek().map(|Reverse((due, _))| *due)
     }
 
-    fn finish(&self) {
-        if let Err(e) = self.ctx.queue.spool().remove(self.id) {
-            tracing::error!("{}: cannot remove finished message: {e}", self.id);
-        } else {
-            tracing::info!("{}: removed", self.id);
+    fn schedule(&mut self, id: QueueId, due: Due) {
+        if let Due::At(t) = due {
+            self.waiting.push(Reverse((t, id)));
         }
+    }
+}
+
+/// Sleeps until Unix second `at` (at once when it has passed); for ever when `None`.
+async fn sleep_until_unix(at: Option<u64>) {
+    let Some(at) = at else {
+        return std::future::pending().await;
+    };
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let wait = Duration::from_secs(at).saturating_sub(now);
+    tokio::time::sleep(wait).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ids in arrival order.
+    fn ids(n: usize) -> Vec<QueueId> {
+        let mut ids: Vec<QueueId> = (0..n).map(|_| QueueId::generate()).collect();
+        ids.sort();
+        ids
+    }
+
+    fn now() -> u64 {
+        unix_secs(SystemTime::now())
+    }
+
+    #[test]
+    fn the_active_set_never_outgrows_its_limit_and_takes_the_oldest_due_first() {
+        let mut books = Books::new(200, 10);
+        let all = ids(1000);
+        // Due in reverse order of arrival: the earliest-due (the newest here) go first.
+        for (k, id) in all.iter().enumerate() {
+            books.schedule(*id, Due::At(now() - 1000 + (999 - k as u64)));
+        }
+        books.fill();
+        assert_eq!(books.active.len(), 200);
+        let expected: Vec<QueueId> = all.iter().rev().take(200).copied().collect();
+        assert_eq!(books.ready.iter().copied().collect::<Vec<_>>(), expected);
+        assert_eq!(books.next_wakeup(), None, "a full active set waits for a pass to end");
+        // A pass ends: exactly one more comes in, the next-oldest due.
+        let done = books.ready.pop_front().unwrap();
+        books.active.remove(&done);
+        books.fill();
+        assert_eq!(books.active.len(), 200);
+        assert_eq!(books.ready.back(), Some(&all[799]));
+    }
+
+    #[test]
+    fn ties_go_by_arrival_and_nothing_is_taken_before_its_time() {
+        let mut books = Books::new(100, 10);
+        let all = ids(3);
+        books.schedule(all[2], Due::At(0));
+        books.schedule(all[0], Due::At(0));
+        books.schedule(all[1], Due::At(now() + 3600));
+        books.fill();
+        assert_eq!(books.ready, VecDeque::from(vec![all[0], all[2]]));
+        assert_eq!(books.next_wakeup(), Some(now() + 3600));
+        books.schedule(all[1], Due::Held);
+        books.schedule(all[1], Due::Finished);
+        assert_eq!(books.waiting.len(), 1, "held and finished messages are not scheduled");
+    }
+
+    #[test]
+    fn new_mail_and_the_backlog_take_turns() {
+        let mut books = Books::new(4, 10);
+        let backlog = ids(10);
+        for id in &backlog {
+            books.schedule(*id, Due::At(0));
+        }
+        let new = ids(10);
+        books.incoming.extend(new.iter().copied());
+        books.fill();
+        let taken: Vec<QueueId> = books.ready.iter().copied().collect();
+        assert_eq!(taken, vec![backlog[0], new[0], backlog[1], new[1]]);
+    }
+
+    #[test]
+    fn a_message_already_active_or_being_acted_on_is_not_taken_twice() {
+        let mut books = Books::new(10, 10);
+        let all = ids(2);
+        books.schedule(all[0], Due::At(0));
+        books.schedule(all[0], Due::At(0));
+        books.schedule(all[1], Due::At(0));
+        books.admin.insert(all[1], Vec::new());
+        books.fill();
+        assert_eq!(books.ready, VecDeque::from(vec![all[0]]));
+        assert!(books.waiting.is_empty(), "stale entries are dropped");
     }
 }

@@ -22,9 +22,8 @@
 
 use crate::envelope::Envelope;
 use crate::queue::QueueId;
-use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::SystemTime;
@@ -33,28 +32,7 @@ use tokio::sync::oneshot;
 /// First line of every message file; a file without it is not ours.
 const MAGIC: &[u8] = b"MXGUARD-SPOOL-1\n";
 
-/// What became of one recipient, as recorded in `state/ID`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StateRecord {
-    /// Index into the envelope's recipients.
-    pub rcpt: usize,
-    pub state: RcptState,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum RcptState {
-    /// Not yet done: `attempts` made so far, the last transient reply, and whether a delay
-    /// warning was already sent.
-    Deferred {
-        attempts: u32,
-        reply: Option<crate::reply::Reply>,
-        #[serde(default)]
-        warned: bool,
-    },
-    /// Delivered, or bounced with the bounce safely queued: nothing more to do.
-    Done,
-}
+pub use super::state::{LogRecord, RcptState, StateRecord};
 
 /// A written and synced message file in `tmp/`, waiting for the committer to rename it.
 struct Pending {
@@ -125,7 +103,7 @@ impl Spool {
         let (done, wait) = oneshot::channel();
         self.committer
             .send(Pending {
-                id: id.clone(),
+                id: *id,
                 done,
             })
             .map_err(|_| io::Error::other("spool committer has stopped"))?;
@@ -137,6 +115,35 @@ impl Spool {
     pub fn load(&self, id: &QueueId) -> io::Result<(Envelope, Vec<u8>)> {
         let data = fs::read(self.msg.join(id.as_str()))?;
         parse_message_file(&data)
+    }
+
+    /// Reads only a message's envelope, and the size of its bytes: what listing and scheduling
+    /// need, without reading the message itself. Blocking.
+    pub fn load_envelope(&self, id: &QueueId) -> io::Result<(Envelope, u64)> {
+        let mut f = File::open(self.msg.join(id.as_str()))?;
+        let total = f.metadata()?.len();
+        // The envelope is short; read a first block and more only when it needs more.
+        let mut head = vec![0u8; 8192];
+        let n = read_up_to(&mut f, &mut head)?;
+        head.truncate(n);
+        let (len, start) = header_length(&head)?;
+        let end = start
+            .checked_add(len)
+            .ok_or_else(|| bad_data("bad header length"))?;
+        if head.len() < end {
+            let mut rest = vec![0u8; end - head.len()];
+            f.read_exact(&mut rest)
+                .map_err(|_| bad_data("truncated envelope"))?;
+            head.extend_from_slice(&rest);
+        }
+        let envelope: Envelope = serde_json::from_slice(&head[start..end])
+            .map_err(|e| bad_data(&format!("bad envelope: {e}")))?;
+        Ok((envelope, total.saturating_sub(end as u64)))
+    }
+
+    /// Whether the message file exists (a message not yet removed).
+    pub fn contains(&self, id: &QueueId) -> bool {
+        self.msg.join(id.as_str()).exists()
     }
 
     /// Every message in the spool, oldest first (ids sort by arrival).
@@ -166,6 +173,12 @@ impl Spool {
 
     /// Appends per-recipient records. Blocking; not synced (see the module doc).
     pub fn append_state(&self, id: &QueueId, records: &[StateRecord]) -> io::Result<()> {
+        let records: Vec<LogRecord> = records.iter().cloned().map(LogRecord::Rcpt).collect();
+        self.append(id, &records)
+    }
+
+    /// Appends records of either kind in one write. Blocking; not synced (see the module doc).
+    pub fn append(&self, id: &QueueId, records: &[LogRecord]) -> io::Result<()> {
         let mut buf = Vec::new();
         for r in records {
             serde_json::to_writer(&mut buf, r).map_err(io::Error::other)?;
@@ -180,7 +193,7 @@ impl Spool {
 
     /// Replays the state log: the last record of each recipient wins. A torn last line (a
     /// crash during an append) is skipped.
-    pub fn read_state(&self, id: &QueueId) -> io::Result<Vec<StateRecord>> {
+    pub fn read_state(&self, id: &QueueId) -> io::Result<Vec<LogRecord>> {
         let f = match File::open(self.state.join(id.as_str())) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -188,7 +201,7 @@ impl Spool {
         };
         let mut out = Vec::new();
         for line in io::BufReader::new(f).split(b'\n') {
-            if let Ok(r) = serde_json::from_slice::<StateRecord>(&line?) {
+            if let Ok(r) = serde_json::from_slice::<LogRecord>(&line?) {
                 out.push(r);
             }
         }
@@ -234,25 +247,47 @@ fn write_and_sync(path: &Path, header: &[u8], message: &[u8]) -> io::Result<()> 
 }
 
 fn parse_message_file(data: &[u8]) -> io::Result<(Envelope, Vec<u8>)> {
-    let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_string());
+    let (len, start) = header_length(data)?;
+    let end = start
+        .checked_add(len)
+        .filter(|&end| end <= data.len())
+        .ok_or_else(|| bad_data("truncated envelope"))?;
+    let envelope: Envelope = serde_json::from_slice(&data[start..end])
+        .map_err(|e| bad_data(&format!("bad envelope: {e}")))?;
+    Ok((envelope, data[end..].to_vec()))
+}
+
+/// The envelope's length and where it starts, from the first bytes of a message file.
+fn header_length(data: &[u8]) -> io::Result<(usize, usize)> {
     let rest = data
         .strip_prefix(MAGIC)
-        .ok_or_else(|| bad("not a spool file"))?;
+        .ok_or_else(|| bad_data("not a spool file"))?;
     let nl = rest
         .iter()
+        .take(24)
         .position(|&b| b == b'\n')
-        .ok_or_else(|| bad("no header length"))?;
+        .ok_or_else(|| bad_data("no header length"))?;
     let len: usize = std::str::from_utf8(&rest[..nl])
         .ok()
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad("bad header length"))?;
-    let rest = &rest[nl + 1..];
-    if rest.len() < len {
-        return Err(bad("truncated envelope"));
+        .ok_or_else(|| bad_data("bad header length"))?;
+    Ok((len, MAGIC.len() + nl + 1))
+}
+
+fn bad_data(why: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why.to_string())
+}
+
+/// Reads until `buf` is full or the file ends; the number of bytes read.
+fn read_up_to(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
     }
-    let envelope: Envelope =
-        serde_json::from_slice(&rest[..len]).map_err(|e| bad(&format!("bad envelope: {e}")))?;
-    Ok((envelope, rest[len..].to_vec()))
+    Ok(n)
 }
 
 /// The committer: renames batches of synced files into `msg/`, syncs the directory once per
@@ -303,7 +338,7 @@ mod tests {
         let body = b"Subject: x\r\n\r\nhello\r\n".to_vec();
         let original = envelope();
         spool.store(&id, &original, body.clone()).await.unwrap();
-        assert_eq!(spool.scan().unwrap(), vec![id.clone()]);
+        assert_eq!(spool.scan().unwrap(), vec![id]);
         let (env, msg) = spool.load(&id).unwrap();
         assert_eq!(env, original);
         assert_eq!(msg, body);
@@ -313,6 +348,28 @@ mod tests {
             .is_none());
         spool.remove(&id).unwrap();
         assert!(spool.scan().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_envelope_is_read_without_the_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let mut original = envelope();
+        // An envelope longer than the first block read.
+        for n in 0..300 {
+            original
+                .recipients
+                .push(Recipient::new(format!("r{n}@example.net")));
+        }
+        let id = QueueId::generate();
+        let body = vec![b'x'; 100_000];
+        spool.store(&id, &original, body).await.unwrap();
+        let (env, size) = spool.load_envelope(&id).unwrap();
+        assert_eq!(env, original);
+        assert_eq!(size, 100_000);
+        fs::write(dir.path().join("msg").join(id.as_str()), b"MXGUARD-SPOOL-1\n99999\n{}").unwrap();
+        let e = spool.load_envelope(&id).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
     }
 
     #[tokio::test]
@@ -346,11 +403,7 @@ mod tests {
             .store(&id, &envelope(), b"x\r\n".to_vec())
             .await
             .unwrap();
-        let deferred = RcptState::Deferred {
-            attempts: 1,
-            reply: None,
-            warned: false,
-        };
+        let deferred = RcptState::fresh();
         spool
             .append_state(
                 &id,
@@ -376,7 +429,7 @@ mod tests {
         f.write_all(b"{\"rcpt\":1,\"state\":\"do").unwrap();
         let records = spool.read_state(&id).unwrap();
         assert_eq!(records.len(), 2);
-        assert_eq!(records[1].state, RcptState::Done);
+        assert!(matches!(&records[1], LogRecord::Rcpt(r) if r.state == RcptState::Done));
     }
 
     #[tokio::test]

@@ -66,11 +66,12 @@ impl Inner {
     /// One refresher pass.
     pub(crate) async fn refresh_due(&self) -> RefreshSummary {
         let now = self.clock.now();
+        // A store in memory (its database unusable) gets back onto the database from here
+        // even when nothing is written.
+        self.store.reopen_if_due();
         let dropped = self.drop_unused(now);
         if dropped > 0 {
-            if let Err(e) = self.store.flush_async().await {
-                tracing::warn!(error = %e, "MTA-STS: cannot flush the policy cache");
-            }
+            self.store.flush_async().await;
         }
         self.drop_old_negatives(now);
         self.drop_idle_gates();
@@ -164,9 +165,7 @@ impl Inner {
         });
         for domain in &dropped {
             tracing::info!(domain, "MTA-STS: dropped a policy unused for a long time");
-            if let Err(e) = self.store.remove_policy(domain) {
-                tracing::warn!(domain, error = %e, "MTA-STS: cannot remove policy");
-            }
+            self.store.remove_policy(domain);
         }
         dropped.len()
     }
@@ -182,9 +181,7 @@ impl Inner {
             keep
         });
         for domain in &expired {
-            if let Err(e) = self.store.remove_negative(domain) {
-                tracing::warn!(domain, error = %e, "MTA-STS: cannot remove negative entry");
-            }
+            self.store.remove_negative(domain);
         }
     }
 

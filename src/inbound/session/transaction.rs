@@ -33,6 +33,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<'_, S> {
             let r = reply(552, 5, 3, 4, "Message size exceeds fixed limit");
             return self.send(r).await;
         }
+        // Room for the declared size beyond queue.min_free, or 452 before anything is written.
+        if let Err(r) = self.inbound.space.check(params.size.unwrap_or(0)) {
+            tracing::debug!(
+                "reject: MAIL from {}: {r}; from=<{from}>",
+                self.client.ip_text()
+            );
+            return self.send(r).await;
+        }
         let mut envelope = Envelope::new(from);
         envelope.body = params.body;
         envelope.smtputf8 = params.smtputf8;
@@ -140,7 +148,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<'_, S> {
             client_name: None,
             client_ip: self.client.addr.ip(),
             by: &config.hostname,
-            id: id.as_str(),
+            id: &id.as_str(),
             esmtp: helo.esmtp,
             tls,
             authenticated: self.auth_user.is_some(),
