@@ -460,7 +460,11 @@ mod tests {
         assert_eq!(books.active.len(), 200);
         let expected: Vec<QueueId> = all.iter().rev().take(200).copied().collect();
         assert_eq!(books.ready.iter().copied().collect::<Vec<_>>(), expected);
-        assert_eq!(books.next_wakeup(), None, "a full active set waits for a pass to end");
+        assert_eq!(
+            books.next_wakeup(),
+            None,
+            "a full active set waits for a pass to end"
+        );
         // A pass ends: exactly one more comes in, the next-oldest due.
         let done = books.ready.pop_front().unwrap();
         books.active.remove(&done);
@@ -481,7 +485,11 @@ mod tests {
         assert_eq!(books.next_wakeup(), Some(now() + 3600));
         books.schedule(all[1], Due::Held);
         books.schedule(all[1], Due::Finished);
-        assert_eq!(books.waiting.len(), 1, "held and finished messages are not scheduled");
+        assert_eq!(
+            books.waiting.len(),
+            1,
+            "held and finished messages are not scheduled"
+        );
     }
 
     #[test]

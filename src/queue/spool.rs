@@ -102,10 +102,7 @@ impl Spool {
             .map_err(io::Error::other)??;
         let (done, wait) = oneshot::channel();
         self.committer
-            .send(Pending {
-                id: *id,
-                done,
-            })
+            .send(Pending { id: *id, done })
             .map_err(|_| io::Error::other("spool committer has stopped"))?;
         wait.await
             .map_err(|_| io::Error::other("spool committer has stopped"))?
@@ -367,7 +364,11 @@ mod tests {
         let (env, size) = spool.load_envelope(&id).unwrap();
         assert_eq!(env, original);
         assert_eq!(size, 100_000);
-        fs::write(dir.path().join("msg").join(id.as_str()), b"MXGUARD-SPOOL-1\n99999\n{}").unwrap();
+        fs::write(
+            dir.path().join("msg").join(id.as_str()),
+            b"MXGUARD-SPOOL-1\n99999\n{}",
+        )
+        .unwrap();
         let e = spool.load_envelope(&id).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
     }
