@@ -518,12 +518,14 @@ pub enum ClientError {
     Malformed(String),
 }
 
-/// Sends a queue command to the daemon listening on `path` and copies the reply's text to
-/// `out` as it arrives (a listing may be large); true when the daemon said `ok`.
-pub async fn request_queue(
+/// Sends a queue command to the daemon listening on `path` and copies the reply's text as it
+/// arrives (a listing may be large) to `out`, or to `err` when the daemon said `error`; true
+/// when it said `ok`.
+pub async fn request_queue<'a>(
     path: &Path,
     command: &QueueCommand,
-    out: &mut (dyn std::io::Write + Send),
+    out: &'a mut (dyn std::io::Write + Send),
+    err: &'a mut (dyn std::io::Write + Send),
 ) -> Result<bool, ClientError> {
     let shown = path.display().to_string();
     let io = |source| ClientError::Io {
@@ -545,6 +547,7 @@ pub async fn request_queue(
         b"error\n" => false,
         _ => return Err(ClientError::Malformed(shown)),
     };
+    let out = if ok { out } else { err };
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = tokio::time::timeout(QUEUE_TIMEOUT, reader.read(&mut buf))

@@ -333,8 +333,8 @@ fn queue(args: QueueArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let ok = runtime.block_on(async {
-        let mut stdout = std::io::stdout();
-        match control::request_queue(&socket, &command, &mut stdout).await {
+        let (mut stdout, mut stderr) = (std::io::stdout(), std::io::stderr());
+        match control::request_queue(&socket, &command, &mut stdout, &mut stderr).await {
             Ok(ok) => return Ok::<bool, anyhow::Error>(ok),
             Err(ClientError::NotRunning(_)) => {}
             Err(e) => return Err(e.into()),

@@ -61,11 +61,11 @@ impl Action {
 }
 
 /// What became of one message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ActionReport {
     pub id: QueueId,
     /// For the operator: `held`, `held when its delivery ends`, `not on hold`, …
-    pub text: String,
+    pub text: &'static str,
     /// False when the action could not be carried out (the spool refused a write).
     pub ok: bool,
 }
@@ -73,27 +73,79 @@ pub struct ActionReport {
 impl ActionReport {
     /// For a message being delivered: the action waits for the end of the delivery.
     pub(crate) fn later(id: QueueId, action: &Action) -> ActionReport {
-        ActionReport {
-            id,
-            text: format!("{} when its delivery ends", action.done()),
-            ok: true,
-        }
+        let text = match action {
+            Action::Flush { .. } => "flushed when its delivery ends",
+            Action::Hold => "held when its delivery ends",
+            Action::Release => "released when its delivery ends",
+            Action::Delete => "deleted when its delivery ends",
+            Action::Bounce => "bounced when its delivery ends",
+            Action::Requeue => "requeued when its delivery ends",
+        };
+        ActionReport::ok(id, text)
     }
 
-    fn ok(id: QueueId, text: impl Into<String>) -> ActionReport {
-        ActionReport {
-            id,
-            text: text.into(),
-            ok: true,
-        }
+    fn ok(id: QueueId, text: &'static str) -> ActionReport {
+        ActionReport { id, text, ok: true }
     }
 
-    fn failed(id: QueueId, text: impl Into<String>) -> ActionReport {
+    fn failed(id: QueueId, text: &'static str) -> ActionReport {
         ActionReport {
             id,
-            text: text.into(),
+            text,
             ok: false,
         }
+    }
+}
+
+/// The reports of one action over many messages: a line per message while there are few
+/// (and for every failure), counts by outcome always. `queue flush --all` over 300,000
+/// messages answers with a count, as postsuper does, not with 300,000 lines.
+#[derive(Debug, Default)]
+pub struct Tally {
+    lines: Vec<ActionReport>,
+    counts: std::collections::BTreeMap<&'static str, usize>,
+    total: usize,
+    failed: usize,
+}
+
+impl Tally {
+    /// Up to this many messages, each gets its own line.
+    const LINES: usize = 1000;
+
+    pub fn add(&mut self, report: ActionReport) {
+        *self.counts.entry(report.text).or_default() += 1;
+        self.total += 1;
+        self.failed += usize::from(!report.ok);
+        if self.lines.len() < Self::LINES || !report.ok {
+            self.lines.push(report);
+        }
+    }
+
+    /// Adds a chunk's reports (a chunk is smaller than [`Tally::LINES`], so it kept them all).
+    pub fn merge(&mut self, chunk: Tally) {
+        debug_assert_eq!(chunk.lines.len(), chunk.total);
+        for report in chunk.lines {
+            self.add(report);
+        }
+    }
+
+    /// True when every message was acted on (or needed nothing).
+    pub fn ok(&self) -> bool {
+        self.failed == 0
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let each = self.total <= Self::LINES;
+        for r in self.lines.iter().filter(|r| each || !r.ok) {
+            out.push_str(&format!("{}: {}\n", r.id, r.text));
+        }
+        if !each {
+            for (text, n) in &self.counts {
+                out.push_str(&format!("{n} message(s): {text}\n"));
+            }
+        }
+        out
     }
 }
 
@@ -107,22 +159,50 @@ pub fn operator_bounce_reply() -> Reply {
     )
 }
 
+/// What an action did to one message.
+pub(crate) struct Applied {
+    pub report: ActionReport,
+    /// When the message was due before: the scheduler's index entry to replace.
+    pub before: Due,
+    /// When it is due now.
+    pub after: Due,
+}
+
 /// Applies `action` to message `id`; `unsaved` are its records a full disk refused earlier.
-/// Returns the report and when the message is due now.
 pub(crate) async fn apply(
     ctx: &Ctx,
     id: QueueId,
     action: &Action,
     by: &str,
     unsaved: Vec<LogRecord>,
-) -> (ActionReport, Due) {
-    let Some((envelope, mut state)) = load_state(ctx, id, &unsaved).await else {
-        return (
-            ActionReport::ok(id, "not in the queue (any more)"),
-            Due::Finished,
-        );
+) -> Applied {
+    let Some((envelope, state)) = load_state(ctx, id, &unsaved).await else {
+        return Applied {
+            report: ActionReport::ok(id, "not in the queue (any more)"),
+            before: Due::Finished,
+            after: Due::Finished,
+        };
     };
     tracing::info!("{id}: queue {} by {by}", action.verb());
+    let before = state.due();
+    let (report, after) = act(ctx, id, action, by, unsaved, envelope, state).await;
+    Applied {
+        report,
+        before,
+        after,
+    }
+}
+
+/// The effect of `action` on a message read as `envelope` and `state`.
+async fn act(
+    ctx: &Ctx,
+    id: QueueId,
+    action: &Action,
+    by: &str,
+    unsaved: Vec<LogRecord>,
+    envelope: Envelope,
+    mut state: MessageState,
+) -> (ActionReport, Due) {
     let now = unix_secs(SystemTime::now());
     let mut records = unsaved;
     let report = match action {
@@ -199,12 +279,16 @@ async fn bounce(
     let message = match tokio::task::spawn_blocking(move || queue.spool().load(&id)).await {
         Ok(Ok((_, message))) => message,
         Ok(Err(e)) => {
+            tracing::error!("{id}: cannot read the queue file to bounce it: {e}");
             return (
-                ActionReport::failed(id, format!("cannot read it: {e}")),
+                ActionReport::failed(id, "cannot read it; not done"),
                 state.due(),
-            )
+            );
         }
-        Err(e) => return (ActionReport::failed(id, e.to_string()), state.due()),
+        Err(e) => {
+            tracing::error!("{id}: {e}");
+            return (ActionReport::failed(id, "not done"), state.due());
+        }
     };
     let reply = operator_bounce_reply();
     let attempts: Vec<Attempt> = state
@@ -253,5 +337,43 @@ fn log_each_pending(
         let attempt = synthetic_attempt(i, reply.clone());
         let to = &envelope.recipients[i].address;
         tracing::info!("{}", attempt.log_line(id, to, delay, status));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn few_messages_get_a_line_each_many_get_counts_and_failures_always_show() {
+        let mut few = Tally::default();
+        let ids: Vec<QueueId> = (0..3).map(|_| QueueId::generate()).collect();
+        few.add(ActionReport::ok(ids[0], "held"));
+        few.add(ActionReport::later(ids[1], &Action::Hold));
+        few.add(ActionReport::failed(ids[2], "not done"));
+        assert!(!few.ok());
+        assert_eq!(
+            few.render(),
+            format!(
+                "{}: held\n{}: held when its delivery ends\n{}: not done\n",
+                ids[0], ids[1], ids[2]
+            )
+        );
+
+        let mut many = Tally::default();
+        let mut chunk = Tally::default();
+        for n in 0..1500 {
+            chunk.add(ActionReport::ok(QueueId::generate(), "flushed"));
+            if n % 256 == 255 {
+                many.merge(std::mem::take(&mut chunk));
+            }
+        }
+        let failed = QueueId::generate();
+        chunk.add(ActionReport::failed(failed, "not done"));
+        many.merge(chunk);
+        assert_eq!(
+            many.render(),
+            format!("{failed}: not done\n1500 message(s): flushed\n1 message(s): not done\n")
+        );
     }
 }

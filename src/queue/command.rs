@@ -12,7 +12,7 @@
 
 use super::inspect::{self, Filter, MessageStatus, Summary, MAILQ_HEADER};
 use super::spool::Spool;
-use super::{admin, Action, ActionReport, Ctx, Queue, QueueId};
+use super::{admin, Action, Ctx, Queue, QueueId, Tally};
 use std::collections::HashSet;
 use std::fmt::Write;
 use std::sync::Arc;
@@ -371,31 +371,25 @@ impl Executor {
         if ids.is_empty() {
             return Answer::text(false, NO_MATCH.into());
         }
-        let reports = match &self.spool_access {
+        let tally = match &self.spool_access {
             SpoolAccess::Daemon(queue) => {
                 match queue.act(action.clone(), ids, by.to_string()).await {
-                    Some(reports) => reports,
+                    Some(tally) => tally,
                     None => return Answer::text(false, "the scheduler is not running\n".into()),
                 }
             }
             SpoolAccess::Offline(ctx) => {
-                let mut reports = Vec::with_capacity(ids.len());
+                let mut tally = Tally::default();
                 for id in ids {
-                    reports.push(admin::apply(ctx, id, action, by, Vec::new()).await.0);
+                    tally.add(admin::apply(ctx, id, action, by, Vec::new()).await.report);
                 }
-                reports
+                tally
             }
             SpoolAccess::ReadOnly(_) => {
                 return Answer::text(false, "no daemon runs and the spool is not locked\n".into())
             }
         };
-        let mut text = String::new();
-        let mut ok = true;
-        for ActionReport { id, text: t, ok: o } in &reports {
-            let _ = writeln!(text, "{id}: {t}");
-            ok &= o;
-        }
-        Answer::text(ok, text)
+        Answer::text(tally.ok(), tally.render())
     }
 }
 

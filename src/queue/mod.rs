@@ -18,7 +18,7 @@ pub mod spool;
 pub mod state;
 
 pub use crate::queue_id::QueueId;
-pub use admin::{operator_bounce_reply, Action, ActionReport};
+pub use admin::{operator_bounce_reply, Action, ActionReport, Tally};
 pub use retry::{backoff, Decision};
 pub use scheduler::Scheduler;
 
@@ -106,12 +106,7 @@ impl Queue {
     }
 
     /// Asks the running scheduler to apply `action` to `ids`; `None` when no scheduler runs.
-    pub async fn act(
-        &self,
-        action: Action,
-        ids: Vec<QueueId>,
-        by: String,
-    ) -> Option<Vec<ActionReport>> {
+    pub async fn act(&self, action: Action, ids: Vec<QueueId>, by: String) -> Option<Tally> {
         let (reply, answer) = oneshot::channel();
         self.inner
             .events

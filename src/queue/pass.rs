@@ -20,9 +20,9 @@ use std::time::{Duration, SystemTime};
 /// What a pass reports back to the scheduler.
 pub(crate) struct PassOutcome {
     pub id: QueueId,
-    /// `None`: nothing was due (the scheduler woke the message early, from a stale entry) and
-    /// nothing changed, so an entry for its real time is already scheduled.
-    pub next: Option<Due>,
+    /// When the message is due next. A pass woken early (a stale index entry) changes nothing
+    /// and reports the real time, which the index then holds once.
+    pub next: Due,
     /// Records the state log could not take (a full disk): kept in memory and written later.
     pub unsaved: Vec<LogRecord>,
 }
@@ -31,7 +31,7 @@ impl PassOutcome {
     fn gone(id: QueueId) -> PassOutcome {
         PassOutcome {
             id,
-            next: Some(Due::Finished),
+            next: Due::Finished,
             unsaved: Vec::new(),
         }
     }
@@ -59,13 +59,16 @@ pub(crate) async fn run(
         }
         return PassOutcome {
             id,
-            next: None,
+            next: state.due(),
             unsaved,
         };
     }
     let message = match load_body(ctx, id).await {
         Ok(message) => message,
-        Err(outcome) => return outcome,
+        Err(mut outcome) => {
+            outcome.unsaved = unsaved;
+            return outcome;
+        }
     };
     let pass = Pass {
         ctx,
@@ -94,7 +97,7 @@ pub(crate) async fn run(
     let unsaved = save(ctx, &id, records).await;
     PassOutcome {
         id,
-        next: Some(state.due()),
+        next: state.due(),
         unsaved,
     }
 }
@@ -150,7 +153,7 @@ async fn load_body(ctx: &Ctx, id: QueueId) -> Result<Vec<u8>, PassOutcome> {
             tracing::error!("{id}: cannot read the queue file, will retry: {why}");
             Err(PassOutcome {
                 id,
-                next: Some(Due::At(unix_secs(SystemTime::now()) + LOCAL_RETRY)),
+                next: Due::At(unix_secs(SystemTime::now()) + LOCAL_RETRY),
                 unsaved: Vec::new(),
             })
         }

@@ -2,8 +2,8 @@
 //!
 //! Three places a message can be, and only one at a time:
 //! - the **waiting index**: every queued message not being worked on, as just its id and the
-//!   time it is next due (24 bytes each). The spool is the truth; an index entry is a wake-up
-//!   call, and a pass woken early finds nothing due and changes nothing.
+//!   time it is next due (an ordered set, some 30 bytes a message). The spool is the truth:
+//!   an entry is a wake-up call, and a pass woken early finds nothing due and changes nothing.
 //! - the **active set** (at most `queue.active_limit` messages, Postfix's
 //!   `qmgr_message_active_limit`): due messages waiting for a pass slot, and those being
 //!   delivered. Passes run at most `delivery.max_concurrency` at a time; only a running pass
@@ -17,14 +17,13 @@
 //! all at once. At start-up the spool is scanned in the background while the listeners already
 //! accept mail and due mail already leaves.
 
-use super::admin::{self, Action, ActionReport};
+use super::admin::{self, Action, ActionReport, Tally};
 use super::pass::{self, PassOutcome};
 use super::scan;
 use super::state::{unix_secs, Due, LogRecord};
 use super::{Ctx, QueueId};
 use crate::delivery::Deliverer;
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -45,7 +44,7 @@ pub(crate) enum Event {
         action: Action,
         ids: Vec<QueueId>,
         by: String,
-        reply: oneshot::Sender<Vec<ActionReport>>,
+        reply: oneshot::Sender<Tally>,
     },
     /// Which messages are in the active set (for `queue list`).
     Active {
@@ -74,8 +73,10 @@ struct Deferred {
 
 /// The scheduler's books; owned by its one task.
 struct Books {
-    /// (due, id) of every message outside the active set (stale entries allowed).
-    waiting: BinaryHeap<Reverse<(u64, QueueId)>>,
+    /// (due, id) of every message outside the active set, ordered by due time then arrival.
+    /// Exactly one entry per message as far as the scheduler knows; a stale one (say, a
+    /// change made while the daemon was down) only wakes a pass that finds nothing due.
+    waiting: BTreeSet<(u64, QueueId)>,
     /// New arrivals not yet in the active set. Taken turn about with the index, as Postfix's
     /// qmgr alternates its incoming and deferred queues, so that new mail is not stuck behind
     /// a flushed backlog of 300,000 retries, nor the backlog behind a flood of new mail.
@@ -87,11 +88,32 @@ struct Books {
     admin: HashMap<QueueId, Vec<Deferred>>,
     /// Records the state log refused (a full disk), by message.
     unsaved: HashMap<QueueId, Vec<LogRecord>>,
+    /// Operators' actions, the first one being applied, the others waiting their turn.
+    jobs: VecDeque<AdminJob>,
     active_limit: usize,
     pass_limit: usize,
 }
 
-type AdminDone = Vec<(QueueId, Due)>;
+/// Messages an operator's action is applied to at a time: an action over the whole queue
+/// moves through it in such chunks, so that it holds no more than its list of ids.
+const ADMIN_CHUNK: usize = 256;
+
+/// An operator's action over many messages, applied chunk by chunk.
+struct AdminJob {
+    action: Action,
+    by: String,
+    /// Not yet acted on, in order.
+    ids: VecDeque<QueueId>,
+    tally: Tally,
+    reply: oneshot::Sender<Tally>,
+}
+
+/// What an operator task hands back: when each message was due and is due now, and, for a
+/// chunk of the current job, its reports.
+struct AdminDone {
+    due: Vec<(QueueId, Due, Due)>,
+    tally: Option<Tally>,
+}
 
 impl Scheduler {
     pub fn new(
@@ -128,7 +150,7 @@ impl Scheduler {
                 _ = shutdown.changed() => {}
                 Some(event) = events.recv() => self.on_event(&mut books, &mut admin_work, event),
                 batch = scan_rx.recv(), if scanning => match batch {
-                    Some(batch) => books.waiting.extend(batch.into_iter().map(|(id, due)| Reverse((due, id)))),
+                    Some(batch) => books.waiting.extend(batch.into_iter().map(|(id, due)| (due, id))),
                     None => scanning = false,
                 },
                 Some(done) = passes.join_next(), if !passes.is_empty() => match done {
@@ -173,56 +195,63 @@ impl Scheduler {
                 by,
                 reply,
             } => {
-                let mut reports = Vec::new();
-                let mut now = Vec::new();
-                for id in ids {
-                    let deferred = Deferred {
-                        action: action.clone(),
-                        by: by.clone(),
-                    };
-                    if books.defer(id, deferred) {
-                        reports.push(ActionReport::later(id, &action));
-                    } else {
-                        // A ready message leaves the active set; its ready entry goes stale.
-                        books.active.remove(&id);
-                        books.admin.insert(id, Vec::new());
-                        now.push(id);
-                    }
+                books.jobs.push_back(AdminJob {
+                    action,
+                    by,
+                    ids: ids.into(),
+                    tally: Tally::default(),
+                    reply,
+                });
+                if books.jobs.len() == 1 {
+                    self.next_chunk(books, admin_work);
                 }
-                self.spawn_admin(books, admin_work, action, now, by, reports, reply);
             }
         }
     }
 
-    /// Applies `action` to `ids` (taken out of scheduling) in a task of its own; `reports`
-    /// already holds the deferred ones.
-    #[allow(clippy::too_many_arguments)]
-    fn spawn_admin(
-        &self,
-        books: &mut Books,
-        admin_work: &mut JoinSet<AdminDone>,
-        action: Action,
-        ids: Vec<QueueId>,
-        by: String,
-        mut reports: Vec<ActionReport>,
-        reply: oneshot::Sender<Vec<ActionReport>>,
-    ) {
-        let ctx = self.ctx.clone();
-        let unsaved: HashMap<QueueId, Vec<LogRecord>> = ids
-            .iter()
-            .filter_map(|id| books.unsaved.remove(id).map(|r| (*id, r)))
-            .collect();
-        admin_work.spawn(async move {
-            let mut done = Vec::with_capacity(ids.len());
-            for id in ids {
-                let pending = unsaved.get(&id).cloned().unwrap_or_default();
-                let (report, due) = admin::apply(&ctx, id, &action, &by, pending).await;
-                reports.push(report);
-                done.push((id, due));
+    /// Takes the next chunk of the current operator's job out of scheduling and applies it in
+    /// a task of its own; a message being delivered gets the action when its delivery ends.
+    /// A finished job gets its answer, and the next job starts.
+    fn next_chunk(&self, books: &mut Books, admin_work: &mut JoinSet<AdminDone>) {
+        while let Some(job) = books.jobs.front_mut() {
+            if job.ids.is_empty() {
+                if let Some(job) = books.jobs.pop_front() {
+                    let _ = job.reply.send(job.tally);
+                }
+                continue;
             }
-            let _ = reply.send(reports);
-            done
-        });
+            let mut chunk = Vec::with_capacity(ADMIN_CHUNK);
+            let mut tally = Tally::default();
+            while chunk.len() < ADMIN_CHUNK {
+                let Some(id) = job.ids.pop_front() else { break };
+                let deferred = Deferred {
+                    action: job.action.clone(),
+                    by: job.by.clone(),
+                };
+                if books_defer(&mut books.active, &mut books.admin, id, deferred) {
+                    tally.add(ActionReport::later(id, &job.action));
+                } else {
+                    // A ready message leaves the active set; its ready entry goes stale.
+                    books.active.remove(&id);
+                    books.admin.insert(id, Vec::new());
+                    chunk.push((id, books.unsaved.remove(&id).unwrap_or_default()));
+                }
+            }
+            let (ctx, action, by) = (self.ctx.clone(), job.action.clone(), job.by.clone());
+            admin_work.spawn(async move {
+                let mut due = Vec::with_capacity(chunk.len());
+                for (id, unsaved) in chunk {
+                    let applied = admin::apply(&ctx, id, &action, &by, unsaved).await;
+                    tally.add(applied.report);
+                    due.push((id, applied.before, applied.after));
+                }
+                AdminDone {
+                    due,
+                    tally: Some(tally),
+                }
+            });
+            return;
+        }
     }
 
     fn on_admin_done(
@@ -231,13 +260,22 @@ impl Scheduler {
         admin_work: &mut JoinSet<AdminDone>,
         done: AdminDone,
     ) {
-        for (id, due) in done {
+        for (id, before, due) in done.due {
+            if let Due::At(t) = before {
+                books.waiting.remove(&(t, id));
+            }
             let later = books.admin.remove(&id).unwrap_or_default();
             if !later.is_empty() && due != Due::Finished {
                 self.apply_deferred(books, admin_work, id, later);
                 continue;
             }
             books.schedule(id, due);
+        }
+        if let Some(tally) = done.tally {
+            if let Some(job) = books.jobs.front_mut() {
+                job.tally.merge(tally);
+            }
+            self.next_chunk(books, admin_work);
         }
     }
 
@@ -255,7 +293,7 @@ impl Scheduler {
             Some(Activity::Delivering(later)) => later,
             _ => Vec::new(),
         };
-        if next == Some(Due::Finished) {
+        if next == Due::Finished {
             books.unsaved.remove(&id);
             for d in later {
                 tracing::info!(
@@ -270,9 +308,7 @@ impl Scheduler {
             self.apply_deferred(books, admin_work, id, later);
             return;
         }
-        if let Some(due) = next {
-            books.schedule(id, due);
-        }
+        books.schedule(id, next);
     }
 
     /// Applies the actions asked for while `id` was busy, in the order they were asked.
@@ -289,20 +325,24 @@ impl Scheduler {
         admin_work.spawn(async move {
             let mut due = Due::At(0);
             for d in later {
-                let (report, after) = admin::apply(&ctx, id, &d.action, &d.by, pending).await;
+                let applied = admin::apply(&ctx, id, &d.action, &d.by, pending).await;
                 pending = Vec::new();
                 tracing::info!(
                     "{id}: deferred queue {} by {}: {}",
                     d.action.verb(),
                     d.by,
-                    report.text
+                    applied.report.text
                 );
-                due = after;
+                due = applied.after;
                 if due == Due::Finished {
                     break;
                 }
             }
-            vec![(id, due)]
+            // It was being delivered, so it had no index entry to replace.
+            AdminDone {
+                due: vec![(id, Due::Finished, due)],
+                tally: None,
+            }
         });
     }
 
@@ -351,12 +391,13 @@ impl Scheduler {
 impl Books {
     fn new(active_limit: usize, pass_limit: usize) -> Books {
         Books {
-            waiting: BinaryHeap::new(),
+            waiting: BTreeSet::new(),
             incoming: VecDeque::new(),
             ready: VecDeque::new(),
             active: HashMap::new(),
             admin: HashMap::new(),
             unsaved: HashMap::new(),
+            jobs: VecDeque::new(),
             active_limit: active_limit.max(1),
             pass_limit: pass_limit.max(1),
         }
@@ -375,9 +416,9 @@ impl Books {
             };
             let id = match id {
                 Some(id) => id,
-                None => match self.waiting.peek() {
-                    Some(Reverse((due, _))) if *due <= now => match self.waiting.pop() {
-                        Some(Reverse((_, id))) => id,
+                None => match self.waiting.first() {
+                    Some((due, _)) if *due <= now => match self.waiting.pop_first() {
+                        Some((_, id)) => id,
                         None => break,
                     },
                     _ if self.incoming.is_empty() => break,
@@ -392,33 +433,39 @@ impl Books {
         }
     }
 
-    /// Queues `deferred` for when the busy message `id` is free; false when it is not busy.
-    fn defer(&mut self, id: QueueId, deferred: Deferred) -> bool {
-        let later = match self.active.get_mut(&id) {
-            Some(Activity::Delivering(later)) => later,
-            _ => match self.admin.get_mut(&id) {
-                Some(later) => later,
-                None => return false,
-            },
-        };
-        later.push(deferred);
-        true
-    }
-
     /// When to look at the index again: its first entry's time, unless the active set is full
     /// (then a finishing pass is what makes room).
     fn next_wakeup(&self) -> Option<u64> {
         if self.active.len() >= self.active_limit {
             return None;
         }
-        self.waiting.peek().map(|Reverse((due, _))| *due)
+        self.waiting.first().map(|(due, _)| *due)
     }
 
     fn schedule(&mut self, id: QueueId, due: Due) {
         if let Due::At(t) = due {
-            self.waiting.push(Reverse((t, id)));
+            self.waiting.insert((t, id));
         }
     }
+}
+
+/// Queues `deferred` for when the busy message `id` is free (being delivered, or being acted
+/// on); false when it is not busy.
+fn books_defer(
+    active: &mut HashMap<QueueId, Activity>,
+    admin: &mut HashMap<QueueId, Vec<Deferred>>,
+    id: QueueId,
+    deferred: Deferred,
+) -> bool {
+    let later = match active.get_mut(&id) {
+        Some(Activity::Delivering(later)) => later,
+        _ => match admin.get_mut(&id) {
+            Some(later) => later,
+            None => return false,
+        },
+    };
+    later.push(deferred);
+    true
 }
 
 /// Sleeps until Unix second `at` (at once when it has passed); for ever when `None`.

@@ -16,6 +16,7 @@ pub mod ca;
 pub mod dane;
 pub mod dns;
 pub mod https;
+pub mod queue;
 pub mod relay;
 pub mod resolver;
 pub mod smtp;

@@ -389,6 +389,45 @@ impl Relay {
         submit_ok(self.addr(), s).await
     }
 
+    /// Runs `mxguard queue ARGS --config FILE` against this relay's configuration: through
+    /// the control socket while the relay runs, on the spool directly when it does not. The
+    /// command and its exit status are noted in the relay's log (for failure output).
+    pub async fn queue(&self, args: &[&str]) -> CliOutput {
+        let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_mxguard"))
+            .arg("queue")
+            .args(args)
+            .arg("--config")
+            .arg(&self.config_path)
+            .env(
+                "RUST_LOG",
+                std::env::var("MXGUARD_LAB_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(PROCESS_TIMEOUT, run)
+            .await
+            .unwrap_or_else(|_| panic!("mxguard queue {args:?} ran over {PROCESS_TIMEOUT:?}"))
+            .expect("run the mxguard binary");
+        let out = CliOutput {
+            status: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        self.log.push(format!(
+            "-- lab: mxguard queue {} -> exit {}{}",
+            args.join(" "),
+            out.status,
+            out.stderr
+                .lines()
+                .find(|l| l.starts_with("mxguard:"))
+                .map(|l| format!(" ({l})"))
+                .unwrap_or_default()
+        ));
+        out
+    }
+
     /// Every delivery log line so far.
     pub fn deliveries(&self) -> Vec<DeliveryLine> {
         self.log_lines()
@@ -435,6 +474,50 @@ fn strip_ansi(line: &str) -> String {
         }
     }
     out
+}
+
+/// What a run of the command line printed, and how it exited.
+#[derive(Clone, Debug)]
+pub struct CliOutput {
+    /// The exit code; -1 when a signal ended the process.
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliOutput {
+    /// Asserts exit status 0; returns `self` for further checks.
+    #[track_caller]
+    pub fn ok(&self) -> &CliOutput {
+        assert_eq!(self.status, 0, "want exit status 0: {self:#?}");
+        self
+    }
+
+    /// Asserts exit status 1 with `mxguard: no message matches` on stderr.
+    #[track_caller]
+    pub fn no_match(&self) -> &CliOutput {
+        assert!(
+            self.status == 1 && self.stderr.contains("no message matches"),
+            "want exit status 1 and \"mxguard: no message matches\": {self:#?}"
+        );
+        self
+    }
+
+    /// The line of stdout about message `id` (`ID: held`, …); panics when there is none.
+    #[track_caller]
+    pub fn line_for(&self, id: &str) -> &str {
+        self.stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{id}:")))
+            .unwrap_or_else(|| panic!("no line for {id} in the output: {self:#?}"))
+    }
+
+    /// Stdout parsed as JSON into `T`; panics with the text when it does not parse.
+    #[track_caller]
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> T {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not the JSON expected ({e}): {self:#?}"))
+    }
 }
 
 /// One delivery log line, parsed (DESIGN.md: `ID: to=<…>, relay=…, delay=…, tls=…, …,

@@ -131,6 +131,28 @@ impl SmtpServer {
         }
     }
 
+    /// Waits until a transcript line (`C: …`, `S: …`, `-- …`) satisfies `pred`; returns it.
+    /// Panics with the transcript after `timeout`.
+    pub async fn wait_for_transcript(
+        &self,
+        pred: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> String {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.transcript().into_iter().find(|l| pred(l)) {
+                return l;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{}: no matching transcript line within {timeout:?}; transcript:\n{}",
+                self.shared.name,
+                self.transcript().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits up to `timeout` for a message; `None` if none came.
     pub async fn try_next_message(&self, timeout: Duration) -> Option<ReceivedMessage> {
         let mut rx = self.arrivals.lock().await;
@@ -455,6 +477,13 @@ impl Session {
         }
         self.shared
             .note(format!("-- end of data ({} bytes)", data.len()));
+        if !b.end_of_data_delay.is_zero() {
+            self.shared.note(format!(
+                "-- stalling the end-of-data reply for {:?}",
+                b.end_of_data_delay
+            ));
+            tokio::time::sleep(b.end_of_data_delay).await;
+        }
         let r = b
             .end_of_data_reply
             .clone()

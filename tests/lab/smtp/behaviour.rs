@@ -65,6 +65,9 @@ pub struct Behaviour {
     pub end_of_data_reply: Option<String>,
     /// Close the connection without a word after the first line of message data.
     pub drop_mid_data: bool,
+    /// Wait this long after the end of data before replying (a server that stalls the final
+    /// reply: the client's transaction stays in flight).
+    pub end_of_data_delay: Duration,
 }
 
 impl Default for Behaviour {
@@ -82,6 +85,7 @@ impl Default for Behaviour {
             data_reply: None,
             end_of_data_reply: None,
             drop_mid_data: false,
+            end_of_data_delay: Duration::ZERO,
         }
     }
 }
@@ -147,6 +151,12 @@ impl Behaviour {
 
     pub fn drop_mid_data(mut self) -> Behaviour {
         self.drop_mid_data = true;
+        self
+    }
+
+    /// Holds the reply to the end of data back for `delay` (see [`Behaviour::end_of_data_delay`]).
+    pub fn stall_end_of_data(mut self, delay: Duration) -> Behaviour {
+        self.end_of_data_delay = delay;
         self
     }
 
