@@ -162,7 +162,7 @@ pub fn operator_bounce_reply() -> Reply {
 /// What an action did to one message.
 pub(crate) struct Applied {
     pub report: ActionReport,
-    /// When the message was due before: the scheduler's index entry to replace.
+    /// When the message was due before: the index entry the scheduler takes out.
     pub before: Due,
     /// When it is due now.
     pub after: Due,

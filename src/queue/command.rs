@@ -351,18 +351,8 @@ impl Executor {
     async fn act(&self, command: &QueueCommand, action: &Action, by: &str) -> Answer {
         let spool = self.spool();
         let filter = command.filter.clone();
-        let ids = tokio::task::spawn_blocking(move || {
-            let mut ids = Vec::new();
-            inspect::for_each(
-                spool.spool(),
-                &filter,
-                &HashSet::new(),
-                |v| ids.push(v.id),
-                |_, _| {},
-            )
-            .map(|()| ids)
-        })
-        .await;
+        let ids =
+            tokio::task::spawn_blocking(move || inspect::select(spool.spool(), &filter)).await;
         let ids = match ids {
             Ok(Ok(ids)) => ids,
             Ok(Err(e)) => return Answer::text(false, format!("{e}\n")),

@@ -140,6 +140,30 @@ pub fn for_each(
     Ok(())
 }
 
+/// The ids of the messages that match, oldest first: one list, filtered in place, so that an
+/// action over 300,000 messages holds 16 bytes a message while it selects them.
+pub fn select(spool: &Spool, filter: &Filter) -> io::Result<Vec<QueueId>> {
+    let mut ids = if filter.ids.is_empty() {
+        spool.scan()?
+    } else {
+        let mut ids = filter.ids.clone();
+        ids.sort();
+        ids.dedup();
+        ids
+    };
+    let none = HashSet::new();
+    ids.retain(|&id| match view(spool, id, &none) {
+        Ok(Some(v)) => filter.matches(&v),
+        Ok(None) => false,
+        Err(e) => {
+            tracing::warn!("{id}: unreadable queue file: {e}");
+            false
+        }
+    });
+    ids.shrink_to_fit();
+    Ok(ids)
+}
+
 fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }

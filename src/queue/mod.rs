@@ -8,6 +8,7 @@
 
 mod admin;
 pub mod command;
+mod index;
 pub mod inspect;
 mod notify;
 mod pass;

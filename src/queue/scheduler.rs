@@ -1,9 +1,9 @@
 //! The scheduler (Postfix's qmgr, in miniature): decides which message is tried when.
 //!
 //! Three places a message can be, and only one at a time:
-//! - the **waiting index**: every queued message not being worked on, as just its id and the
-//!   time it is next due (an ordered set, some 30 bytes a message). The spool is the truth:
-//!   an entry is a wake-up call, and a pass woken early finds nothing due and changes nothing.
+//! - the **waiting index** (`index`): every queued message not being worked on, as just its id
+//!   under the second it is next due, some 16 bytes a message. The spool is the truth: an
+//!   entry is a wake-up call, and a pass woken early finds nothing due and changes nothing.
 //! - the **active set** (at most `queue.active_limit` messages, Postfix's
 //!   `qmgr_message_active_limit`): due messages waiting for a pass slot, and those being
 //!   delivered. Passes run at most `delivery.max_concurrency` at a time; only a running pass
@@ -18,12 +18,13 @@
 //! accept mail and due mail already leaves.
 
 use super::admin::{self, Action, ActionReport, Tally};
+use super::index::WaitingIndex;
 use super::pass::{self, PassOutcome};
 use super::scan;
 use super::state::{unix_secs, Due, LogRecord};
 use super::{Ctx, QueueId};
 use crate::delivery::Deliverer;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -73,10 +74,8 @@ struct Deferred {
 
 /// The scheduler's books; owned by its one task.
 struct Books {
-    /// (due, id) of every message outside the active set, ordered by due time then arrival.
-    /// Exactly one entry per message as far as the scheduler knows; a stale one (say, a
-    /// change made while the daemon was down) only wakes a pass that finds nothing due.
-    waiting: BTreeSet<(u64, QueueId)>,
+    /// Every message outside the active set, by due time then arrival.
+    waiting: WaitingIndex,
     /// New arrivals not yet in the active set. Taken turn about with the index, as Postfix's
     /// qmgr alternates its incoming and deferred queues, so that new mail is not stuck behind
     /// a flushed backlog of 300,000 retries, nor the backlog behind a flood of new mail.
@@ -108,10 +107,11 @@ struct AdminJob {
     reply: oneshot::Sender<Tally>,
 }
 
-/// What an operator task hands back: when each message was due and is due now, and, for a
-/// chunk of the current job, its reports.
+/// What an operator task hands back: when each message is due now, its index entries to take
+/// out (by due second), and, for a chunk of the current job, its reports.
 struct AdminDone {
-    due: Vec<(QueueId, Due, Due)>,
+    due: Vec<(QueueId, Due)>,
+    stale: HashMap<u64, Vec<QueueId>>,
     tally: Option<Tally>,
 }
 
@@ -150,7 +150,7 @@ impl Scheduler {
                 _ = shutdown.changed() => {}
                 Some(event) = events.recv() => self.on_event(&mut books, &mut admin_work, event),
                 batch = scan_rx.recv(), if scanning => match batch {
-                    Some(batch) => books.waiting.extend(batch.into_iter().map(|(id, due)| (due, id))),
+                    Some(batch) => batch.into_iter().for_each(|(id, due)| books.waiting.insert(due, id)),
                     None => scanning = false,
                 },
                 Some(done) = passes.join_next(), if !passes.is_empty() => match done {
@@ -170,7 +170,11 @@ impl Scheduler {
                 break;
             }
         }
-        tracing::info!("queue: stopping, {} delivery task(s) running", passes.len());
+        tracing::info!(
+            "queue: stopping, {} delivery task(s) running, {} message(s) waiting",
+            passes.len(),
+            books.waiting.len()
+        );
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
             while passes.join_next().await.is_some() {}
             while admin_work.join_next().await.is_some() {}
@@ -240,13 +244,18 @@ impl Scheduler {
             let (ctx, action, by) = (self.ctx.clone(), job.action.clone(), job.by.clone());
             admin_work.spawn(async move {
                 let mut due = Vec::with_capacity(chunk.len());
+                let mut stale: HashMap<u64, Vec<QueueId>> = HashMap::new();
                 for (id, unsaved) in chunk {
                     let applied = admin::apply(&ctx, id, &action, &by, unsaved).await;
                     tally.add(applied.report);
-                    due.push((id, applied.before, applied.after));
+                    due.push((id, applied.after));
+                    if let Due::At(t) = applied.before {
+                        stale.entry(t).or_default().push(id);
+                    }
                 }
                 AdminDone {
                     due,
+                    stale,
                     tally: Some(tally),
                 }
             });
@@ -260,10 +269,11 @@ impl Scheduler {
         admin_work: &mut JoinSet<AdminDone>,
         done: AdminDone,
     ) {
-        for (id, before, due) in done.due {
-            if let Due::At(t) = before {
-                books.waiting.remove(&(t, id));
-            }
+        // Out of the index before the new entries go in: a flushed message waits once.
+        for (t, ids) in &done.stale {
+            books.waiting.remove(*t, ids);
+        }
+        for (id, due) in done.due {
             let later = books.admin.remove(&id).unwrap_or_default();
             if !later.is_empty() && due != Due::Finished {
                 self.apply_deferred(books, admin_work, id, later);
@@ -338,9 +348,10 @@ impl Scheduler {
                     break;
                 }
             }
-            // It was being delivered, so it had no index entry to replace.
+            // It was being delivered, so it had no index entry.
             AdminDone {
-                due: vec![(id, Due::Finished, due)],
+                due: vec![(id, due)],
+                stale: HashMap::new(),
                 tally: None,
             }
         });
@@ -391,7 +402,7 @@ impl Scheduler {
 impl Books {
     fn new(active_limit: usize, pass_limit: usize) -> Books {
         Books {
-            waiting: BTreeSet::new(),
+            waiting: WaitingIndex::default(),
             incoming: VecDeque::new(),
             ready: VecDeque::new(),
             active: HashMap::new(),
@@ -416,13 +427,10 @@ impl Books {
             };
             let id = match id {
                 Some(id) => id,
-                None => match self.waiting.first() {
-                    Some((due, _)) if *due <= now => match self.waiting.pop_first() {
-                        Some((_, id)) => id,
-                        None => break,
-                    },
-                    _ if self.incoming.is_empty() => break,
-                    _ => continue,
+                None => match self.waiting.pop_due(now) {
+                    Some(id) => id,
+                    None if self.incoming.is_empty() => break,
+                    None => continue,
                 },
             };
             if self.active.contains_key(&id) || self.admin.contains_key(&id) {
@@ -439,12 +447,12 @@ impl Books {
         if self.active.len() >= self.active_limit {
             return None;
         }
-        self.waiting.first().map(|(due, _)| *due)
+        self.waiting.first_due()
     }
 
     fn schedule(&mut self, id: QueueId, due: Due) {
         if let Due::At(t) = due {
-            self.waiting.insert((t, id));
+            self.waiting.insert(t, id);
         }
     }
 }
