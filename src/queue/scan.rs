@@ -71,3 +71,92 @@ fn scan(ctx: &Ctx, tx: &mpsc::Sender<Vec<(QueueId, u64)>>) {
         started.elapsed().as_secs_f64()
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{Envelope, Recipient};
+    use crate::queue::state::{LogRecord, MessageEvent, MessageRecord, RcptState, StateRecord};
+    use crate::queue::Queue;
+
+    async fn store(queue: &Queue) -> QueueId {
+        let mut envelope = Envelope::new("alice@example.org");
+        envelope.recipients.push(Recipient::new("bob@example.net"));
+        queue.enqueue(envelope, b"x\r\n".to_vec()).await.unwrap()
+    }
+
+    fn record(queue: &Queue, id: &QueueId, record: LogRecord) {
+        queue.spool().append(id, &[record]).unwrap();
+    }
+
+    /// The scan hands over batches while it is still reading (the scheduler delivers meanwhile),
+    /// oldest first, with each message's persisted due time; held messages wait for a release,
+    /// finished ones are removed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_arrive_while_the_scan_goes_on_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Queue::open(dir.path()).unwrap();
+        let mut ids = Vec::new();
+        for _ in 0..(BATCH * 3 + 7) {
+            ids.push(store(&queue).await);
+        }
+        let (deferred, held, finished) = (ids[1], ids[2], ids[3]);
+        let later = RcptState::Deferred {
+            attempts: 1,
+            reply: None,
+            warned: false,
+            next_attempt: Some(4_000_000_000),
+            retry: Some(1),
+        };
+        record(
+            &queue,
+            &deferred,
+            LogRecord::Rcpt(StateRecord {
+                rcpt: 0,
+                state: later,
+            }),
+        );
+        let hold = MessageRecord {
+            event: MessageEvent::Hold,
+            at: 1,
+            by: "test".into(),
+        };
+        record(&queue, &held, LogRecord::Message(hold));
+        let done = StateRecord {
+            rcpt: 0,
+            state: RcptState::Done,
+        };
+        record(&queue, &finished, LogRecord::Rcpt(done));
+
+        let config = Arc::new(crate::config::Config::default());
+        let tables = Arc::new(crate::tls_policy::TlsPolicies::open(None, None).unwrap());
+        let ctx = Arc::new(Ctx::new(queue.clone(), config, tables));
+        // Room for one batch: the scan cannot finish before the first one is taken.
+        let (tx, mut rx) = mpsc::channel(1);
+        start(ctx, tx);
+        let first = rx.recv().await.unwrap();
+        assert_eq!(first.len(), BATCH);
+        let mut all = first;
+        while let Some(batch) = rx.recv().await {
+            all.extend(batch);
+        }
+        let scanned: Vec<QueueId> = all.iter().map(|(id, _)| *id).collect();
+        let expected: Vec<QueueId> = ids
+            .iter()
+            .copied()
+            .filter(|id| *id != held && *id != finished)
+            .collect();
+        assert_eq!(
+            scanned, expected,
+            "oldest first; held and finished left out"
+        );
+        let due: std::collections::HashMap<QueueId, u64> = all.into_iter().collect();
+        assert_eq!(due[&deferred], 4_000_000_000, "the persisted backoff");
+        assert_eq!(due[&ids[0]], 0, "never tried: due at once");
+        assert!(
+            !queue.spool().contains(&finished),
+            "a finished message is removed"
+        );
+        assert!(queue.spool().contains(&held));
+    }
+}
