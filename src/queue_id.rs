@@ -61,6 +61,14 @@ impl QueueId {
     }
 }
 
+/// `n` fresh ids in arrival order, for tests.
+#[cfg(test)]
+pub(crate) fn sorted_ids(n: usize) -> Vec<QueueId> {
+    let mut ids: Vec<QueueId> = (0..n).map(|_| QueueId::generate()).collect();
+    ids.sort();
+    ids
+}
+
 impl fmt::Display for QueueId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:013X}{:04X}", self.micros, self.counter)

@@ -681,26 +681,38 @@ async fn target_and_bystander(w: &World, relay: &Relay) -> (String, String) {
     (target, keep)
 }
 
+/// `queue VERB target`, SIGKILL at once, then a new process with the MX accepting: the bystander
+/// is delivered (nothing that was not acted on is lost). Returns the restart's log mark.
+async fn act_then_crash(
+    relay: &mut Relay,
+    mx: &SmtpServer,
+    (verb, done): (&str, &str),
+    target: &str,
+    keep: &str,
+) -> usize {
+    act(relay, verb, done, target).await;
+    relay.kill();
+    accept_all(mx);
+    let mark = relay.log_mark();
+    relay.start_again().await;
+    assert_eq!(
+        relay.wait_for_delivery(mark, KEEP, "sent", WAIT).await.id,
+        keep
+    );
+    mark
+}
+
 /// kill -9 right after `hold`: the next process keeps it held (with the MX accepting and the
 /// short backoff, the bystander is delivered, the held one is not).
 #[tokio::test]
 async fn kill_9_after_hold_keeps_it_held() {
     let (w, mx, mut relay) = World::with_example_mx(try_again_later()).await;
     let (target, keep) = target_and_bystander(&w, &relay).await;
-    act(&relay, "hold", "held", &target).await;
-    relay.kill();
-
-    accept_all(&mx);
-    let mark = relay.log_mark();
-    relay.start_again().await;
+    let mark = act_then_crash(&mut relay, &mx, ("hold", "held"), &target, &keep).await;
     let scan = relay
         .wait_for_log_since(mark, |l| l.contains("spool scan done"), WAIT)
         .await;
     assert!(scan.contains("2 message(s), 1 held"), "{scan}");
-    assert_eq!(
-        relay.wait_for_delivery(mark, KEEP, "sent", WAIT).await.id,
-        keep
-    );
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(
         received_for(&mx, TARGET),
@@ -724,16 +736,7 @@ async fn kill_9_after_hold_keeps_it_held() {
 async fn kill_9_after_delete_keeps_it_deleted() {
     let (w, mx, mut relay) = World::with_example_mx(try_again_later()).await;
     let (target, keep) = target_and_bystander(&w, &relay).await;
-    act(&relay, "delete", "deleted", &target).await;
-    relay.kill();
-
-    accept_all(&mx);
-    let mark = relay.log_mark();
-    relay.start_again().await;
-    assert_eq!(
-        relay.wait_for_delivery(mark, KEEP, "sent", WAIT).await.id,
-        keep
-    );
+    act_then_crash(&mut relay, &mx, ("delete", "deleted"), &target, &keep).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(
         received_for(&mx, TARGET),
@@ -796,18 +799,9 @@ async fn kill_9_after_flush_delivers_it() {
 async fn kill_9_after_bounce_delivers_the_dsn() {
     let (w, mx, mut relay) = World::with_example_mx(try_again_later()).await;
     let (target, keep) = target_and_bystander(&w, &relay).await;
-    act(&relay, "bounce", "bounced", &target).await;
-    relay.kill();
-
-    accept_all(&mx);
-    let mark = relay.log_mark();
-    relay.start_again().await;
+    act_then_crash(&mut relay, &mx, ("bounce", "bounced"), &target, &keep).await;
     let b = w.bounce().await;
     assert_eq!(b.recipient(TARGET).must("Status"), "5.0.0");
-    assert_eq!(
-        relay.wait_for_delivery(mark, KEEP, "sent", WAIT).await.id,
-        keep
-    );
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(
         received_for(&mx, TARGET),

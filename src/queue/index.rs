@@ -73,11 +73,7 @@ impl WaitingIndex {
 mod tests {
     use super::*;
 
-    fn ids(n: usize) -> Vec<QueueId> {
-        let mut ids: Vec<QueueId> = (0..n).map(|_| QueueId::generate()).collect();
-        ids.sort();
-        ids
-    }
+    use crate::queue_id::sorted_ids as ids;
 
     #[test]
     fn the_earliest_second_first_then_the_oldest_message() {

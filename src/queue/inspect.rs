@@ -122,15 +122,7 @@ pub fn for_each(
     mut each: impl FnMut(&MessageView),
     mut unreadable: impl FnMut(QueueId, io::Error),
 ) -> io::Result<()> {
-    let ids = if filter.ids.is_empty() {
-        spool.scan()?
-    } else {
-        let mut ids = filter.ids.clone();
-        ids.sort();
-        ids.dedup();
-        ids
-    };
-    for id in ids {
+    for id in candidates(spool, filter)? {
         match view(spool, id, active) {
             Ok(Some(v)) if filter.matches(&v) => each(&v),
             Ok(_) => {}
@@ -143,14 +135,7 @@ pub fn for_each(
 /// The ids of the messages that match, oldest first: one list, filtered in place, so that an
 /// action over 300,000 messages holds 16 bytes a message while it selects them.
 pub fn select(spool: &Spool, filter: &Filter) -> io::Result<Vec<QueueId>> {
-    let mut ids = if filter.ids.is_empty() {
-        spool.scan()?
-    } else {
-        let mut ids = filter.ids.clone();
-        ids.sort();
-        ids.dedup();
-        ids
-    };
+    let mut ids = candidates(spool, filter)?;
     let none = HashSet::new();
     ids.retain(|&id| match view(spool, id, &none) {
         Ok(Some(v)) => filter.matches(&v),
@@ -161,6 +146,17 @@ pub fn select(spool: &Spool, filter: &Filter) -> io::Result<Vec<QueueId>> {
         }
     });
     ids.shrink_to_fit();
+    Ok(ids)
+}
+
+/// The ids a filter names, or every message in the spool; oldest first.
+fn candidates(spool: &Spool, filter: &Filter) -> io::Result<Vec<QueueId>> {
+    if filter.ids.is_empty() {
+        return spool.scan();
+    }
+    let mut ids = filter.ids.clone();
+    ids.sort();
+    ids.dedup();
     Ok(ids)
 }
 

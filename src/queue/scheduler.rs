@@ -492,12 +492,7 @@ async fn sleep_until_unix(at: Option<u64>) {
 mod tests {
     use super::*;
 
-    /// Ids in arrival order.
-    fn ids(n: usize) -> Vec<QueueId> {
-        let mut ids: Vec<QueueId> = (0..n).map(|_| QueueId::generate()).collect();
-        ids.sort();
-        ids
-    }
+    use crate::queue_id::sorted_ids as ids;
 
     fn now() -> u64 {
         unix_secs(SystemTime::now())
