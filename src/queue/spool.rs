@@ -146,7 +146,13 @@ impl Spool {
     /// Every message in the spool, oldest first (ids sort by arrival).
     pub fn scan(&self) -> io::Result<Vec<QueueId>> {
         let mut ids = Vec::new();
-        for entry in fs::read_dir(&self.msg)? {
+        let entries = match fs::read_dir(&self.msg) {
+            Ok(entries) => entries,
+            // A spool that was never created (`mxguard queue` before the first start) is empty.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(ids),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
             let name = entry?.file_name();
             match name.to_str().and_then(QueueId::parse) {
                 Some(id) => ids.push(id),
