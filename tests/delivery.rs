@@ -324,13 +324,15 @@ async fn recipients_over_the_servers_limit_go_in_further_transactions() {
     );
 }
 
+/// One command at a time (no PIPELINING offered), DATA is not sent when every recipient was
+/// refused; a pipelining client sends it in its group and sees it refused (tests/relay/pipelining.rs).
 #[tokio::test]
 async fn no_data_when_every_recipient_is_refused_and_mail_refusal_applies_to_all() {
     let lab = Lab::new().await;
     lab.zone(zone_with_mx(&lab, &[(10, 10)]));
-    let server = lab
-        .mx(10, Behaviour::plain().rcpt_default("550 5.1.1 no"))
-        .await;
+    let mut behaviour = Behaviour::plain().rcpt_default("550 5.1.1 no");
+    behaviour.extensions.pipelining = false;
+    let server = lab.mx(10, behaviour).await;
     let attempts = deliver(&lab, &["a@example.test", "b@example.test"], "example.test").await;
     assert!(attempts
         .iter()

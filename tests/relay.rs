@@ -12,6 +12,8 @@ mod bounces;
 mod content;
 #[path = "relay/lab_selftest.rs"]
 mod lab_selftest;
+#[path = "relay/pipelining.rs"]
+mod pipelining;
 #[path = "relay/retry.rs"]
 mod retry;
 #[path = "relay/routing.rs"]

@@ -13,7 +13,8 @@
 //! - `session`: TCP connect, greeting, EHLO/HELO, STARTTLS (RFC 3207), opportunistic or required;
 //! - `tls`, `tls_failure`: client TLS (opportunistic, PKIX-verified) and how a host that fails
 //!   a requirement is reported (reply, TLS-RPT result type);
-//! - `transaction`: MAIL, RCPT, DATA with SIZE, 8BITMIME, SMTPUTF8 and DSN parameters;
+//! - `transaction`: MAIL, RCPT, DATA, pipelined where offered (RFC 2920), with the
+//!   parameters of `smtp_params` (SIZE, 8BITMIME, SMTPUTF8, REQUIRETLS, DSN);
 //! - `attempt`: the per-recipient outcome and the delivery log line.
 //!
 //! Hosts are tried in order, and each host's addresses in order, until one session reaches
@@ -34,6 +35,7 @@ pub(crate) mod mx;
 pub(crate) mod requirement;
 mod route;
 pub(crate) mod session;
+mod smtp_params;
 pub(crate) mod tls;
 pub(crate) mod tls_failure;
 mod tls_report;

@@ -6,6 +6,10 @@
 //! recipient, else the reply to MAIL FROM, DATA or the end of data that decided its fate, or a
 //! 4.4.2 when the connection broke before that.
 //!
+//! RFC 2920: when the server advertises PIPELINING, MAIL FROM, every RCPT TO and DATA (after an
+//! RSET, when one is due) go out as one group and their replies are read back in order; the
+//! outcomes are the same as one command at a time, recipient by recipient.
+//!
 //! RFC 5321 §4.5.3.1.10: a server may take fewer recipients per transaction than we have and
 //! answer the rest `452` ("too many recipients"). Like Postfix, the accepted ones are sent at
 //! once, and the refused ones go in a new transaction on the same session, for as long as
@@ -14,12 +18,13 @@
 use super::attempt::Relay;
 use super::data::{dot_stuff, headers_need_utf8};
 use super::session::{lost, quit, remote_reply, Extensions};
+use super::smtp_params::{mail_params, rcpt_command};
 use super::Job;
-use crate::envelope::{xtext_encode, BodyType, Envelope, Recipient, Ret};
+use crate::envelope::{Envelope, Recipient};
 use crate::reply::{EnhancedCode, Reply};
 use mail_send::SmtpClient;
 use smtp_proto::Response;
-use smtp_proto::{EXT_8BIT_MIME, EXT_DSN, EXT_REQUIRE_TLS, EXT_SIZE, EXT_SMTP_UTF8};
+use smtp_proto::{EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -59,6 +64,10 @@ impl Outcome {
 
 /// The outcome for each of the job's recipients, in `job.recipients` order.
 type Replies = Vec<Option<Outcome>>;
+
+/// A transaction opened up to DATA: what the RCPTs got, and the outcome for the recipients
+/// taken when DATA was refused (`None`: 354, send the message).
+type Opened = (Round, Option<Outcome>);
 
 /// What one transaction's RCPT commands got.
 #[derive(Default)]
@@ -119,25 +128,26 @@ impl Transaction<'_> {
             return;
         }
         let mut needs_reset = false;
+        let pipelining = self.extensions.has(EXT_PIPELINING);
         while !pending.is_empty() {
-            if needs_reset {
-                if let Err(outcome) = self.rset(client).await {
-                    fill(replies, &pending, &outcome);
-                    return;
-                }
-            }
-            if let Err(outcome) = self.mail_from(client, utf8).await {
-                fill(replies, &pending, &outcome);
-                return;
-            }
-            let Some(round) = self.rcpt_to(client, &pending, replies).await else {
+            let started = if pipelining {
+                self.pipelined(client, needs_reset, utf8, &pending, replies)
+                    .await
+            } else {
+                self.one_by_one(client, needs_reset, utf8, &pending, replies)
+                    .await
+            };
+            let Some((round, refused)) = started else {
                 return;
             };
             // No progress: the 452s stand, and the recipients are tried again later.
             if round.accepted.is_empty() {
                 return;
             }
-            let outcome = self.data(client).await;
+            let outcome = match refused {
+                Some(outcome) => outcome,
+                None => self.body(client).await,
+            };
             for &i in &round.accepted {
                 replies[i] = Some(outcome.clone());
             }
@@ -149,6 +159,165 @@ impl Transaction<'_> {
             needs_reset = !outcome.reply.is_positive();
             // RFC 5321 §4.5.3.1.10: the recipients refused as too many, in a new transaction.
             pending = round.too_many;
+        }
+    }
+
+    /// RSET when due, MAIL FROM, the RCPTs and DATA, one command at a time. `Some` with what
+    /// the RCPTs got and, when DATA was not answered 354, the outcome that refusal means for
+    /// the recipients taken; `None` when the transaction ended before (every pending recipient
+    /// has its outcome then).
+    async fn one_by_one<T: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        client: &mut SmtpClient<T>,
+        needs_reset: bool,
+        utf8: bool,
+        pending: &[usize],
+        replies: &mut Replies,
+    ) -> Option<Opened> {
+        if needs_reset {
+            if let Err(outcome) = self.rset(client).await {
+                fill(replies, pending, &outcome);
+                return None;
+            }
+        }
+        if let Err(outcome) = self.mail_from(client, utf8).await {
+            fill(replies, pending, &outcome);
+            return None;
+        }
+        let round = self.rcpt_to(client, pending, replies).await?;
+        if round.accepted.is_empty() {
+            return Some((round, None));
+        }
+        match client.cmd(b"DATA\r\n").await {
+            Ok(r) if r.code == 354 => Some((round, None)),
+            Ok(r) => Some((round, Some(Outcome::remote(&r)))),
+            Err(e) => {
+                let lost = Outcome::ours(lost(self.relay, &e, "sending DATA command").reply);
+                Some((round, Some(lost)))
+            }
+        }
+    }
+
+    /// RFC 2920 §3.1: the same commands as one group, DATA last, and the replies read back in
+    /// order. What each reply means does not change: a refused MAIL applies to every
+    /// recipient, each RCPT reply to its recipient, and DATA is answered (554, 503) when no
+    /// recipient was taken.
+    async fn pipelined<T: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        client: &mut SmtpClient<T>,
+        needs_reset: bool,
+        utf8: bool,
+        pending: &[usize],
+        replies: &mut Replies,
+    ) -> Option<Opened> {
+        let mut group: Vec<String> = Vec::with_capacity(pending.len() + 3);
+        if needs_reset {
+            group.push("RSET\r\n".into());
+        }
+        group.push(self.mail_command(utf8));
+        let mut sent = Vec::with_capacity(pending.len());
+        for &i in pending {
+            match self.recipient(i) {
+                Some(rcpt) => {
+                    group.push(rcpt_command(rcpt, self.extensions));
+                    sent.push(i);
+                }
+                None => replies[i] = Some(no_such_recipient()),
+            }
+        }
+        group.push("DATA\r\n".into());
+        // One write for the group, then its replies, read with one parser: replies that arrive
+        // together in one segment must not be lost between reads.
+        let n = group.len();
+        let timeout = client.timeout;
+        let exchange = async {
+            client.stream.write_all(group.concat().as_bytes()).await?;
+            client.stream.flush().await?;
+            client.read_many(n).await
+        };
+        let answers = match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(answers)) if answers.len() == n => answers,
+            Ok(Ok(_)) => {
+                return self.group_lost(&mail_send::Error::UnparseableReply, pending, replies)
+            }
+            Ok(Err(e)) => return self.group_lost(&e, pending, replies),
+            Err(_) => return self.group_lost(&mail_send::Error::Timeout, pending, replies),
+        };
+        self.read_group(client, needs_reset, &sent, answers, replies)
+            .await
+    }
+
+    /// The connection broke (or timed out) during a pipelined group: every pending recipient
+    /// gets the 4.4.2, and the session ends.
+    fn group_lost(
+        &self,
+        e: &mail_send::Error,
+        pending: &[usize],
+        replies: &mut Replies,
+    ) -> Option<Opened> {
+        let lost = Outcome::ours(lost(self.relay, e, "sending MAIL FROM").reply);
+        fill(replies, pending, &lost);
+        None
+    }
+
+    /// Sorts the replies of a pipelined group out over the recipients.
+    async fn read_group<T: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        client: &mut SmtpClient<T>,
+        needs_reset: bool,
+        sent: &[usize],
+        answers: Vec<Response<String>>,
+        replies: &mut Replies,
+    ) -> Option<Opened> {
+        let mut answers = answers.into_iter();
+        let mut next = || answers.next();
+        let every = |replies: &mut Replies, r: &Response<String>| {
+            fill(replies, sent, &Outcome::remote(r));
+        };
+        if needs_reset {
+            let rset = next()?;
+            if rset.code / 100 != 2 {
+                every(replies, &rset);
+                return None;
+            }
+        }
+        let mail = next()?;
+        let mut round = Round::default();
+        for &i in sent {
+            let r = next()?;
+            match r.code {
+                _ if mail.code / 100 != 2 => {}
+                c if c / 100 == 2 => round.accepted.push(i),
+                452 => round.too_many.push(i),
+                _ => {}
+            }
+            replies[i] = Some(Outcome::remote(&r));
+        }
+        let data = next()?;
+        if mail.code / 100 != 2 {
+            every(replies, &mail);
+            self.end_stray_data(client, &data).await;
+            return None;
+        }
+        if round.accepted.is_empty() {
+            // A server that answered DATA 354 with no recipient: end the empty message.
+            self.end_stray_data(client, &data).await;
+            return Some((round, None));
+        }
+        if data.code != 354 {
+            return Some((round, Some(Outcome::remote(&data))));
+        }
+        Some((round, None))
+    }
+
+    /// RFC 2920 §3.1: DATA answered 354 though nothing may be sent: a lone dot ends it.
+    async fn end_stray_data<T: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        client: &mut SmtpClient<T>,
+        data: &Response<String>,
+    ) {
+        if data.code == 354 {
+            let _ = client.cmd(b".\r\n").await;
         }
     }
 
@@ -205,20 +374,23 @@ impl Transaction<'_> {
         }
     }
 
-    /// MAIL FROM; a refusal applies to every recipient of the transaction.
-    async fn mail_from<T: AsyncRead + AsyncWrite + Unpin>(
-        &self,
-        client: &mut SmtpClient<T>,
-        utf8: bool,
-    ) -> Result<(), Outcome> {
+    fn mail_command(&self, utf8: bool) -> String {
         let params = mail_params(
             self.envelope(),
             self.extensions,
             self.job.message.len(),
             utf8,
         );
-        let command = format!("MAIL FROM:<{}>{params}\r\n", self.envelope().mail_from);
-        match client.cmd(command).await {
+        format!("MAIL FROM:<{}>{params}\r\n", self.envelope().mail_from)
+    }
+
+    /// MAIL FROM; a refusal applies to every recipient of the transaction.
+    async fn mail_from<T: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        client: &mut SmtpClient<T>,
+        utf8: bool,
+    ) -> Result<(), Outcome> {
+        match client.cmd(self.mail_command(utf8)).await {
             Ok(r) if r.code / 100 == 2 => Ok(()),
             Ok(r) => Err(Outcome::remote(&r)),
             Err(e) => Err(Outcome::ours(
@@ -239,19 +411,10 @@ impl Transaction<'_> {
         let mut round = Round::default();
         for (n, &i) in pending.iter().enumerate() {
             let Some(rcpt) = self.recipient(i) else {
-                replies[i] = Some(Outcome::ours(Reply::new(
-                    554,
-                    EnhancedCode::new(5, 3, 0),
-                    "internal error: no such recipient",
-                )));
+                replies[i] = Some(no_such_recipient());
                 continue;
             };
-            let command = format!(
-                "RCPT TO:<{}>{}\r\n",
-                rcpt.address,
-                rcpt_params(rcpt, self.extensions)
-            );
-            match client.cmd(command).await {
+            match client.cmd(rcpt_command(rcpt, self.extensions)).await {
                 Ok(r) if r.code / 100 == 2 => {
                     round.accepted.push(i);
                     replies[i] = Some(Outcome::remote(&r));
@@ -275,13 +438,9 @@ impl Transaction<'_> {
         Some(round)
     }
 
-    /// DATA, the stuffed message and the final reply, which applies to every accepted recipient.
-    async fn data<T: AsyncRead + AsyncWrite + Unpin>(&self, client: &mut SmtpClient<T>) -> Outcome {
-        match client.cmd(b"DATA\r\n").await {
-            Ok(r) if r.code == 354 => {}
-            Ok(r) => return Outcome::remote(&r),
-            Err(e) => return Outcome::ours(lost(self.relay, &e, "sending DATA command").reply),
-        }
+    /// After DATA's 354: the stuffed message and the final reply, which applies to every
+    /// accepted recipient.
+    async fn body<T: AsyncRead + AsyncWrite + Unpin>(&self, client: &mut SmtpClient<T>) -> Outcome {
         let body = dot_stuff(self.job.message);
         // One deadline for the body and the final reply (Postfix's smtp_data_done_timeout).
         let deadline = Instant::now() + self.data_timeout;
@@ -309,126 +468,18 @@ impl Transaction<'_> {
     }
 }
 
+/// Unreachable by construction (the job names its recipients by index).
+fn no_such_recipient() -> Outcome {
+    Outcome::ours(Reply::new(
+        554,
+        EnhancedCode::new(5, 3, 0),
+        "internal error: no such recipient",
+    ))
+}
+
 /// The same outcome for each of `recipients`.
 fn fill(replies: &mut Replies, recipients: &[usize], outcome: &Outcome) {
     for &i in recipients {
         replies[i] = Some(outcome.clone());
-    }
-}
-
-/// MAIL FROM parameters, each only when the server advertised its extension.
-fn mail_params(env: &Envelope, ext: Extensions, size: usize, utf8: bool) -> String {
-    let mut p = String::new();
-    if ext.has(EXT_SIZE) {
-        p.push_str(&format!(" SIZE={size}"));
-    }
-    // RFC 6152: declare 8-bit content when the server understands it. When it does not,
-    // Postfix sends the message anyway (most servers pass 8-bit data), and so do we.
-    if env.body == BodyType::EightBitMime && ext.has(EXT_8BIT_MIME) {
-        p.push_str(" BODY=8BITMIME");
-    }
-    if utf8 && ext.has(EXT_SMTP_UTF8) {
-        p.push_str(" SMTPUTF8");
-    }
-    // RFC 8689 §4.2.1: REQUIRETLS travels on; a server that did not advertise it was never
-    // given the message (the session checks that first).
-    if env.requiretls && ext.has(EXT_REQUIRE_TLS) {
-        p.push_str(" REQUIRETLS");
-    }
-    if ext.has(EXT_DSN) {
-        // RFC 3461 §4.3, §4.4: RET and ENVID travel on to the next DSN-capable hop.
-        match env.ret {
-            Some(Ret::Full) => p.push_str(" RET=FULL"),
-            Some(Ret::Headers) => p.push_str(" RET=HDRS"),
-            None => {}
-        }
-        if let Some(envid) = &env.envid {
-            p.push_str(&format!(" ENVID={}", xtext_encode(envid)));
-        }
-    }
-    p
-}
-
-/// RCPT TO parameters: RFC 3461 §4.1 NOTIFY and §4.2 ORCPT, when the server speaks DSN.
-fn rcpt_params(rcpt: &Recipient, ext: Extensions) -> String {
-    if !ext.has(EXT_DSN) {
-        return String::new();
-    }
-    let mut p = String::new();
-    if let Some(n) = rcpt.notify {
-        let words: Vec<&str> = if n.never {
-            vec!["NEVER"]
-        } else {
-            [
-                (n.success, "SUCCESS"),
-                (n.failure, "FAILURE"),
-                (n.delay, "DELAY"),
-            ]
-            .into_iter()
-            .filter_map(|(on, word)| on.then_some(word))
-            .collect()
-        };
-        if !words.is_empty() {
-            p.push_str(&format!(" NOTIFY={}", words.join(",")));
-        }
-    }
-    if let Some((kind, addr)) = &rcpt.orcpt {
-        p.push_str(&format!(" ORCPT={kind};{}", xtext_encode(addr)));
-    }
-    p
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::envelope::Notify;
-    use smtp_proto::EXT_PIPELINING;
-
-    fn ext(mask: u32) -> Extensions {
-        Extensions { mask, size: 0 }
-    }
-
-    #[test]
-    fn mail_parameters_follow_the_advertised_extensions() {
-        let mut env = Envelope::new("alice@example.org");
-        env.body = BodyType::EightBitMime;
-        env.ret = Some(Ret::Headers);
-        env.envid = Some("id+1=x".into());
-        assert_eq!(mail_params(&env, ext(EXT_PIPELINING), 10, true), "");
-        assert_eq!(
-            mail_params(
-                &env,
-                ext(EXT_SIZE | EXT_8BIT_MIME | EXT_DSN | EXT_SMTP_UTF8),
-                10,
-                true
-            ),
-            " SIZE=10 BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=id+2B1+3Dx"
-        );
-        assert_eq!(mail_params(&env, ext(EXT_SMTP_UTF8), 10, false), "");
-    }
-
-    #[test]
-    fn rcpt_parameters() {
-        let mut r = Recipient::new("bob@example.net");
-        assert_eq!(rcpt_params(&r, ext(EXT_DSN)), "");
-        r.notify = Some(Notify {
-            success: true,
-            failure: true,
-            ..Default::default()
-        });
-        r.orcpt = Some(("rfc822".into(), "Bob+x@example.net".into()));
-        assert_eq!(
-            rcpt_params(&r, ext(EXT_DSN)),
-            " NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;Bob+2Bx@example.net"
-        );
-        assert_eq!(rcpt_params(&r, ext(0)), "");
-        r.notify = Some(Notify {
-            never: true,
-            ..Default::default()
-        });
-        assert_eq!(
-            rcpt_params(&r, ext(EXT_DSN)),
-            " NOTIFY=NEVER ORCPT=rfc822;Bob+2Bx@example.net"
-        );
     }
 }

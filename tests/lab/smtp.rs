@@ -397,6 +397,13 @@ impl Session {
         if self.mail.is_some() {
             return self.reply("503 5.5.1 Error: nested MAIL command").await;
         }
+        if let Some(wait) = self.behaviour().probe_pipelining {
+            // fill_buf waits for more input only when none is buffered yet; nothing is consumed.
+            let ahead = tokio::time::timeout(wait, self.io().fill_buf()).await;
+            if matches!(ahead, Ok(Ok(buf)) if !buf.is_empty()) {
+                self.shared.note("-- pipelined after MAIL".into());
+            }
+        }
         match self.behaviour().mail_reply {
             Some(r) => {
                 let ok = r.starts_with('2');

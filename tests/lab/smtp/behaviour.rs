@@ -68,6 +68,10 @@ pub struct Behaviour {
     /// Wait this long after the end of data before replying (a server that stalls the final
     /// reply: the client's transaction stays in flight).
     pub end_of_data_delay: Duration,
+    /// Before answering MAIL, wait up to this long for the client's next command and note in
+    /// the transcript whether it came (`-- pipelined after MAIL`): an RFC 2920 client sends
+    /// its RCPTs without waiting; one that waits for each reply sends nothing.
+    pub probe_pipelining: Option<Duration>,
 }
 
 impl Default for Behaviour {
@@ -86,6 +90,7 @@ impl Default for Behaviour {
             end_of_data_reply: None,
             drop_mid_data: false,
             end_of_data_delay: Duration::ZERO,
+            probe_pipelining: None,
         }
     }
 }
@@ -155,6 +160,12 @@ impl Behaviour {
     }
 
     /// Holds the reply to the end of data back for `delay` (see [`Behaviour::end_of_data_delay`]).
+    /// See [`Behaviour::probe_pipelining`].
+    pub fn probe_pipelining(mut self, wait: Duration) -> Behaviour {
+        self.probe_pipelining = Some(wait);
+        self
+    }
+
     pub fn stall_end_of_data(mut self, delay: Duration) -> Behaviour {
         self.end_of_data_delay = delay;
         self
