@@ -225,7 +225,24 @@ impl Executor {
 
     /// Runs `command`; `by` names who asked, for the log.
     pub async fn run(&self, command: &QueueCommand, by: &str) -> Answer {
-        let active: HashSet<QueueId> = match &self.spool_access {
+        match &command.verb {
+            Verb::List { json } => {
+                let active = self.active().await;
+                self.list(command.filter.clone(), active, *json)
+            }
+            Verb::Show { id, json } => self.show(*id, self.active().await, *json).await,
+            Verb::Summary { json } => {
+                let active = self.active().await;
+                self.summary(command.filter.clone(), active, *json).await
+            }
+            Verb::Act(action) => self.act(command, action, by).await,
+        }
+    }
+
+    /// The scheduler's active set, for telling `active` from `deferred` in a listing (an
+    /// action does not need it: the scheduler itself knows what is busy).
+    async fn active(&self) -> HashSet<QueueId> {
+        match &self.spool_access {
             SpoolAccess::Daemon(queue) => queue
                 .active()
                 .await
@@ -233,12 +250,6 @@ impl Executor {
                 .into_iter()
                 .collect(),
             _ => HashSet::new(),
-        };
-        match &command.verb {
-            Verb::List { json } => self.list(command.filter.clone(), active, *json),
-            Verb::Show { id, json } => self.show(*id, active, *json).await,
-            Verb::Summary { json } => self.summary(command.filter.clone(), active, *json).await,
-            Verb::Act(action) => self.act(command, action, by).await,
         }
     }
 

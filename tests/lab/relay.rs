@@ -117,6 +117,22 @@ impl RelayConfig {
     }
 }
 
+/// `mxguard ARGS --config FILE` with the lab's log settings and no standard input.
+fn mxguard_command(args: &[&str], config: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mxguard"));
+    command
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env(
+            "RUST_LOG",
+            std::env::var("MXGUARD_LAB_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null());
+    command
+}
+
 /// Deep merge: tables merge key by key, anything else replaces.
 fn merge(into: &mut toml::Table, from: toml::Table) {
     for (k, v) in from {
@@ -187,16 +203,7 @@ impl Relay {
 
     async fn spawn(&mut self) {
         assert!(self.child.is_none(), "relay already running");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mxguard"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&self.config_path)
-            .env(
-                "RUST_LOG",
-                std::env::var("MXGUARD_LAB_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
+        let mut child = mxguard_command(&["serve"], &self.config_path)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -393,17 +400,9 @@ impl Relay {
     /// the control socket while the relay runs, on the spool directly when it does not. The
     /// command and its exit status are noted in the relay's log (for failure output).
     pub async fn queue(&self, args: &[&str]) -> CliOutput {
-        let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_mxguard"))
-            .arg("queue")
-            .args(args)
-            .arg("--config")
-            .arg(&self.config_path)
-            .env(
-                "RUST_LOG",
-                std::env::var("MXGUARD_LAB_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
+        let mut words = vec!["queue"];
+        words.extend_from_slice(args);
+        let run = tokio::process::Command::from(mxguard_command(&words, &self.config_path))
             .kill_on_drop(true)
             .output();
         let out = tokio::time::timeout(PROCESS_TIMEOUT, run)
