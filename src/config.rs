@@ -171,6 +171,46 @@ pub struct DeliveryConfig {
     /// Minimum TLS levels by envelope sender (`address level`, `@domain level` lines), the
     /// "forceenc" recipe; reread when it changes or on SIGHUP.
     pub sender_tls_policy_file: Option<PathBuf>,
+    /// RFC 6152 §3: for a server that does not offer 8BITMIME, re-encode the 8-bit body parts
+    /// of a `BODY=8BITMIME` message as quoted-printable; false sends the 8-bit octets as they
+    /// are (Postfix's `disable_mime_output_conversion = yes`).
+    #[serde(default = "default_true")]
+    pub mime_output_conversion: bool,
+    /// Keep sessions open after a transaction for the next message to the same host under
+    /// the same requirement (`smtp_connection_cache_on_demand`, roughly).
+    #[serde(default = "default_true")]
+    pub connection_reuse: bool,
+    /// Time an idle session waits in the pool (`smtp_connection_cache_time_limit`).
+    #[serde(
+        default = "default_connection_cache_time_limit",
+        deserialize_with = "duration"
+    )]
+    pub connection_cache_time_limit: Duration,
+    /// Transactions one session may carry; 0: no limit (`smtp_connection_reuse_count_limit`).
+    #[serde(default)]
+    pub connection_reuse_count_limit: u32,
+    /// A session older than this is not reused (`smtp_connection_reuse_time_limit`).
+    #[serde(
+        default = "default_connection_reuse_time_limit",
+        deserialize_with = "duration"
+    )]
+    pub connection_reuse_time_limit: Duration,
+    /// Sessions at once to one destination, at most (`default_destination_concurrency_limit`).
+    #[serde(default = "default_destination_concurrency_limit")]
+    pub destination_concurrency_limit: usize,
+    /// Sessions at once to a destination not heard from yet, or recovering from failures
+    /// (`initial_destination_concurrency`); grows by one per success up to the limit.
+    #[serde(default = "default_initial_destination_concurrency")]
+    pub initial_destination_concurrency: usize,
+    /// Failed cohorts (a window's worth of sessions that all failed to connect or were refused
+    /// with 421) after which a destination is marked dead until `queue.min_backoff` has passed
+    /// (`default_destination_concurrency_failed_cohort_limit`).
+    #[serde(default = "default_failed_cohort_limit")]
+    pub destination_concurrency_failed_cohort_limit: u32,
+    /// Pause between deliveries to one destination; when set, one session at a time
+    /// (`default_destination_rate_delay`). Default 0: no pause.
+    #[serde(default, deserialize_with = "duration")]
+    pub destination_rate_delay: Duration,
 }
 
 /// A static next hop, like a Postfix transport map entry `domain smtp:[host]:port`.
@@ -321,6 +361,21 @@ fn default_smtpd_timeout() -> Duration {
 fn default_data_timeout() -> Duration {
     Duration::from_secs(600)
 }
+fn default_connection_cache_time_limit() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_connection_reuse_time_limit() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_destination_concurrency_limit() -> usize {
+    20
+}
+fn default_initial_destination_concurrency() -> usize {
+    5
+}
+fn default_failed_cohort_limit() -> u32 {
+    1
+}
 fn default_max_connections() -> usize {
     100
 }
@@ -408,6 +463,15 @@ impl Default for DeliveryConfig {
             max_concurrency: default_max_concurrency(),
             tls_policy_file: None,
             sender_tls_policy_file: None,
+            mime_output_conversion: true,
+            connection_reuse: true,
+            connection_cache_time_limit: default_connection_cache_time_limit(),
+            connection_reuse_count_limit: 0,
+            connection_reuse_time_limit: default_connection_reuse_time_limit(),
+            destination_concurrency_limit: default_destination_concurrency_limit(),
+            initial_destination_concurrency: default_initial_destination_concurrency(),
+            destination_concurrency_failed_cohort_limit: default_failed_cohort_limit(),
+            destination_rate_delay: Duration::ZERO,
         }
     }
 }
@@ -615,6 +679,20 @@ impl Config {
         if self.delivery.max_concurrency == 0 {
             return Err(ConfigError::key(
                 "delivery.max_concurrency",
+                "must be at least 1",
+            ));
+        }
+        let d = &self.delivery;
+        if d.destination_concurrency_limit == 0 || d.initial_destination_concurrency == 0 {
+            return Err(ConfigError::key(
+                "delivery.destination_concurrency_limit",
+                "destination_concurrency_limit and initial_destination_concurrency must be at \
+                 least 1",
+            ));
+        }
+        if d.destination_concurrency_failed_cohort_limit == 0 {
+            return Err(ConfigError::key(
+                "delivery.destination_concurrency_failed_cohort_limit",
                 "must be at least 1",
             ));
         }

@@ -977,3 +977,31 @@ async fn a_tlsa_lookup_error_at_any_host_keeps_the_recipient_deferred_with_the_s
         assert_nothing_sent(mx);
     }
 }
+
+/// Connection reuse keeps the TLSA RRset in the session's requirement: after the RRset changed
+/// (a DANE-TA record added beside the DANE-EE one, both matching), the next message does not
+/// take the session verified against the old set; it opens and verifies a new one, which
+/// the message after it reuses.
+#[tokio::test]
+async fn a_session_verified_against_old_tlsa_records_is_not_reused() {
+    let s = DaneScene::new().await;
+    let root = LabCa::new();
+    let issued = leaf(&root, &[MX10]);
+    let mx = s.tls_mx(10, &issued).await;
+    s.publish_signed("dane.test", 10, &[dane_ee(&issued)]);
+    let relay = s.relay("").await;
+    let d = s.send(&relay, BOB, "old records", "sent").await;
+    assert_facts(&d, "verified", "dane", "2.0.0");
+    assert_eq!(d.field("conn_use"), Some("1"), "{}", d.line);
+
+    s.publish_signed("dane.test", 10, &[dane_ee(&issued), dane_ta(&root)]);
+    // The lab's records live one second in the relay's cache; the session idles for five.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let d = s.send(&relay, BOB, "new records", "sent").await;
+    assert_facts(&d, "verified", "dane", "2.0.0");
+    assert_eq!(d.field("conn_use"), Some("1"), "a new session: {}", d.line);
+    assert_eq!(mx.connections(), 2);
+    let d = s.send(&relay, BOB, "same new records", "sent").await;
+    assert_eq!(d.field("conn_use"), Some("2"), "{}", d.line);
+    assert_eq!(mx.connections(), 2);
+}

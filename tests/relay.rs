@@ -10,11 +10,15 @@ mod support;
 mod bounces;
 #[path = "relay/content.rs"]
 mod content;
+#[path = "relay/eightbit.rs"]
+mod eightbit;
 #[path = "relay/lab_selftest.rs"]
 mod lab_selftest;
 #[path = "relay/pipelining.rs"]
 mod pipelining;
 #[path = "relay/retry.rs"]
 mod retry;
+#[path = "relay/reuse.rs"]
+mod reuse;
 #[path = "relay/routing.rs"]
 mod routing;

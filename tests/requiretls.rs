@@ -417,3 +417,22 @@ async fn requiretls_with_a_secure_level_on_an_mta_sts_domain_is_delivered() {
     let d = send_requiretls(&relay, lab, "bob@example.test", "secure", "sent").await;
     assert_delivered_with_requiretls(&d, &mx).await;
 }
+
+/// Connection reuse keeps REQUIRETLS in the session's requirement: a session that carried
+/// ordinary mail to a DANE MX without REQUIRETLS is never taken by a REQUIRETLS message, which
+/// opens its own, finds REQUIRETLS not advertised, and bounces.
+#[tokio::test]
+async fn a_requiretls_message_never_takes_a_session_opened_for_ordinary_mail() {
+    let (s, mx) = dane_scene(false).await;
+    let relay = s.relay(&s.lab().tls_listener_toml()).await;
+    let d = s.send(&relay, "carol@dane.test", "ordinary", "sent").await;
+    assert_facts(&d, "verified", "dane", "2.0.0");
+    mx.next_message(WAIT).await;
+    assert_eq!(mx.connections(), 1);
+
+    let rcpt = "bob@dane.test";
+    let d = send_requiretls(&relay, s.lab(), rcpt, "requiretls", "bounced").await;
+    assert_facts(&d, "verified", "requiretls", "5.7.30");
+    assert_eq!(mx.connections(), 2, "a session of its own");
+    assert_eq!(mx.messages().len(), 1, "nothing more arrives");
+}

@@ -11,6 +11,7 @@ use crate::delivery::dane::{self, DanePlan, HostDane};
 use crate::delivery::dns::{self, LookupError};
 use crate::delivery::local::LocalRequirement;
 use crate::delivery::mx::{self, MxAnswer};
+use crate::delivery::plan::{self, DeliveryPlan};
 use crate::delivery::requirement::{self, TlsRequirement};
 use crate::dnssec::{DnssecFailure, Secured, Security};
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
@@ -26,6 +27,8 @@ struct Domain<'a> {
     /// The destination table's minimum for the domain; no sender or listener level, and
     /// neither REQUIRETLS nor `TLS-Required: No` (those belong to a message).
     local: LocalRequirement,
+    /// The plan delivery would follow (the same function computes it).
+    plan: DeliveryPlan,
     /// Why no MTA-STS policy sets the requirement (when none does).
     no_sts: String,
     /// The MX RRset's DNSSEC status, for "why no DANE".
@@ -90,12 +93,21 @@ impl<'a> Checker<'a> {
             dnssec_off: self.secure.is_none(),
             ..LocalRequirement::default()
         };
+        let plan = plan::plan(&plan::Facts {
+            domain,
+            hosts: &hosts,
+            port,
+            dane: &dane,
+            requirement: &requirement,
+            local: &local,
+        });
         let ctx = Domain {
             name: domain,
             port,
             dane,
             requirement,
             local,
+            plan,
             no_sts,
             mx_dnssec: mx.report.dnssec.clone(),
             preferences,
@@ -222,9 +234,13 @@ impl<'a> Checker<'a> {
             .map(|(_, v)| v.clone())
             .unwrap_or_else(|| HostDane::NotApplicable(ctx.no_dane_reason()));
         let tlsa = self.tlsa(&dane, host, ctx.port).await;
-        let (plan, applied) =
-            ctx.local
-                .plan_host(&ctx.requirement, &ctx.dane, host, ctx.name, ctx.port);
+        let (plan, applied) = match ctx.plan.host(host) {
+            Some(planned) => (planned.plan.clone(), planned.policy.clone()),
+            // Unreachable: the plan holds every host reported on.
+            None => ctx
+                .local
+                .plan_host(&ctx.requirement, &ctx.dane, host, ctx.name, ctx.port),
+        };
         let (published, _) = ctx
             .requirement
             .published_plan(&ctx.dane, host, ctx.name, ctx.port);

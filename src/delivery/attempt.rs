@@ -144,14 +144,18 @@ pub struct Attempt {
     /// The next hop speaks DSN (RFC 3461) and took our NOTIFY/ORCPT parameters: from here on it,
     /// not we, reports success. When false, a NOTIFY=SUCCESS recipient is owed a "relayed" DSN.
     pub dsn_passed_on: bool,
+    /// Which transaction of its session this was (1 on a new connection, 2 and up on a reused
+    /// one, as Postfix's `conn_use`); 0 when no session was reached.
+    pub conn_use: u32,
 }
 
 impl Attempt {
     /// The delivery log line:
     /// `ID: to=<a@b>, relay=h[ip]:port, delay=0.84, tls=…, [tls_version=…, cipher=…, ]policy=…,
-    /// [sts_id=…, sts_mx=…, ]dsn=X.Y.Z, status=sent (REPLY)`. `tls_version`/`cipher` are
-    /// omitted when `tls=none`, `sts_id`/`sts_mx` when no MTA-STS policy applied; the reply
-    /// comes last, on one line, because it is the peer's text.
+    /// [sts_id=…, sts_mx=…, ][conn_use=N, ]dsn=X.Y.Z, status=sent (REPLY)`. `tls_version`/`cipher`
+    /// are omitted when `tls=none`, `sts_id`/`sts_mx` when no MTA-STS policy applied, `conn_use`
+    /// when no session was reached; the reply comes last, on one line, because it is the
+    /// peer's text.
     pub fn log_line(&self, id: &QueueId, to: &str, delay: Duration, status: Status) -> String {
         let relay = self
             .relay
@@ -178,6 +182,9 @@ impl Attempt {
                 one_line(&sts.id),
                 one_line(sts.mx.as_deref().unwrap_or("-"))
             ));
+        }
+        if self.conn_use > 0 && self.relay.is_some() {
+            line.push_str(&format!(", conn_use={}", self.conn_use));
         }
         line.push_str(&format!(
             ", dsn={}, status={} ({})",
@@ -323,6 +330,7 @@ mod tests {
             },
             policy,
             dsn_passed_on: false,
+            conn_use: 3,
         }
     }
 
@@ -338,7 +346,7 @@ mod tests {
             ),
             "0123456789ABCDEF0: to=<bob@example.net>, relay=mx1.example.net[192.0.2.25]:25, \
              delay=0.84, tls=verified, tls_version=TLSv1.3, cipher=TLS_AES_256_GCM_SHA384, \
-             policy=dane, dsn=2.0.0, status=sent (250 2.0.0 Ok)"
+             policy=dane, conn_use=3, dsn=2.0.0, status=sent (250 2.0.0 Ok)"
         );
     }
 
@@ -356,6 +364,7 @@ mod tests {
             tls: TlsInfo::default(),
             policy: "none".into(),
             dsn_passed_on: false,
+            conn_use: 0,
         };
         let line = a.log_line(&id(), "a@b.test", Duration::from_secs(3), Status::Deferred);
         assert_eq!(
@@ -379,10 +388,11 @@ mod tests {
             a.log_line(&id(), "bob@example.net", Duration::ZERO, Status::Sent),
             "0123456789ABCDEF0: to=<bob@example.net>, relay=mx1.example.net[192.0.2.25]:25, \
              delay=0.00, tls=verified, tls_version=TLSv1.3, cipher=TLS13_AES_256_GCM_SHA384, \
-             policy=mta-sts, sts_id=20261123, sts_mx=*.example.net, dsn=2.0.0, \
+             policy=mta-sts, sts_id=20261123, sts_mx=*.example.net, conn_use=3, dsn=2.0.0, \
              status=sent (250 2.0.0 Ok)"
         );
         a.relay = None;
+        a.conn_use = 0;
         a.tls = TlsInfo::default();
         a.policy.sts = Some(StsFacts {
             id: "20261123".into(),

@@ -9,17 +9,19 @@
 
 use super::attempt::AppliedPolicy;
 use super::attempt::{Attempt, Failure, Rank, Relay, WorstFailure};
-use super::dane::{DaneAuth, DanePlan};
-use super::local::LocalRequirement;
+use super::dane::DaneAuth;
+use super::plan::{DeliveryPlan, PlannedHost};
+use super::pool::{self, Pooled};
 use super::requirement::{HostPlan, TlsRequirement};
 use super::session::{self, Connection, Next, Session, SessionContext, StartTls, StartTlsSeen};
 use super::tls::CheckedHandshake;
 use super::tls_failure::{ResultType, TlsFailure};
-use super::transaction::Transaction;
+use super::transaction::{End, Outcome, Transaction};
 use super::{mx, Deliverer, Job, MAX_ADDRESSES};
 use crate::reply::{EnhancedCode, Reply};
 use policy_cache::FailureRecord;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::time::SystemTime;
 use tokio_rustls::TlsConnector;
 
@@ -27,15 +29,12 @@ use tokio_rustls::TlsConnector;
 pub(crate) struct Run<'a> {
     deliverer: &'a Deliverer,
     job: &'a Job<'a>,
-    /// DANE's verdict on each host: it takes precedence over `requirement`.
-    dane: &'a DanePlan,
+    /// The hosts, and what each must meet.
+    plan: &'a DeliveryPlan,
+    /// The MTA-STS side of the plan, for reporting what fails under it (TLS-RPT).
     requirement: &'a TlsRequirement,
-    /// The operator's and the message's additions (levels, REQUIRETLS, TLS-Required).
-    local: &'a LocalRequirement,
     /// The log facts of the host being tried.
     policy: AppliedPolicy,
-    /// The SMTP port of every host.
-    port: u16,
     /// The failure to report if no host takes the mail.
     worst: WorstFailure,
     /// A host outside the policy already counts as a failure: only the most preferred one
@@ -49,19 +48,15 @@ impl<'a> Run<'a> {
     pub fn new(
         deliverer: &'a Deliverer,
         job: &'a Job<'a>,
-        dane: &'a DanePlan,
+        plan: &'a DeliveryPlan,
         requirement: &'a TlsRequirement,
-        local: &'a LocalRequirement,
-        port: u16,
     ) -> Run<'a> {
         Run {
             deliverer,
             job,
-            dane,
+            plan,
             requirement,
-            local,
             policy: AppliedPolicy::named(super::requirement::NO_POLICY),
-            port,
             worst: WorstFailure::default(),
             unauthorized_counted: false,
             best_mx: false,
@@ -74,23 +69,21 @@ impl<'a> Run<'a> {
 
     /// Hosts in order, each host's addresses in order, up to [`MAX_ADDRESSES`]. `None` when no
     /// session reached a transaction; the worst failure then says why.
-    pub async fn try_hosts(&mut self, hosts: &[String]) -> Option<Vec<Attempt>> {
+    pub async fn try_hosts(&mut self) -> Option<Vec<Attempt>> {
         let mut budget = MAX_ADDRESSES;
-        'hosts: for (index, host) in hosts.iter().enumerate() {
+        let plan = self.plan;
+        'hosts: for (index, planned) in plan.hosts.iter().enumerate() {
             if budget == 0 {
                 break;
             }
             self.best_mx = index == 0;
-            let (plan, policy) = self.local.plan_host(
-                self.requirement,
-                self.dane,
-                host,
-                self.job.domain,
-                self.port,
-            );
-            self.policy = policy;
-            if !self.admit(host, &plan) {
+            self.policy = planned.policy.clone();
+            let host = &planned.name;
+            if !self.admit(host, &planned.plan) {
                 continue;
+            }
+            if let Some(attempts) = self.try_pooled(planned).await {
+                return Some(attempts);
             }
             // RFC 5321 §5.1: a host whose address cannot be found is skipped.
             let addrs = match mx::host_addresses(&self.deliverer.resolver, host).await {
@@ -104,13 +97,26 @@ impl<'a> Run<'a> {
                 budget -= 1;
                 let relay = Relay {
                     host: host.clone(),
-                    addr: SocketAddr::new(ip, self.port),
+                    addr: SocketAddr::new(ip, plan.port),
                 };
-                match self.try_address(&relay, &plan).await {
+                match self.try_address(&relay, planned).await {
                     Ok(attempts) => return Some(attempts),
                     Err(Next::Host) => continue 'hosts,
                     Err(_) => continue,
                 }
+            }
+        }
+        None
+    }
+
+    /// Sessions the pool holds for this host under exactly its requirement, until one carries
+    /// the transaction. A dead one is closed and the next tried, then a new connection.
+    async fn try_pooled(&mut self, planned: &PlannedHost) -> Option<Vec<Attempt>> {
+        let requirement = planned.session_requirement(self.plan.requiretls);
+        let pool = &self.deliverer.pool;
+        while let Some(pooled) = pool.take(&planned.name, self.plan.port, &requirement) {
+            if let Ok(attempts) = self.transact(pooled).await {
+                return Some(attempts);
             }
         }
         None
@@ -158,8 +164,12 @@ impl<'a> Run<'a> {
 
     /// One address: a session as the host's plan says, then the transaction. On failure,
     /// records why and says what to try next.
-    async fn try_address(&mut self, relay: &Relay, plan: &HostPlan) -> Result<Vec<Attempt>, Next> {
-        let session = match plan {
+    async fn try_address(
+        &mut self,
+        relay: &Relay,
+        planned: &PlannedHost,
+    ) -> Result<Vec<Attempt>, Next> {
+        let session = match &planned.plan {
             HostPlan::Verified { .. } => self.open_verified(relay).await?,
             HostPlan::Secure { domain, mx_pattern } => {
                 let mx_host = mx_pattern.as_ref().map(|_| relay.host.as_str());
@@ -185,13 +195,24 @@ impl<'a> Run<'a> {
             HostPlan::Skip(_) => return Err(Next::Host),
         };
         let session = self.check_requiretls(session).await?;
-        Ok(self.transact(session).await)
+        let pooled = Pooled {
+            session,
+            requirement: planned.session_requirement(self.plan.requiretls),
+            opened: tokio::time::Instant::now(),
+            uses: 0,
+            reset: false,
+        };
+        // A new session is never stale: what it got is the destination's answer.
+        match self.transact(pooled).await {
+            Ok(attempts) => Ok(attempts),
+            Err(Stale) => Err(Next::Address),
+        }
     }
 
     /// RFC 8689 §4.2.1: a REQUIRETLS message goes only to a server that advertises
     /// REQUIRETLS (after TLS: the EHLO reply that counts).
     async fn check_requiretls(&mut self, mut session: Session) -> Result<Session, Next> {
-        if !self.local.requiretls || session.extensions.has(smtp_proto::EXT_REQUIRE_TLS) {
+        if !self.plan.requiretls || session.extensions.has(smtp_proto::EXT_REQUIRE_TLS) {
             return Ok(session);
         }
         let failure = TlsFailure::RequireTls {
@@ -389,37 +410,68 @@ impl<'a> Run<'a> {
         });
     }
 
-    async fn transact(&self, session: Session) -> Vec<Attempt> {
-        let Session {
-            relay,
-            connection,
-            extensions,
-            tls,
-            ..
-        } = session;
+    /// The transaction over a session, fresh or from the pool; afterwards the session goes
+    /// back to the pool or is closed. `Err` when a pooled session turned out dead before it
+    /// carried anything: the caller tries another (nothing is counted as an attempt).
+    async fn transact(&self, mut pooled: Pooled) -> Result<Vec<Attempt>, Stale> {
+        let reused = pooled.uses > 0;
+        let session = &mut pooled.session;
         let tx = Transaction {
             job: self.job,
-            relay: &relay,
-            extensions,
+            relay: &session.relay,
+            extensions: session.extensions,
             data_timeout: self.deliverer.config.delivery.data_timeout,
+            convert_8bit: self.deliverer.config.delivery.mime_output_conversion,
+            reused,
+            body_started: AtomicBool::new(false),
         };
-        let dsn_passed_on = extensions.has(smtp_proto::EXT_DSN);
-        let replies = match connection {
-            Connection::Plain(mut client) => tx.run(&mut client).await,
-            Connection::Tls(mut client) => tx.run(client.as_mut()).await,
+        let (replies, end) = match &mut session.connection {
+            Connection::Plain(client) => tx.run(client, pooled.reset).await,
+            Connection::Tls(client) => tx.run(client.as_mut(), pooled.reset).await,
         };
-        let policy = self.policy.clone();
+        if end == End::Stale {
+            tracing::info!(
+                "{}: reused session no longer usable ({}); trying a new one",
+                session.relay,
+                replies
+                    .first()
+                    .map_or(String::new(), |(_, o)| o.reply.to_string())
+            );
+            return Err(Stale);
+        }
+        pooled.uses += 1;
+        let attempts = self.attempts(&pooled, replies);
+        match end {
+            End::Open { reset } => {
+                pooled.reset = reset;
+                if let Some(pooled) = self.deliverer.pool.put(pooled) {
+                    pool::close(pooled.session).await;
+                }
+            }
+            _ => pool::close(pooled.session).await,
+        }
+        Ok(attempts)
+    }
+
+    /// One attempt per recipient from a session's replies.
+    fn attempts(&self, pooled: &Pooled, replies: Vec<(usize, Outcome)>) -> Vec<Attempt> {
+        let session = &pooled.session;
+        let dsn_passed_on = session.extensions.has(smtp_proto::EXT_DSN);
         replies
             .into_iter()
             .map(|(rcpt, outcome)| Attempt {
                 rcpt,
                 reply: outcome.reply,
                 remote_reply: outcome.remote,
-                relay: Some(relay.clone()),
-                tls: tls.clone(),
-                policy: policy.clone(),
+                relay: Some(session.relay.clone()),
+                tls: session.tls.clone(),
+                policy: self.policy.clone(),
                 dsn_passed_on,
+                conn_use: pooled.uses,
             })
             .collect()
     }
 }
+
+/// A pooled session that was dead when taken.
+pub(crate) struct Stale;

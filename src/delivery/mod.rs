@@ -28,10 +28,14 @@
 mod attempt;
 pub(crate) mod dane;
 mod data;
+pub(crate) mod destination;
 pub(crate) mod dns;
 mod hosts;
 pub(crate) mod local;
+mod mime_downgrade;
 pub(crate) mod mx;
+pub(crate) mod plan;
+mod pool;
 pub(crate) mod requirement;
 mod route;
 pub(crate) mod session;
@@ -53,9 +57,11 @@ use crate::reply::{EnhancedCode, Reply};
 use crate::tls_policy::TlsPolicies;
 use attempt::{Failure, Rank, WorstFailure};
 use dane::DanePlan;
+use destination::{Admission, Destinations, Feedback};
 use hickory_resolver::TokioResolver;
 use hosts::Run;
 use local::LocalRequirement;
+use plan::DeliveryPlan;
 use policy_cache::PolicyCache;
 use requirement::TlsRequirement;
 use std::sync::Arc;
@@ -113,10 +119,14 @@ pub struct Deliverer {
     sessions: Semaphore,
     /// The operator's minimum levels by destination and sender.
     tls_policies: Arc<TlsPolicies>,
+    /// Sessions kept open between transactions.
+    pool: pool::Pool,
+    /// Per-destination concurrency windows.
+    destinations: Arc<Destinations>,
 }
 
 /// Where one job goes: hosts in the order to try, all at the same port.
-struct Plan {
+struct NextHops {
     hosts: Vec<String>,
     port: u16,
     /// The hosts are the recipient domain's own MX hosts (no static route): its MTA-STS
@@ -142,7 +152,23 @@ impl Deliverer {
             config.delivery.tls_policy_file.as_deref(),
             config.delivery.sender_tls_policy_file.as_deref(),
         )?);
+        let d = &config.delivery;
+        let pool = pool::Pool::new(pool::PoolLimits {
+            enabled: d.connection_reuse,
+            idle: d.connection_cache_time_limit,
+            uses: d.connection_reuse_count_limit,
+            age: d.connection_reuse_time_limit,
+        });
+        let destinations = Arc::new(Destinations::new(destination::Limits {
+            limit: d.destination_concurrency_limit,
+            initial: d.initial_destination_concurrency,
+            cohort_limit: d.destination_concurrency_failed_cohort_limit,
+            rate_delay: d.destination_rate_delay,
+            dead_time: config.queue.min_backoff,
+        }));
         Ok(Deliverer {
+            destinations,
+            pool,
             tls_policies,
             config,
             resolver,
@@ -154,85 +180,153 @@ impl Deliverer {
         })
     }
 
+    /// Closes pooled sessions past their time; call every second or so.
+    pub async fn reap_idle_sessions(&self) {
+        self.pool.reap().await;
+        self.destinations.prune();
+    }
+
+    /// Closes every pooled session (at shutdown).
+    pub async fn close_idle_sessions(&self) {
+        self.pool.close_all().await;
+    }
+
     /// The destination and sender tables, for the daemon to reread when they change.
     pub fn tls_policies(&self) -> Arc<TlsPolicies> {
         self.tls_policies.clone()
     }
 
-    /// One delivery attempt for `job.recipients`, all of `job.domain`, over one connection.
+    /// One delivery attempt for `job.recipients`, all of `job.domain`, over one connection,
+    /// outside the per-destination limits (the queue uses [`Deliverer::try_deliver`]).
     /// Never panics; every recipient gets exactly one [`Attempt`].
     pub async fn deliver(&self, job: &Job<'_>) -> Vec<Attempt> {
+        self.attempt(job).await.0
+    }
+
+    /// Like [`Deliverer::deliver`], within the destination's concurrency window: `Err` when
+    /// the window is full (nothing was tried; the queue parks the message until
+    /// [`Deliverer::destination_room`] says there is room). A dead destination's recipients
+    /// are deferred at once, without a connection.
+    pub async fn try_deliver(&self, job: &Job<'_>) -> Result<Vec<Attempt>, Busy> {
         if job.recipients.is_empty() {
-            return Vec::new();
+            return Ok(Vec::new());
         }
-        let mut plan = match self.plan(job.domain).await {
-            Ok(plan) => plan,
+        let destination = self.destination_of(job.domain);
+        let mut slot = match self.destinations.admit(&destination) {
+            Admission::Go(slot) => slot,
+            Admission::Busy => return Err(Busy { destination }),
+            Admission::Dead(reply) => {
+                let failure = Failure::new(reply, None, Rank::Connect);
+                return Ok(every_recipient(job, failure, AppliedPolicy::named("none")));
+            }
+        };
+        let (attempts, feedback) = self.attempt(job).await;
+        slot.feedback(feedback);
+        Ok(attempts)
+    }
+
+    /// The destination a recipient domain's mail goes to: the route's next hop when one
+    /// matches, else the domain.
+    pub fn destination_of(&self, domain: &str) -> String {
+        match route_for(&self.config.routes, domain) {
+            Some(hop) if hop.no_mx => format!("[{}]:{}", hop.host, hop.port.unwrap_or(0)),
+            Some(hop) => format!("{}:{}", hop.host, hop.port.unwrap_or(0)),
+            None => domain.to_ascii_lowercase(),
+        }
+    }
+
+    /// How many more deliveries `destination` takes now.
+    pub fn destination_room(&self, destination: &str) -> usize {
+        self.destinations.room(destination)
+    }
+
+    /// The attempts, and what they say about the destination's health.
+    async fn attempt(&self, job: &Job<'_>) -> (Vec<Attempt>, Feedback) {
+        let neutral = |attempts| (attempts, Feedback::Neutral);
+        if job.recipients.is_empty() {
+            return neutral(Vec::new());
+        }
+        let mut hops = match self.next_hops(job.domain).await {
+            Ok(hops) => hops,
             Err(failure) => {
                 let none = TlsRequirement::Opportunistic.applied(None);
-                return every_recipient(job, failure, none);
+                return neutral(every_recipient(job, failure, none));
             }
         };
         let mut local =
             LocalRequirement::for_job(&self.tls_policies, job.envelope, job.message, job.domain);
         local.dnssec_off = self.secure_dns.is_none();
         if !local.uses_published() {
-            // RFC 8689 §4.1: TLS-Required: No sets DANE and MTA-STS aside.
-            plan.own_mx = false;
+            // RFC 8689 §4.1: TLS-Required: No sets DANE and MTA-STS aside (the plan would
+            // ignore them; this spares the look-ups).
+            hops.own_mx = false;
         }
-        let dane = match self.dane(job.domain, &mut plan).await {
+        let dane = match self.dane(job.domain, &mut hops).await {
             Ok(dane) => dane,
-            Err(failure) => return every_recipient(job, failure, AppliedPolicy::named("dane")),
+            Err(failure) => {
+                return neutral(every_recipient(job, failure, AppliedPolicy::named("dane")))
+            }
         };
         let looked_up_at = SystemTime::now();
-        let requirement = match self.requirement(job.domain, &plan).await {
+        let requirement = match self.requirement(job.domain, &hops).await {
             Ok(requirement) => requirement,
             // With every host under DANE, MTA-STS would not be consulted anyway.
             Err(_) if dane.covers_all() => TlsRequirement::Opportunistic,
-            Err(failure) => return every_recipient(job, failure, sts_unknown()),
+            Err(failure) => return neutral(every_recipient(job, failure, sts_unknown())),
         };
-        let worst = match self.run(job, &plan, &dane, &requirement, &local).await {
-            Ok(attempts) => return attempts,
+        let facts = |requirement| plan::Facts {
+            domain: job.domain,
+            hosts: &hops.hosts,
+            port: hops.port,
+            dane: &dane,
+            requirement,
+            local: &local,
+        };
+        let first = plan::plan(&facts(&requirement));
+        let worst = match self.run(job, &first, &requirement).await {
+            Ok(attempts) => return got_through(attempts),
             Err(worst) => worst,
         };
         let Some(newer) = self
             .recheck(job.domain, &requirement, &worst, looked_up_at)
             .await
         else {
-            return failed(job, worst, &plan, &dane, &requirement, &local);
+            return failed(job, worst, &first);
         };
-        match self.run(job, &plan, &dane, &newer, &local).await {
-            Ok(attempts) => attempts,
-            Err(worst) => failed(job, worst, &plan, &dane, &newer, &local),
+        let second = plan::plan(&facts(&newer));
+        match self.run(job, &second, &newer).await {
+            Ok(attempts) => got_through(attempts),
+            Err(worst) => failed(job, worst, &second),
         }
     }
 
     /// DANE's plan for the domain's own MX hosts (RFC 7672 §2.2); a secure MX RRset also
     /// decides the hosts to try. A failure when the MX RRset is bogus or unverifiable.
-    async fn dane(&self, domain: &str, plan: &mut Plan) -> Result<DanePlan, Failure> {
+    async fn dane(&self, domain: &str, hops: &mut NextHops) -> Result<DanePlan, Failure> {
         let Some(dns) = &self.secure_dns else {
             return Ok(DanePlan::none());
         };
-        if !plan.own_mx {
+        if !hops.own_mx {
             return Ok(DanePlan::none());
         }
-        let dane = dane::plan(dns, domain, &plan.hosts, plan.port).await?;
+        let dane = dane::plan(dns, domain, &hops.hosts, hops.port).await?;
         if let Some(hosts) = &dane.hosts {
-            plan.hosts = hosts.clone();
+            hops.hosts = hosts.clone();
         }
         Ok(dane)
     }
 
     /// The static route if one matches, else the domain's MX hosts.
-    async fn plan(&self, domain: &str) -> Result<Plan, Failure> {
+    async fn next_hops(&self, domain: &str) -> Result<NextHops, Failure> {
         let default_port = self.config.delivery.smtp_port;
         let routes = &self.config.routes;
-        let plan = match route_for(routes, domain) {
-            Some(hop) if hop.no_mx => Plan {
+        let hops = match route_for(routes, domain) {
+            Some(hop) if hop.no_mx => NextHops {
                 port: hop.port.unwrap_or(default_port),
                 hosts: vec![hop.host],
                 own_mx: false,
             },
-            Some(hop) => Plan {
+            Some(hop) => NextHops {
                 hosts: mx::mx_hosts(&self.resolver, &hop.host).await?,
                 port: hop.port.unwrap_or(default_port),
                 own_mx: false,
@@ -241,44 +335,43 @@ impl Deliverer {
             // is used directly, without MX lookup, and has no MTA-STS policy (RFC 8461 §4.1
             // concerns MX host names).
             None => match address_literal(domain) {
-                Some(ip) => Plan {
+                Some(ip) => NextHops {
                     hosts: vec![ip.to_string()],
                     port: default_port,
                     own_mx: false,
                 },
-                None => Plan {
+                None => NextHops {
                     hosts: mx::mx_hosts(&self.resolver, domain).await?,
                     port: default_port,
                     own_mx: true,
                 },
             },
         };
-        Ok(plan)
+        Ok(hops)
     }
 
     /// The TLS the job's hosts must offer: from the domain's MTA-STS policy when one applies.
-    async fn requirement(&self, domain: &str, plan: &Plan) -> Result<TlsRequirement, Failure> {
+    async fn requirement(&self, domain: &str, hops: &NextHops) -> Result<TlsRequirement, Failure> {
         match &self.policies {
-            Some(policies) if plan.own_mx => {
+            Some(policies) if hops.own_mx => {
                 requirement::requirement(policies.lookup(domain).await, domain)
             }
             _ => Ok(TlsRequirement::Opportunistic),
         }
     }
 
-    /// One pass over the plan's hosts under `requirement`, holding a session slot.
+    /// One pass over the plan's hosts, holding a session slot. `requirement` is the MTA-STS
+    /// side the plan came from, for reporting its failures (TLS-RPT).
     async fn run(
         &self,
         job: &Job<'_>,
-        plan: &Plan,
-        dane: &DanePlan,
+        plan: &DeliveryPlan,
         requirement: &TlsRequirement,
-        local: &LocalRequirement,
     ) -> Result<Vec<Attempt>, WorstFailure> {
         // Never closed; a failure to acquire would only mean "no limit".
         let _permit = self.sessions.acquire().await.ok();
-        let mut run = Run::new(self, job, dane, requirement, local, plan.port);
-        match run.try_hosts(&plan.hosts).await {
+        let mut run = Run::new(self, job, plan, requirement);
+        match run.try_hosts().await {
             Some(attempts) => Ok(attempts),
             None => Err(run.into_worst()),
         }
@@ -355,29 +448,44 @@ fn every_recipient(job: &Job<'_>, failure: Failure, policy: AppliedPolicy) -> Ve
             tls: failure.tls.as_deref().cloned().unwrap_or_default(),
             policy: policy.clone(),
             dsn_passed_on: false,
+            conn_use: 0,
         })
         .collect()
 }
 
 /// Every recipient gets the most informative failure of a pass in which no host took the mail.
-fn failed(
-    job: &Job<'_>,
-    worst: WorstFailure,
-    plan: &Plan,
-    dane: &DanePlan,
-    requirement: &TlsRequirement,
-    local: &LocalRequirement,
-) -> Vec<Attempt> {
+fn failed(job: &Job<'_>, worst: WorstFailure, plan: &DeliveryPlan) -> (Vec<Attempt>, Feedback) {
     let failure = worst.take().unwrap_or_else(|| no_host(job.domain));
-    let policy = match &failure.relay {
-        Some(relay) => {
-            local
-                .plan_host(requirement, dane, &relay.host, job.domain, plan.port)
-                .1
-        }
-        None => local.applied_to_domain(requirement, dane),
+    let feedback = match unwell(&failure.reply) || failure.rank == Rank::Connect {
+        true => Feedback::Failure(failure.reply.clone()),
+        false => Feedback::Neutral,
     };
-    every_recipient(job, failure, policy)
+    let policy = plan.policy_for(failure.relay.as_ref().map(|r| r.host.as_str()));
+    (every_recipient(job, failure, policy), feedback)
+}
+
+/// A session reached a transaction: the destination is well, unless it closed on us with 421
+/// (or the connection broke) before taking anything.
+fn got_through(attempts: Vec<Attempt>) -> (Vec<Attempt>, Feedback) {
+    let feedback = match attempts.iter().all(|a| unwell(&a.reply)) {
+        true => attempts
+            .first()
+            .map_or(Feedback::Success, |a| Feedback::Failure(a.reply.clone())),
+        false => Feedback::Success,
+    };
+    (attempts, feedback)
+}
+
+/// A reply that says the destination is unwell, not that it refused the mail: 421 (closing),
+/// or our 4.4.2 for a connection that broke or timed out.
+fn unwell(reply: &Reply) -> bool {
+    reply.code == 421 || reply.enhanced == Some(EnhancedCode::new(4, 4, 2))
+}
+
+/// The destination's window was full: nothing was tried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Busy {
+    pub destination: String,
 }
 
 /// The log facts when the MTA-STS lookup itself failed: MTA-STS decided, no policy known.

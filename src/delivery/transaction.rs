@@ -1,4 +1,4 @@
-//! The mail transaction (RFC 5321 §3.3): MAIL FROM, one RCPT TO per recipient, DATA, QUIT,
+//! The mail transaction (RFC 5321 §3.3): MAIL FROM, one RCPT TO per recipient, DATA,
 //! with the parameters of the extensions the server advertised: SIZE (RFC 1870), BODY=8BITMIME
 //! (RFC 6152), SMTPUTF8 (RFC 6531) and DSN (RFC 3461).
 //!
@@ -14,17 +14,24 @@
 //! answer the rest `452` ("too many recipients"). Like Postfix, the accepted ones are sent at
 //! once, and the refused ones go in a new transaction on the same session, for as long as
 //! each transaction gets at least one more recipient accepted.
+//!
+//! The session outlives the transaction: [`End`] says whether it can carry another one (the
+//! connection pool's business), or whether a reused session turned out dead before it
+//! carried anything (then the message goes over a new connection, no attempt counted).
 
 use super::attempt::Relay;
 use super::data::{dot_stuff, headers_need_utf8};
-use super::session::{lost, quit, remote_reply, Extensions};
+use super::mime_downgrade::to_seven_bit;
+use super::session::{lost, remote_reply, Extensions};
 use super::smtp_params::{mail_params, rcpt_command};
 use super::Job;
-use crate::envelope::{Envelope, Recipient};
+use crate::envelope::{BodyType, Envelope, Recipient};
 use crate::reply::{EnhancedCode, Reply};
 use mail_send::SmtpClient;
 use smtp_proto::Response;
-use smtp_proto::{EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8};
+use smtp_proto::{EXT_8BIT_MIME, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8};
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -36,6 +43,25 @@ pub(crate) struct Transaction<'a> {
     pub extensions: Extensions,
     /// For the message body and the final reply, together.
     pub data_timeout: Duration,
+    /// RFC 6152 §3: re-encode the 8-bit parts of a `BODY=8BITMIME` message for a server
+    /// without 8BITMIME (`delivery.mime_output_conversion`).
+    pub convert_8bit: bool,
+    /// The session carried a transaction before (it comes from the pool).
+    pub reused: bool,
+    /// DATA was answered 354: the server was alive and took (part of) the message.
+    pub body_started: AtomicBool,
+}
+
+/// What the session is good for after a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum End {
+    /// Still open and in step: another transaction may follow, after RSET when `reset`.
+    Open { reset: bool },
+    /// Broken, timed out or closing (421): not to be used again.
+    Closed,
+    /// A reused session that failed before the server answered anything but 421: nothing was
+    /// delivered, and the outcomes are not the destination's verdict.
+    Stale,
 }
 
 /// One recipient's reply, and who wrote it.
@@ -78,16 +104,22 @@ struct Round {
 }
 
 impl Transaction<'_> {
-    /// Runs the transaction (or as many as the server's recipient limit takes) and QUITs;
-    /// returns `(recipient index, outcome)` for every recipient.
+    /// Runs the transaction (or as many as the server's recipient limit takes), after RSET
+    /// when `reset`; returns `(recipient index, outcome)` for every recipient, and what the
+    /// session is good for now. The caller QUITs or pools it.
     pub async fn run<T: AsyncRead + AsyncWrite + Unpin>(
         &self,
         client: &mut SmtpClient<T>,
-    ) -> Vec<(usize, Outcome)> {
+        reset: bool,
+    ) -> (Vec<(usize, Outcome)>, End) {
         let mut replies: Replies = vec![None; self.job.recipients.len()];
-        self.exchange(client, &mut replies).await;
-        quit(client).await;
-        self.job
+        let end = match self.exchange(client, &mut replies, reset).await {
+            // Nothing was sent: the session is as it was.
+            None => End::Open { reset },
+            Some(reset) => self.end(&replies, reset),
+        };
+        let outcomes = self
+            .job
             .recipients
             .iter()
             .zip(replies)
@@ -102,7 +134,22 @@ impl Transaction<'_> {
                 });
                 (rcpt, reply)
             })
-            .collect()
+            .collect();
+        (outcomes, end)
+    }
+
+    /// After an exchange that sent commands: a lost connection (our 4.4.2 texts) or a 421
+    /// closes the session; on a reused session that heard nothing else, it was stale.
+    fn end(&self, replies: &Replies, reset: bool) -> End {
+        let outcomes = || replies.iter().flatten();
+        let broken = |o: &Outcome| !o.remote || o.reply.code == 421;
+        if !outcomes().any(broken) {
+            return End::Open { reset };
+        }
+        if self.reused && !self.body_started.load(Relaxed) && outcomes().all(broken) {
+            return End::Stale;
+        }
+        End::Closed
     }
 
     fn envelope(&self) -> &Envelope {
@@ -116,18 +163,21 @@ impl Transaction<'_> {
             .and_then(|&r| self.envelope().recipients.get(r))
     }
 
+    /// The commands and replies; `None` when nothing was sent (refused before MAIL), else
+    /// whether the next transaction needs an RSET first.
     async fn exchange<T: AsyncRead + AsyncWrite + Unpin>(
         &self,
         client: &mut SmtpClient<T>,
         replies: &mut Replies,
-    ) {
+        reset: bool,
+    ) -> Option<bool> {
         let utf8 = self.needs_smtputf8();
         let mut pending: Vec<usize> = (0..replies.len()).collect();
         if let Some(reply) = self.refuse_before_mail(utf8) {
             fill(replies, &pending, &Outcome::ours(reply));
-            return;
+            return None;
         }
-        let mut needs_reset = false;
+        let mut needs_reset = reset;
         let pipelining = self.extensions.has(EXT_PIPELINING);
         while !pending.is_empty() {
             let started = if pipelining {
@@ -137,12 +187,14 @@ impl Transaction<'_> {
                 self.one_by_one(client, needs_reset, utf8, &pending, replies)
                     .await
             };
+            // Ended early (MAIL refused, connection lost): RSET before any other transaction.
             let Some((round, refused)) = started else {
-                return;
+                return Some(true);
             };
-            // No progress: the 452s stand, and the recipients are tried again later.
+            // No progress: the 452s stand, and the recipients are tried again later. MAIL
+            // was taken, so the transaction is still open on the server's side.
             if round.accepted.is_empty() {
-                return;
+                return Some(true);
             }
             let outcome = match refused {
                 Some(outcome) => outcome,
@@ -151,15 +203,17 @@ impl Transaction<'_> {
             for &i in &round.accepted {
                 replies[i] = Some(outcome.clone());
             }
-            if !outcome.remote {
-                return;
-            }
             // A transaction refused before its end (DATA not answered 354) may still be
-            // open on the server's side.
-            needs_reset = !outcome.reply.is_positive();
+            // open on the server's side; after the final reply to the data it is over.
+            needs_reset = !self.body_started.load(Relaxed) || !outcome.remote;
+            if !outcome.remote {
+                return Some(needs_reset);
+            }
             // RFC 5321 §4.5.3.1.10: the recipients refused as too many, in a new transaction.
             pending = round.too_many;
+            self.body_started.store(false, Relaxed);
         }
+        Some(needs_reset)
     }
 
     /// RSET when due, MAIL FROM, the RCPTs and DATA, one command at a time. `Some` with what
@@ -441,7 +495,26 @@ impl Transaction<'_> {
     /// After DATA's 354: the stuffed message and the final reply, which applies to every
     /// accepted recipient.
     async fn body<T: AsyncRead + AsyncWrite + Unpin>(&self, client: &mut SmtpClient<T>) -> Outcome {
-        let body = dot_stuff(self.job.message);
+        self.body_started.store(true, Relaxed);
+        // RFC 6152 §3: a server without 8BITMIME gets the message converted to 7-bit MIME
+        // (see `mime_downgrade`). With conversion off the octets go as they are, as Postfix
+        // does with `disable_mime_output_conversion = yes`; most servers pass them on.
+        let mut message = Cow::Borrowed(self.job.message);
+        if self.convert_8bit
+            && self.envelope().body == BodyType::EightBitMime
+            && !self.extensions.has(EXT_8BIT_MIME)
+        {
+            message = to_seven_bit(self.job.message);
+            if matches!(message, Cow::Owned(_)) {
+                tracing::info!(
+                    "{}: relay={} does not support 8BITMIME: converted 8-bit MIME parts to \
+                     quoted-printable",
+                    self.job.queue_id,
+                    self.relay
+                );
+            }
+        }
+        let body = dot_stuff(&message);
         // One deadline for the body and the final reply (Postfix's smtp_data_done_timeout).
         let deadline = Instant::now() + self.data_timeout;
         let sent = tokio::time::timeout_at(deadline, async {

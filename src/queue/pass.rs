@@ -25,6 +25,9 @@ pub(crate) struct PassOutcome {
     pub next: Due,
     /// Records the state log could not take (a full disk): kept in memory and written later.
     pub unsaved: Vec<LogRecord>,
+    /// Destinations whose window was full: their recipients were not tried, and the message
+    /// waits for room there.
+    pub busy: Vec<String>,
 }
 
 impl PassOutcome {
@@ -33,6 +36,7 @@ impl PassOutcome {
             id,
             next: Due::Finished,
             unsaved: Vec::new(),
+            busy: Vec::new(),
         }
     }
 }
@@ -61,6 +65,7 @@ pub(crate) async fn run(
             id,
             next: state.due(),
             unsaved,
+            busy: Vec::new(),
         };
     }
     let message = match load_body(ctx, id).await {
@@ -79,7 +84,7 @@ pub(crate) async fn run(
         },
         age: now.duration_since(envelope.arrival).unwrap_or_default(),
     };
-    let attempts = pass.deliver(deliverer, &due).await;
+    let (attempts, busy) = pass.deliver(deliverer, &due).await;
     let mut changed = pass.record(&mut state, attempts).await;
     if state.due() == Due::Finished {
         // Every recipient is done: the state log goes with the message, so it is not written
@@ -99,6 +104,7 @@ pub(crate) async fn run(
         id,
         next: state.due(),
         unsaved,
+        busy,
     }
 }
 
@@ -155,6 +161,7 @@ async fn load_body(ctx: &Ctx, id: QueueId) -> Result<Vec<u8>, PassOutcome> {
                 id,
                 next: Due::At(unix_secs(SystemTime::now()) + LOCAL_RETRY),
                 unsaved: Vec::new(),
+                busy: Vec::new(),
             })
         }
     }
@@ -211,8 +218,9 @@ struct Pass<'a> {
 }
 
 impl Pass<'_> {
-    /// Delivers the due recipients, one session per domain, concurrently.
-    async fn deliver(&self, deliverer: &Deliverer, due: &[usize]) -> Vec<Attempt> {
+    /// Delivers the due recipients, one session per domain, concurrently; the second value
+    /// names the destinations that had no room (their recipients were not tried).
+    async fn deliver(&self, deliverer: &Deliverer, due: &[usize]) -> (Vec<Attempt>, Vec<String>) {
         let envelope = self.original.envelope;
         let mut by_domain: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for &i in due {
@@ -230,13 +238,17 @@ impl Pass<'_> {
                 domain,
                 recipients: rcpts,
             };
-            deliverer.deliver(&job).await
+            deliverer.try_deliver(&job).await
         });
-        futures::future::join_all(jobs)
-            .await
-            .into_iter()
-            .flatten()
-            .collect()
+        let mut attempts = Vec::new();
+        let mut busy = Vec::new();
+        for delivered in futures::future::join_all(jobs).await {
+            match delivered {
+                Ok(more) => attempts.extend(more),
+                Err(b) => busy.push(b.destination),
+            }
+        }
+        (attempts, busy)
     }
 
     /// Logs each attempt, queues bounces and DSNs, and updates `state`; returns the
@@ -375,5 +387,6 @@ pub(crate) fn synthetic_attempt(rcpt: usize, reply: Reply) -> Attempt {
         tls: TlsInfo::default(),
         policy: "none".into(),
         dsn_passed_on: false,
+        conn_use: 0,
     }
 }

@@ -35,6 +35,8 @@ use tokio::task::JoinSet;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How often records that a full disk refused are offered to the state log again.
 const UNSAVED_RETRY: Duration = Duration::from_secs(5);
+/// How often parked messages' destinations are asked for room when no pass ends.
+const PARKED_RECHECK: Duration = Duration::from_millis(500);
 
 /// What the rest of the daemon tells the scheduler.
 pub(crate) enum Event {
@@ -82,6 +84,9 @@ struct Books {
     incoming: VecDeque<QueueId>,
     /// Active messages without a pass yet, in the order they became due.
     ready: VecDeque<QueueId>,
+    /// Active messages waiting for room at a destination whose window was full, by
+    /// destination, in the order they were turned away.
+    parked: HashMap<String, VecDeque<QueueId>>,
     active: HashMap<QueueId, Activity>,
     /// Messages an operator's action is being applied to, with actions asked for meanwhile.
     admin: HashMap<QueueId, Vec<Deferred>>,
@@ -140,10 +145,13 @@ impl Scheduler {
         let mut admin_work: JoinSet<AdminDone> = JoinSet::new();
         let (scan_tx, mut scan_rx) = mpsc::channel::<Vec<(QueueId, u64)>>(4);
         scan::start(self.ctx.clone(), scan_tx);
+        let reaper = tokio::spawn(reap_idle_sessions(self.deliverer.clone()));
         let mut scanning = true;
         let mut unsaved_tick = tokio::time::interval(UNSAVED_RETRY);
+        let mut parked_tick = tokio::time::interval(PARKED_RECHECK);
         loop {
             books.fill();
+            books.unpark(|destination| self.deliverer.destination_room(destination));
             self.start_passes(&mut books, &mut passes);
             let next_due = books.next_wakeup();
             tokio::select! {
@@ -162,6 +170,8 @@ impl Scheduler {
                     Err(e) => tracing::error!("queue: an operator's action failed: {e}"),
                 },
                 _ = sleep_until_unix(next_due) => {}
+                // A rate delay or a dead destination's time ends without a pass ending.
+                _ = parked_tick.tick(), if !books.parked.is_empty() => {}
                 _ = unsaved_tick.tick(), if !books.unsaved.is_empty() => {
                     self.retry_unsaved(&mut books).await;
                 }
@@ -182,6 +192,8 @@ impl Scheduler {
         .await;
         passes.abort_all();
         admin_work.abort_all();
+        reaper.abort();
+        self.deliverer.close_idle_sessions().await;
         if !books.unsaved.is_empty() {
             self.retry_unsaved(&mut books).await;
         }
@@ -295,7 +307,12 @@ impl Scheduler {
         admin_work: &mut JoinSet<AdminDone>,
         outcome: PassOutcome,
     ) {
-        let PassOutcome { id, next, unsaved } = outcome;
+        let PassOutcome {
+            id,
+            next,
+            unsaved,
+            busy,
+        } = outcome;
         if !unsaved.is_empty() {
             books.unsaved.insert(id, unsaved);
         }
@@ -316,6 +333,12 @@ impl Scheduler {
         }
         if !later.is_empty() {
             self.apply_deferred(books, admin_work, id, later);
+            return;
+        }
+        if let Some(destination) = busy.into_iter().next() {
+            // Still active, and tried again as soon as that destination has room.
+            books.active.insert(id, Activity::Ready);
+            books.parked.entry(destination).or_default().push_back(id);
             return;
         }
         books.schedule(id, next);
@@ -405,6 +428,7 @@ impl Books {
             waiting: WaitingIndex::default(),
             incoming: VecDeque::new(),
             ready: VecDeque::new(),
+            parked: HashMap::new(),
             active: HashMap::new(),
             admin: HashMap::new(),
             unsaved: HashMap::new(),
@@ -441,6 +465,23 @@ impl Books {
         }
     }
 
+    /// Moves parked messages back to the front of the ready queue, as many per destination
+    /// as `room` says it takes now.
+    fn unpark(&mut self, room: impl Fn(&str) -> usize) {
+        let ready = &mut self.ready;
+        let active = &self.active;
+        self.parked.retain(|destination, parked| {
+            let n = room(destination).min(parked.len());
+            for id in parked.drain(..n).rev() {
+                // Stale when an operator's action took it out meanwhile.
+                if matches!(active.get(&id), Some(Activity::Ready)) {
+                    ready.push_front(id);
+                }
+            }
+            !parked.is_empty()
+        });
+    }
+
     /// When to look at the index again: its first entry's time, unless the active set is full
     /// (then a finishing pass is what makes room).
     fn next_wakeup(&self) -> Option<u64> {
@@ -474,6 +515,16 @@ fn books_defer(
     };
     later.push(deferred);
     true
+}
+
+/// Closes pooled sessions past their idle time or age, every second, outside the scheduler's
+/// loop (a QUIT may take its time).
+async fn reap_idle_sessions(deliverer: Arc<Deliverer>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        deliverer.reap_idle_sessions().await;
+    }
 }
 
 /// Sleeps until Unix second `at` (at once when it has passed); for ever when `None`.
@@ -567,5 +618,32 @@ mod tests {
         books.fill();
         assert_eq!(books.ready, VecDeque::from(vec![all[0]]));
         assert!(books.waiting.is_empty(), "stale entries are dropped");
+    }
+
+    #[test]
+    fn parked_messages_come_back_first_as_their_destination_has_room() {
+        let mut books = Books::new(10, 10);
+        let all = ids(4);
+        for id in &all {
+            books.active.insert(*id, Activity::Ready);
+        }
+        books.ready.push_back(all[3]);
+        books
+            .parked
+            .insert("busy.test".into(), all[..3].iter().copied().collect());
+        books.unpark(|_| 0);
+        assert_eq!(
+            books.ready,
+            VecDeque::from(vec![all[3]]),
+            "no room, no change"
+        );
+        books.unpark(|d| usize::from(d == "busy.test") * 2);
+        assert_eq!(books.ready, VecDeque::from(vec![all[0], all[1], all[3]]));
+        assert_eq!(books.parked["busy.test"], VecDeque::from(vec![all[2]]));
+        // An operator's action took the last one out meanwhile: its entry is dropped.
+        books.active.remove(&all[2]);
+        books.unpark(|_| usize::MAX);
+        assert!(books.parked.is_empty());
+        assert_eq!(books.ready.len(), 3);
     }
 }

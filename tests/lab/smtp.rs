@@ -32,6 +32,12 @@ struct Shared {
     name: String,
     behaviour: Mutex<Behaviour>,
     connections: AtomicUsize,
+    /// Sessions open now, and the most ever open at once.
+    open: AtomicUsize,
+    peak: AtomicUsize,
+    /// Bumped when the script is replaced: sessions opened before, when between
+    /// transactions, close at once, as a restarted server's would.
+    generation: tokio::sync::watch::Sender<usize>,
     /// Every line in and out, prefixed `C:` / `S:`, for assertions and for failure output.
     transcript: Mutex<Vec<String>>,
     /// TLS handshakes that failed, with the error (a client that rejected our certificate).
@@ -72,6 +78,9 @@ impl SmtpServer {
             name: format!("mx {addr}"),
             behaviour: Mutex::new(behaviour),
             connections: AtomicUsize::new(0),
+            open: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            generation: tokio::sync::watch::Sender::new(0),
             transcript: Mutex::new(Vec::new()),
             tls_failures: Mutex::new(Vec::new()),
             messages: Mutex::new(Vec::new()),
@@ -95,9 +104,21 @@ impl SmtpServer {
         f(&mut self.shared.behaviour.lock().unwrap());
     }
 
-    /// Replaces the script.
+    /// Replaces the script, as if another server were started in this one's place: sessions
+    /// open now are closed at their next command outside a transaction.
     pub fn set_behaviour(&self, behaviour: Behaviour) {
         *self.shared.behaviour.lock().unwrap() = behaviour;
+        self.shared.generation.send_modify(|g| *g += 1);
+    }
+
+    /// The most sessions ever open at once.
+    pub fn peak_sessions(&self) -> usize {
+        self.shared.peak.load(Ordering::SeqCst)
+    }
+
+    /// Sessions open now.
+    pub fn open_sessions(&self) -> usize {
+        self.shared.open.load(Ordering::SeqCst)
     }
 
     /// How many connections were accepted so far.
@@ -169,13 +190,16 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             continue;
         };
         shared.connections.fetch_add(1, Ordering::SeqCst);
+        let open = shared.open.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.peak.fetch_max(open, Ordering::SeqCst);
         let shared = shared.clone();
         tokio::spawn(async move {
             shared.note(format!("-- connection from {peer}"));
-            let outcome = Session::new(shared.clone(), stream).run().await;
+            let outcome = Session::new(shared.clone(), stream).run(open).await;
             if let Err(e) = outcome {
                 shared.note(format!("-- session ended: {e}"));
             }
+            shared.open.fetch_sub(1, Ordering::SeqCst);
         });
     }
 }
@@ -228,16 +252,29 @@ impl Session {
     }
 
     /// Reads one line including its line ending; `None` at end of stream.
+    /// Between transactions, a replaced script closes the session (see
+    /// [`SmtpServer::set_behaviour`]).
     async fn read_line(&mut self) -> io::Result<Option<Vec<u8>>> {
         let mut line = Vec::new();
-        let n = tokio::time::timeout(IDLE_TIMEOUT, self.io().read_until(b'\n', &mut line))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client idle"))??;
+        let mut replaced = self.shared.generation.subscribe();
+        let idle = self.mail.is_none();
+        let read = tokio::time::timeout(IDLE_TIMEOUT, self.io().read_until(b'\n', &mut line));
+        let n = tokio::select! {
+            n = read => n.map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client idle"))??,
+            _ = replaced.changed(), if idle => {
+                self.shared.note("-- closed: the server's script was replaced".to_string());
+                return Ok(None);
+            }
+        };
         Ok((n > 0).then_some(line))
     }
 
-    async fn run(mut self) -> io::Result<()> {
+    /// Serves the session; `open` counts the sessions open with this one.
+    async fn run(mut self, open: usize) -> io::Result<()> {
         let b = self.behaviour();
+        if b.session_limit.is_some_and(|limit| open > limit) {
+            return self.reply("421 4.7.0 Too many connections").await;
+        }
         if !b.greeting_delay.is_zero() {
             tokio::time::sleep(b.greeting_delay).await;
         }

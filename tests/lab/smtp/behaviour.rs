@@ -72,6 +72,9 @@ pub struct Behaviour {
     /// the transcript whether it came (`-- pipelined after MAIL`): an RFC 2920 client sends
     /// its RCPTs without waiting; one that waits for each reply sends nothing.
     pub probe_pipelining: Option<Duration>,
+    /// Sessions served at once; a connection beyond gets `421 4.7.0 Too many connections`
+    /// as its greeting (Postfix's `smtpd_client_connection_count_limit`).
+    pub session_limit: Option<usize>,
 }
 
 impl Default for Behaviour {
@@ -91,6 +94,7 @@ impl Default for Behaviour {
             drop_mid_data: false,
             end_of_data_delay: Duration::ZERO,
             probe_pipelining: None,
+            session_limit: None,
         }
     }
 }
@@ -114,6 +118,12 @@ impl Behaviour {
 
     pub fn greeting(mut self, reply: &str) -> Behaviour {
         self.greeting = reply.into();
+        self
+    }
+
+    /// See [`Behaviour::session_limit`].
+    pub fn session_limit(mut self, limit: usize) -> Behaviour {
+        self.session_limit = Some(limit);
         self
     }
 
