@@ -18,14 +18,25 @@
 #            that one is taken; release build; [[route]] "*" → [127.0.0.1]:SINK) ──▶ sink;
 #   phase 2: the same load ──▶ a private Postfix (relayhost = [127.0.0.1]:SINK, default
 #            concurrency settings, own queue in the temporary directory) ──▶ the same sink.
+# Both relays log as they would in production, because the per-message compliance line is part
+# of the job: mxguard at its default level (info, whatever RUST_LOG says in the caller's
+# environment: the delivery log line of every recipient) to mxguard.log in the temporary
+# directory; Postfix to its maillog (maillog_file, written by postlogd, Postfix >= 3.4).
 # A phase's time runs from the first message sent until the sink has counted all of them
 # (end to end: accepted, queued durably, delivered); it fails if the count is not reached in
-# time. Prints both rates in messages per second, their ratio, and mxguard's peak RSS
-# (VmHWM from /proc/PID/status, read just before it is stopped).
+# time. Prints both rates in messages per second, their ratio, mxguard's peak RSS (VmHWM from
+# /proc/PID/status, read just before it is stopped), the delivery log lines each relay wrote,
+# and the TCP connections each relay opened to the sink per 1,000 messages.
 #
-# Needs: root (smtp-sink drops to nobody; Postfix instance), postfix (smtp-source, smtp-sink).
-# Both relays write their queues on the same file system (the temporary directory), so the
-# comparison is fair for fsync costs; run it on an otherwise idle machine.
+# Counting connections: smtp-sink -c counts every session it has ended ("sess=", incremented
+# at disconnect). After a phase the relay's open connections are let go (mxguard is stopped;
+# Postfix closes its cached ones after smtp_connection_cache_time_limit, 2 s), the script waits
+# until the sink holds no connection (ss), and the difference in sess= over the phase is the
+# number of TCP connections that relay opened to the sink: each counted once, open or reused.
+#
+# Needs: root (smtp-sink drops to nobody; Postfix instance), postfix (smtp-source, smtp-sink),
+# ss (iproute2). Both relays write their queues on the same file system (the temporary
+# directory), so the comparison is fair for fsync costs; run it on an otherwise idle machine.
 set -euo pipefail
 
 # shellcheck source=tests/interop/lib.sh
@@ -54,10 +65,16 @@ done
 [[ "$MESSAGES" =~ ^[0-9]+$ && "$MESSAGES" -gt 0 ]] || iop_die "-m needs a positive number"
 TIMEOUT=${TIMEOUT:-$((120 + MESSAGES / 50))}
 
-for tool in smtp-source smtp-sink postfix; do
+for tool in smtp-source smtp-sink postfix ss; do
     command -v "$tool" >/dev/null || iop_die "$tool is not installed (apt-get install postfix)"
 done
 iop_is_root || iop_die "run as root (smtp-sink and the private Postfix instance need it)"
+
+# Default logging for mxguard, whatever the caller's environment says (lib.sh: info).
+if [[ -n "${RUST_LOG:-}" ]]; then
+    iop_log "ignoring RUST_LOG=$RUST_LOG: the benchmark runs mxguard at its default log level"
+fi
+unset RUST_LOG
 
 iop_init
 
@@ -83,43 +100,18 @@ iop_start sink smtp-sink $(iop_sink_user_args) -4 -c -h sink.test "127.0.0.1:$SI
 SINK_PID=$IOP_PID
 iop_wait_port "$SINK_PORT" 10 "$SINK_PID" || iop_die "smtp-sink did not start"
 
-# Messages the sink has counted so far (its -c output: "sess=… quit=… mesg=N\r").
-sink_count() {
-    local n
-    n=$(tr '\r' '\n' <"$SINK_LOG" 2>/dev/null | grep -o 'mesg=[0-9]*' | tail -n 1 | cut -d= -f2)
-    echo "${n:-0}"
+# Messages the sink has counted so far, and the sessions it has ended.
+sink_count() { iop_sink_counter "$SINK_LOG" mesg; }
+sink_sessions() { iop_sink_counter "$SINK_LOG" sess; }
+
+# settle LABEL: waits until the sink holds no connection, then prints its session count.
+settle() {
+    iop_wait_port_idle "$SINK_PORT" 30 || iop_die "$1: connections to the sink still open"
+    sink_sessions
 }
 
-now() { date +%s.%N; }
-# rate MESSAGES SECONDS
-rate() { awk -v n="$1" -v s="$2" 'BEGIN { printf "%.0f", (s > 0 ? n / s : 0) }'; }
-secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
-
-# push PORT LABEL: runs smtp-source against PORT, then waits until the sink has counted
-# MESSAGES more than before. Sets ELAPSED (end to end) and ACCEPTED (smtp-source's own time).
-push() {
-    local port=$1 label=$2 base target start accepted_at n
-    base=$(sink_count)
-    target=$((base + MESSAGES))
-    iop_log "$label: smtp-source -s $SESSIONS -m $MESSAGES -l $SIZE → 127.0.0.1:$port"
-    start=$(now)
-    smtp-source -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE" -f "bench@local.test" \
-        -t "sink@remote.test" -M client.local.test "127.0.0.1:$port" \
-        >"$IOP_TMP/source-$label.log" 2>&1 || {
-        tail -n 5 "$IOP_TMP/source-$label.log" >&2
-        iop_die "$label: smtp-source failed"
-    }
-    accepted_at=$(now)
-    for ((n = 0; n < TIMEOUT * 10; n++)); do
-        [[ $(sink_count) -ge $target ]] && break
-        sleep 0.1
-    done
-    local got=$(($(sink_count) - base))
-    [[ $got -ge $MESSAGES ]] || iop_die "$label: the sink counted $got of $MESSAGES messages in ${TIMEOUT}s"
-    ELAPSED=$(secs "$start" "$(now)")
-    ACCEPTED=$(secs "$start" "$accepted_at")
-    iop_log "$label: $MESSAGES delivered in ${ELAPSED}s (accepted in ${ACCEPTED}s)"
-}
+# shellcheck source=bench/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 # ----- phase 1: mxguard -----------------------------------------------------------------------
 MX_ELAPSED=""
@@ -136,23 +128,35 @@ address = "127.0.0.1:$MX_PORT"
 domain = "*"
 next_hop = "[127.0.0.1]:$SINK_PORT"
 EOF
-    # Delivery log lines are one per message: keep them out of the way of the measurement.
-    RUST_LOG=${RUST_LOG:-warn} iop_mxguard_start "$IOP_TMP/mxguard.toml" "$MX_PORT"
+    SESS_BASE=$(settle mxguard)
+    iop_mxguard_start "$IOP_TMP/mxguard.toml" "$MX_PORT"
     push "$MX_PORT" mxguard
     MX_ELAPSED=$ELAPSED
     MX_ACCEPTED=$ACCEPTED
     MX_RSS_KB=$(awk '/^VmHWM:/ { print $2 }' "/proc/$MXGUARD_PID/status" 2>/dev/null || echo 0)
     iop_stop_pid "$MXGUARD_PID"
+    MX_CONNS=$(($(settle mxguard) - SESS_BASE))
+    MX_LOGGED=$(grep -c ', status=sent (' "$MXGUARD_LOG" || true)
+    [[ $MX_LOGGED -ge $MESSAGES ]] ||
+        iop_die "mxguard: $MX_LOGGED delivery log lines with status=sent for $MESSAGES messages"
 fi
 
 # ----- phase 2: Postfix -----------------------------------------------------------------------
 PF_ELAPSED=""
 if [[ $WITH_POSTFIX -eq 1 ]]; then
     iop_postfix_start "$IOP_TMP/postfix" "$PF_PORT" "[127.0.0.1]:$SINK_PORT"
+    SESS_BASE=$(settle postfix)
     push "$PF_PORT" postfix
     PF_ELAPSED=$ELAPSED
     PF_ACCEPTED=$ACCEPTED
     iop_wait_for 30 iop_postfix_queue_empty "$IOP_TMP/postfix" || iop_log "postfix queue not empty yet"
+    PF_CONNS=$(($(settle postfix) - SESS_BASE))
+    # postlogd writes the maillog asynchronously: give it a moment to catch up.
+    pf_logged() { grep -c "relay=127.0.0.1\[127.0.0.1\]:$SINK_PORT, .*status=sent" \
+        "$IOP_TMP/postfix/maillog" || true; }
+    pf_all_logged() { [[ $(pf_logged) -ge $MESSAGES ]]; }
+    iop_wait_for 10 pf_all_logged || true
+    PF_LOGGED=$(pf_logged)
 fi
 
 # ----- results --------------------------------------------------------------------------------
@@ -162,10 +166,14 @@ if [[ -n "$MX_ELAPSED" ]]; then
     printf '  mxguard: %6s msg/s  (%ss end to end; accepted in %ss)  peak RSS %s MB\n' \
         "$(rate "$MESSAGES" "$MX_ELAPSED")" "$MX_ELAPSED" "$MX_ACCEPTED" \
         "$(awk -v k="$MX_RSS_KB" 'BEGIN { printf "%.1f", k / 1024 }')"
+    printf '           %s TCP connections to the sink per 1,000 messages (%s); %s delivery log lines\n' \
+        "$(per_k "$MX_CONNS")" "$MX_CONNS" "$MX_LOGGED"
 fi
 if [[ -n "$PF_ELAPSED" ]]; then
     printf '  postfix: %6s msg/s  (%ss end to end; accepted in %ss)\n' \
         "$(rate "$MESSAGES" "$PF_ELAPSED")" "$PF_ELAPSED" "$PF_ACCEPTED"
+    printf '           %s TCP connections to the sink per 1,000 messages (%s); %s maillog status=sent lines\n' \
+        "$(per_k "$PF_CONNS")" "$PF_CONNS" "$PF_LOGGED"
 fi
 if [[ -n "$MX_ELAPSED" && -n "$PF_ELAPSED" ]]; then
     printf '  ratio mxguard/postfix: %s\n' \

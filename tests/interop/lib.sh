@@ -321,3 +321,120 @@ iop_postfix_queue_empty() {
     done
     return 0
 }
+
+# ----- counting what a sink saw (bench/relay.sh, bench/relay_tls.sh) -----------------------
+
+# iop_sink_counter LOG FIELD: the last value of FIELD in the running counter that `smtp-sink -c`
+# writes to LOG ("sess=S quit=Q mesg=M\r"): `mesg` counts messages received, `sess` counts
+# sessions (TCP connections) that have ENDED — smtp-sink increments it at disconnect, so a
+# connection still open is not in it yet. 0 before the first line.
+iop_sink_counter() {
+    local n
+    n=$(tail -c 512 "$1" 2>/dev/null | tr '\r' '\n' | grep -o "$2=[0-9]*" | tail -n 1 | cut -d= -f2)
+    echo "${n:-0}"
+}
+
+# iop_port_conns PORT: TCP connections the server on 127.0.0.1:PORT still holds (established,
+# or closed by the client but not yet by the server).
+iop_port_conns() {
+    ss -Htn state established state close-wait "( sport = :$1 )" 2>/dev/null | wc -l
+}
+
+# iop_wait_port_idle PORT SECONDS: until the server on PORT holds no connection (the clients
+# have closed theirs and the server has seen it); fails when time is up.
+iop_wait_port_idle() {
+    local port=$1 secs=$2 n
+    for ((n = 0; n < secs * 10; n++)); do
+        [[ $(iop_port_conns "$port") -eq 0 ]] && return 0
+        sleep 0.1
+    done
+    iop_log "127.0.0.1:$port still holds $(iop_port_conns "$port") connections after ${secs}s"
+    return 1
+}
+
+# ----- a private CA and server certificates -------------------------------------------------
+
+# iop_tls_ca DIR: a private CA in DIR: DIR/ca.pem (certificate), DIR/ca.key. Key type from
+# IOP_TLS_KEY: `ec` (P-256, the default) or `rsa` (2048 bits).
+iop_tls_ca() {
+    local dir=$1
+    mkdir -p "$dir"
+    # shellcheck disable=SC2046
+    openssl req -x509 -new -nodes $(iop_tls_keyopts) -keyout "$dir/ca.key" -out "$dir/ca.pem" \
+        -days 30 -subj "/O=mxguard interop/CN=mxguard interop CA" \
+        -addext "basicConstraints=critical,CA:TRUE" \
+        -addext "keyUsage=critical,keyCertSign,cRLSign" >"$dir/openssl.log" 2>&1 || {
+        cat "$dir/openssl.log" >&2
+        iop_die "openssl: CA certificate failed"
+    }
+}
+
+# iop_tls_server_cert DIR NAME SAN: a server key and certificate signed by DIR's CA, for NAME
+# (the subject CN) with subjectAltName SAN in openssl's syntax ("DNS:mx.test,IP:127.0.0.1"):
+# DIR/NAME.key, DIR/NAME.pem; checked with `openssl verify` against DIR/ca.pem.
+iop_tls_server_cert() {
+    local dir=$1 name=$2 san=$3 usage=digitalSignature
+    [[ "${IOP_TLS_KEY:-ec}" == rsa ]] && usage+=",keyEncipherment"
+    printf '%s\n' "subjectAltName = $san" "basicConstraints = critical,CA:FALSE" \
+        "keyUsage = critical,$usage" "extendedKeyUsage = serverAuth" >"$dir/$name.ext"
+    # shellcheck disable=SC2046
+    { openssl req -new -nodes $(iop_tls_keyopts) -keyout "$dir/$name.key" \
+        -out "$dir/$name.csr" -subj "/CN=$name" &&
+        openssl x509 -req -in "$dir/$name.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
+            -CAcreateserial -days 30 -sha256 -extfile "$dir/$name.ext" -out "$dir/$name.pem" &&
+        openssl verify -CAfile "$dir/ca.pem" "$dir/$name.pem"; } >>"$dir/openssl.log" 2>&1 || {
+        tail -n 20 "$dir/openssl.log" >&2
+        iop_die "openssl: certificate for $name failed"
+    }
+    chmod 0644 "$dir/ca.pem" "$dir/$name.pem"
+}
+
+iop_tls_keyopts() {
+    case "${IOP_TLS_KEY:-ec}" in
+    ec) echo "-newkey ec -pkeyopt ec_paramgen_curve:P-256" ;;
+    rsa) echo "-newkey rsa:2048" ;;
+    *) iop_die "IOP_TLS_KEY must be ec or rsa, not ${IOP_TLS_KEY}" ;;
+    esac
+}
+
+# ----- more of a private Postfix instance ---------------------------------------------------
+
+# iop_postfix_add_services DIR MASTER.CF-LINE…: adds services to the master.cf of the running
+# instance in DIR and reloads it (e.g. tlsproxy, which smtp_tls_connection_reuse needs).
+iop_postfix_add_services() {
+    local dir=$1 line
+    shift
+    for line in "$@"; do
+        echo "$line" >>"$dir/conf/master.cf"
+    done
+    if ! { postfix -c "$dir/conf" check >"$dir/check.log" 2>&1 &&
+        postfix -c "$dir/conf" reload >"$dir/reload.log" 2>&1; }; then
+        cat "$dir/check.log" "$dir/reload.log" >&2 2>/dev/null
+        iop_die "postfix reload failed for $dir"
+    fi
+}
+
+# iop_postfix_set DIR NAME=VALUE…: sets main.cf parameters of the running instance in DIR in
+# place (postconf -e: no duplicate entries, so no "overriding earlier entry" warnings) and
+# reloads it; for a parameter iop_postfix_start already writes, such as myhostname.
+iop_postfix_set() {
+    local dir=$1
+    shift
+    if ! { postconf -c "$dir/conf" -e "$@" >"$dir/postconf.log" 2>&1 &&
+        postfix -c "$dir/conf" reload >"$dir/reload.log" 2>&1; }; then
+        cat "$dir/postconf.log" "$dir/reload.log" >&2 2>/dev/null
+        iop_die "postconf -e $* failed for $dir"
+    fi
+}
+
+# iop_postfix_log_lines DIR: lines in the instance's maillog so far (a mark for iop_postfix_log_since).
+iop_postfix_log_lines() {
+    local n
+    n=$(wc -l <"$1/maillog" 2>/dev/null) || n=0
+    echo "${n:-0}"
+}
+
+# iop_postfix_log_since DIR MARK: the maillog lines after the first MARK.
+iop_postfix_log_since() {
+    tail -n "+$(($2 + 1))" "$1/maillog" 2>/dev/null
+}
