@@ -8,6 +8,8 @@ mod support;
 
 #[path = "relay/bounces.rs"]
 mod bounces;
+#[path = "relay/concurrency.rs"]
+mod concurrency;
 #[path = "relay/content.rs"]
 mod content;
 #[path = "relay/eightbit.rs"]
