@@ -234,7 +234,7 @@ scenario_forceenc() {
         echo "Postfix did not relay the other sender's message to the first listener" >&2
         return 1
     }
-    iop_wait_for 10 logged "$MXGUARD_LOG" "to=<dave@remote.test>, relay=[^,]*:$SINK_PORT, .*tls=none, policy=none, dsn=2\.[0-9.]+, status=sent" || {
+    iop_wait_for 10 logged "$MXGUARD_LOG" "to=<dave@remote.test>, relay=[^,]*:$SINK_PORT, .*tls=none, policy=none, (conn_use=[0-9]+, )?dsn=2\.[0-9.]+, status=sent" || {
         echo "no plaintext status=sent line for the other sender in mxguard's log:" >&2
         grep -F "to=<dave@remote.test>" "$MXGUARD_LOG" >&2 || true
         return 1
