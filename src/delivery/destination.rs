@@ -230,11 +230,18 @@ impl Destinations {
     }
 }
 
-/// Postfix's wording for mail to a dead destination: the reply that killed it, prefixed.
+/// Postfix's wording for mail to a dead destination: the reply that killed it, prefixed. Its
+/// status is a transient network one (the failure's own when it is 4.4.x, else 4.4.1): never
+/// a 4.7.x that a status filter would turn into a bounce, since nothing was learnt about the
+/// destination's TLS.
 fn suspended(reply: Reply) -> Reply {
+    let status = match reply.enhanced {
+        Some(e) if e.class == 4 && e.subject == 4 => e,
+        _ => EnhancedCode::new(4, 4, 1),
+    };
     Reply::new(
         451,
-        reply.enhanced.unwrap_or(EnhancedCode::new(4, 4, 1)),
+        status,
         format!("delivery temporarily suspended: {}", reply.text),
     )
 }
@@ -322,6 +329,25 @@ mod tests {
             d.room("d.test"),
             usize::MAX,
             "dead mail is let through to be deferred"
+        );
+    }
+
+    #[test]
+    fn a_dead_destination_is_never_deferred_with_a_tls_status() {
+        let d = Arc::new(Destinations::new(Limits {
+            initial: 1,
+            ..limits()
+        }));
+        let mut slot = go(&d);
+        let busy = Reply::new(421, EnhancedCode::new(4, 7, 5), "too busy");
+        slot.feedback(Feedback::Failure(busy));
+        drop(slot);
+        let Admission::Dead(reply) = d.admit("d.test") else {
+            panic!("not dead");
+        };
+        assert_eq!(
+            reply.to_string(),
+            "451 4.4.1 delivery temporarily suspended: too busy"
         );
     }
 
