@@ -51,8 +51,12 @@ pub(crate) async fn run(
     id: QueueId,
     unsaved: Vec<LogRecord>,
 ) -> PassOutcome {
-    let Some((envelope, mut state)) = load_state(ctx, id, &unsaved).await else {
-        return PassOutcome::gone(id);
+    let (envelope, mut state, message) = match load_all(ctx, id, &unsaved).await {
+        Ok(loaded) => loaded,
+        Err(mut outcome) => {
+            outcome.unsaved = unsaved;
+            return outcome;
+        }
     };
     let now = SystemTime::now();
     let due = state.due_recipients(unix_secs(now));
@@ -68,13 +72,6 @@ pub(crate) async fn run(
             busy: Vec::new(),
         };
     }
-    let message = match load_body(ctx, id).await {
-        Ok(message) => message,
-        Err(mut outcome) => {
-            outcome.unsaved = unsaved;
-            return outcome;
-        }
-    };
     let pass = Pass {
         ctx,
         original: Original {
@@ -140,11 +137,28 @@ pub(crate) async fn load_state(
     }
 }
 
-async fn load_body(ctx: &Ctx, id: QueueId) -> Result<Vec<u8>, PassOutcome> {
+/// The envelope, the replayed state (with `unsaved` applied) and the message, read together
+/// (one hand-over to a blocking thread): a pass runs only in a delivery slot, and nearly every
+/// pass delivers. `Err` says what the scheduler does instead: nothing when the message is
+/// gone or was unreadable (moved to `spool/corrupt`), a retry when the spool failed for now.
+async fn load_all(
+    ctx: &Ctx,
+    id: QueueId,
+    unsaved: &[LogRecord],
+) -> Result<(Envelope, MessageState, Vec<u8>), PassOutcome> {
     let queue = ctx.queue.clone();
-    let loaded = tokio::task::spawn_blocking(move || queue.spool().load(&id)).await;
+    let loaded = tokio::task::spawn_blocking(move || {
+        let (envelope, message) = queue.spool().load(&id)?;
+        let records = queue.spool().read_state(&id)?;
+        Ok::<_, std::io::Error>((envelope, message, records))
+    })
+    .await;
     match loaded {
-        Ok(Ok((_, message))) => Ok(message),
+        Ok(Ok((envelope, message, mut records))) => {
+            records.extend(unsaved.iter().cloned());
+            let state = MessageState::replay(envelope.recipients.len(), &records);
+            Ok((envelope, state, message))
+        }
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Err(PassOutcome::gone(id)),
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
             quarantine(ctx, &id, &e);
