@@ -1,7 +1,22 @@
-# Shared by bench/relay.sh and bench/relay_tls.sh: timing, rates, and one phase's push of the
-# load through a relay. Expects MESSAGES, SESSIONS, SIZE, TIMEOUT, IOP_TMP and a sink_count
-# function (the sink's message count) from the script that sources it.
+# Shared by bench/relay.sh and bench/relay_tls.sh: the set-up, timing, rates, and one phase's
+# push of the load through a relay. Expects MESSAGES, SESSIONS, SIZE, TIMEOUT, WITH_MXGUARD and
+# a sink_count function (the sink's message count) from the script that sources it.
 # shellcheck shell=bash
+
+# bench_start: mxguard at its default log level whatever the caller's environment says
+# (lib.sh: info), the temporary directory, and a release build unless MXGUARD_BIN names one.
+bench_start() {
+    if [[ -n "${RUST_LOG:-}" ]]; then
+        iop_log "ignoring RUST_LOG=$RUST_LOG: the benchmark runs mxguard at its default log level"
+    fi
+    unset RUST_LOG
+    iop_init
+    if [[ $WITH_MXGUARD -eq 1 && -z "${MXGUARD_BIN:-}" ]]; then
+        iop_log "cargo build --release --bin mxguard"
+        (cd "$IOP_ROOT" && cargo build --release --quiet --bin mxguard) || iop_die "build failed"
+        MXGUARD_BIN="$IOP_ROOT/target/release/mxguard"
+    fi
+}
 
 now() { date +%s.%N; }
 # rate MESSAGES SECONDS

@@ -70,19 +70,9 @@ for tool in smtp-source smtp-sink postfix ss; do
 done
 iop_is_root || iop_die "run as root (smtp-sink and the private Postfix instance need it)"
 
-# Default logging for mxguard, whatever the caller's environment says (lib.sh: info).
-if [[ -n "${RUST_LOG:-}" ]]; then
-    iop_log "ignoring RUST_LOG=$RUST_LOG: the benchmark runs mxguard at its default log level"
-fi
-unset RUST_LOG
-
-iop_init
-
-if [[ $WITH_MXGUARD -eq 1 && -z "${MXGUARD_BIN:-}" ]]; then
-    iop_log "cargo build --release --bin mxguard"
-    (cd "$IOP_ROOT" && cargo build --release --quiet --bin mxguard) || iop_die "build failed"
-    MXGUARD_BIN="$IOP_ROOT/target/release/mxguard"
-fi
+# shellcheck source=bench/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+bench_start
 
 SINK_PORT=$(iop_free_port)
 if iop_port_open 10025; then
@@ -110,8 +100,6 @@ settle() {
     sink_sessions
 }
 
-# shellcheck source=bench/common.sh
-source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 # ----- phase 1: mxguard -----------------------------------------------------------------------
 MX_ELAPSED=""

@@ -89,19 +89,9 @@ for tool in smtp-source smtp-sink postfix openssl ss; do
 done
 iop_is_root || iop_die "run as root (smtp-sink and the private Postfix instances need it)"
 
-# Default logging for mxguard, whatever the caller's environment says (lib.sh: info).
-if [[ -n "${RUST_LOG:-}" ]]; then
-    iop_log "ignoring RUST_LOG=$RUST_LOG: the benchmark runs mxguard at its default log level"
-fi
-unset RUST_LOG
-
-iop_init
-
-if [[ $WITH_MXGUARD -eq 1 && -z "${MXGUARD_BIN:-}" ]]; then
-    iop_log "cargo build --release --bin mxguard"
-    (cd "$IOP_ROOT" && cargo build --release --quiet --bin mxguard) || iop_die "build failed"
-    MXGUARD_BIN="$IOP_ROOT/target/release/mxguard"
-fi
+# shellcheck source=bench/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+bench_start
 
 SINK_NAME=sink.bench.test
 TLS_DIR="$IOP_TMP/tls"
@@ -159,8 +149,6 @@ settle() {
     fi
 }
 
-# shellcheck source=bench/common.sh
-source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 # check_sink LABEL MARK: every session of the phase negotiated TLS; sets CONNS.
 check_sink() {
