@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::tls::settings::{CipherSuites, KxGroups, Protocols, TlsProfile};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     // The reason is part of the message, not a `source`: `{:#}` would print it twice.
@@ -72,6 +74,43 @@ pub struct ListenerConfig {
     /// The least TLS every message accepted here is delivered with (a forced-encryption
     /// listener for chosen senders: `encrypt`); stored with the message.
     pub min_level: Option<crate::tls_policy::TlsLevel>,
+    /// TLS versions for STARTTLS sessions that are optional here (`smtpd_tls_protocols`).
+    #[serde(default, deserialize_with = "crate::tls::settings::protocols")]
+    pub tls_protocols: Protocols,
+    /// TLS versions where TLS is mandatory: AUTH is offered, `implicit_tls`, or a
+    /// `min_level` of `encrypt` or above (`smtpd_tls_mandatory_protocols`).
+    #[serde(default, deserialize_with = "crate::tls::settings::protocols")]
+    pub tls_mandatory_protocols: Protocols,
+    /// Cipher suites by IANA name, in order of preference; default: rustls's.
+    #[serde(default, deserialize_with = "crate::tls::settings::cipher_suites")]
+    pub tls_cipher_suites: CipherSuites,
+    /// Key-exchange groups by IANA name, in order of preference; default: rustls's
+    /// (X25519MLKEM768, x25519, secp256r1, secp384r1).
+    #[serde(default, deserialize_with = "crate::tls::settings::kx_groups")]
+    pub tls_groups: KxGroups,
+    /// Choose the cipher suite by our order rather than the client's
+    /// (`tls_preempt_cipherlist`).
+    #[serde(default)]
+    pub tls_preempt_cipherlist: bool,
+}
+
+impl ListenerConfig {
+    /// Whether TLS is mandatory on this listener, so that `tls_mandatory_protocols` applies:
+    /// AUTH is offered (`auth`: only after TLS), TLS from the first byte, or mail accepted
+    /// here must leave encrypted.
+    pub fn tls_mandatory(&self, auth: bool) -> bool {
+        auth || self.implicit_tls || self.min_level.is_some_and(|l| l.requires_encryption())
+    }
+
+    /// The TLS versions, suites and groups of this listener's sessions.
+    pub fn tls_profile(&self, auth: bool) -> Result<TlsProfile, (&'static str, String)> {
+        let protocols = if self.tls_mandatory(auth) {
+            self.tls_mandatory_protocols
+        } else {
+            self.tls_protocols
+        };
+        TlsProfile::new(protocols, &self.tls_cipher_suites, &self.tls_groups)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -211,6 +250,32 @@ pub struct DeliveryConfig {
     /// (`default_destination_rate_delay`). Default 0: no pause.
     #[serde(default, deserialize_with = "duration")]
     pub destination_rate_delay: Duration,
+    /// TLS versions for opportunistic sessions: `may`, MTA-STS `testing`
+    /// (`smtp_tls_protocols`). Postfix's syntax: `">=TLSv1.2"`, `"!TLSv1.2"`, a list.
+    #[serde(default, deserialize_with = "crate::tls::settings::protocols")]
+    pub tls_protocols: Protocols,
+    /// TLS versions for sessions that must be encrypted: `encrypt` and above, DANE, MTA-STS
+    /// `enforce`, REQUIRETLS (`smtp_tls_mandatory_protocols`).
+    #[serde(default, deserialize_with = "crate::tls::settings::protocols")]
+    pub tls_mandatory_protocols: Protocols,
+    /// Cipher suites by IANA name, in order of preference; default: rustls's.
+    #[serde(default, deserialize_with = "crate::tls::settings::cipher_suites")]
+    pub tls_cipher_suites: CipherSuites,
+    /// Key-exchange groups by IANA name; the first gets a key share in the ClientHello.
+    /// Default: rustls's, X25519MLKEM768 first.
+    #[serde(default, deserialize_with = "crate::tls::settings::kx_groups")]
+    pub tls_groups: KxGroups,
+}
+
+impl DeliveryConfig {
+    /// The opportunistic and the mandatory TLS profile of outbound sessions.
+    pub fn tls_profiles(&self) -> Result<(TlsProfile, TlsProfile), (&'static str, String)> {
+        let build = |p| TlsProfile::new(p, &self.tls_cipher_suites, &self.tls_groups);
+        Ok((
+            build(self.tls_protocols)?,
+            build(self.tls_mandatory_protocols)?,
+        ))
+    }
 }
 
 /// A static next hop, like a Postfix transport map entry `domain smtp:[host]:port`.
@@ -341,6 +406,11 @@ fn default_listeners() -> Vec<ListenerConfig> {
         tls_key: None,
         implicit_tls: false,
         min_level: None,
+        tls_protocols: Protocols::default(),
+        tls_mandatory_protocols: Protocols::default(),
+        tls_cipher_suites: CipherSuites::default(),
+        tls_groups: KxGroups::default(),
+        tls_preempt_cipherlist: false,
     }]
 }
 fn default_mynetworks() -> Vec<IpNet> {
@@ -472,6 +542,10 @@ impl Default for DeliveryConfig {
             initial_destination_concurrency: default_initial_destination_concurrency(),
             destination_concurrency_failed_cohort_limit: default_failed_cohort_limit(),
             destination_rate_delay: Duration::ZERO,
+            tls_protocols: Protocols::default(),
+            tls_mandatory_protocols: Protocols::default(),
+            tls_cipher_suites: CipherSuites::default(),
+            tls_groups: KxGroups::default(),
         }
     }
 }
@@ -574,12 +648,17 @@ impl Config {
                 "at least one listener is needed",
             ));
         }
+        let auth = self.access.auth_users_file.is_some();
         for (i, l) in self.listeners.iter().enumerate() {
+            let profile = l
+                .tls_profile(auth)
+                .map_err(|(key, e)| ConfigError::key(format!("listener[{i}].{key}"), e))?;
             match (&l.tls_cert, &l.tls_key) {
                 (Some(cert), Some(key)) => {
-                    crate::tls::server_config(cert, key).map_err(|e| {
-                        ConfigError::key(format!("listener[{i}].tls_cert"), e.to_string())
-                    })?;
+                    crate::tls::server_config(cert, key, &profile, l.tls_preempt_cipherlist)
+                        .map_err(|e| {
+                            ConfigError::key(format!("listener[{i}].tls_cert"), e.to_string())
+                        })?;
                 }
                 (Some(_), None) => {
                     return Err(ConfigError::key(
@@ -607,6 +686,9 @@ impl Config {
                 ConfigError::key("access.auth_users_file", format!("{}: {e}", file.display()))
             })?;
         }
+        self.delivery
+            .tls_profiles()
+            .map_err(|(key, e)| ConfigError::key(format!("delivery.{key}"), e))?;
         for (i, file) in self.delivery.extra_ca_files.iter().enumerate() {
             crate::tls::read_certs(file).map_err(|e| {
                 ConfigError::key(format!("delivery.extra_ca_files[{i}]"), e.to_string())

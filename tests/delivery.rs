@@ -399,7 +399,7 @@ impl rustls::server::ResolvesServerCert for MismatchedKey {
 }
 
 fn broken_tls_config() -> Arc<rustls::ServerConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(policy_cache::crypto::provider());
     let shown = rcgen::generate_simple_self_signed(vec!["mx10.example.test".to_string()]).unwrap();
     let other = rcgen::KeyPair::generate().unwrap();
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(other.serialize_der().into());

@@ -14,6 +14,7 @@
 //! - [`PolicyCache`]: the rules that tie them together (when to fetch, what to keep).
 
 pub mod clock;
+pub mod crypto;
 pub mod dane;
 pub mod store;
 pub mod sts;

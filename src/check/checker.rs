@@ -29,7 +29,12 @@ impl<'a> Checker<'a> {
             .map_err(|e| CheckSetupError::Resolver(e.to_string()))?;
         let secure = SecureResolver::from_config(&config.dns)?;
         let roots = crate::tls::root_store(&config.delivery.extra_ca_files)?;
-        let pkix = PkixChecker::new(roots).map_err(CheckSetupError::Verifier)?;
+        let (opportunistic, mandatory) = config
+            .delivery
+            .tls_profiles()
+            .map_err(|(key, e)| CheckSetupError::Verifier(format!("delivery.{key}: {e}")))?;
+        let pkix =
+            PkixChecker::new(roots, opportunistic, mandatory).map_err(CheckSetupError::Verifier)?;
         let fetcher = Fetcher::new(&config.policy_settings(), resolver.clone())
             .map_err(|e| CheckSetupError::Fetcher(e.to_string()))?;
         let tls_policies = TlsPolicies::open(

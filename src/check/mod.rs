@@ -352,6 +352,8 @@ pub enum StartTlsState {
 pub struct TlsSession {
     pub version: String,
     pub cipher: String,
+    /// The key-exchange group (IANA name), as the log line's `kx=`.
+    pub kx: Option<String>,
 }
 
 /// One certificate of the presented chain.

@@ -165,8 +165,11 @@ async fn session(
         }
     };
     let connection = tls.tls_connection();
-    probe.tls =
-        crate::tls::describe(connection).map(|(version, cipher)| TlsSession { version, cipher });
+    probe.tls = crate::tls::negotiated(connection).map(|n| TlsSession {
+        version: n.version,
+        cipher: n.cipher,
+        kx: n.kx,
+    });
     let chain: Vec<CertificateDer<'static>> = connection
         .peer_certificates()
         .map(<[_]>::to_vec)

@@ -136,7 +136,12 @@ fn probe(out: &mut String, p: &Probe) {
     match p.starttls {
         StartTlsState::Offered => {
             let tls = match (&p.tls, &p.handshake_error) {
-                (Some(t), _) => format!("handshake ok: {}, {}", t.version, t.cipher),
+                (Some(t), _) => format!(
+                    "handshake ok: {}, {}, {}",
+                    t.version,
+                    t.cipher,
+                    t.kx.as_deref().unwrap_or("-")
+                ),
                 (None, Some(e)) => format!("handshake failed: {e}"),
                 (None, None) => "handshake not completed".to_string(),
             };
@@ -331,6 +336,7 @@ mod tests {
                 tls: Some(TlsSession {
                     version: "TLSv1.3".into(),
                     cipher: "TLS13_AES_256_GCM_SHA384".into(),
+                    kx: Some("X25519MLKEM768".into()),
                 }),
                 tls_extensions: Some(vec!["SIZE 1000".into()]),
                 handshake_error: None,
@@ -423,7 +429,7 @@ mod tests {
             "  effective policy: dane",
             "  connect 192.0.2.25:25:",
             "    EHLO: mx1.example.test [STARTTLS, SIZE 1000]",
-            "    STARTTLS: offered; handshake ok: TLSv1.3, TLS13_AES_256_GCM_SHA384",
+            "    STARTTLS: offered; handshake ok: TLSv1.3, TLS13_AES_256_GCM_SHA384, X25519MLKEM768",
             "    EHLO after TLS: [SIZE 1000]",
             "      [0] subject CN=mx1.example.test",
             "          names   DNS:mx1.example.test",

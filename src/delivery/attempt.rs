@@ -63,6 +63,8 @@ pub struct TlsInfo {
     pub version: Option<String>,
     /// The negotiated cipher suite, e.g. `TLS13_AES_256_GCM_SHA384`.
     pub cipher: Option<String>,
+    /// The key-exchange group by IANA name, e.g. `X25519MLKEM768` (post-quantum hybrid).
+    pub kx: Option<String>,
 }
 
 /// The queue's verdict for a recipient after an attempt; shown as `status=`.
@@ -152,10 +154,11 @@ pub struct Attempt {
 impl Attempt {
     /// The delivery log line:
     /// `ID: to=<a@b>, relay=h[ip]:port, delay=0.84, tls=…, [tls_version=…, cipher=…, ]policy=…,
-    /// [sts_id=…, sts_mx=…, ][conn_use=N, ]dsn=X.Y.Z, status=sent (REPLY)`. `tls_version`/`cipher`
-    /// are omitted when `tls=none`, `sts_id`/`sts_mx` when no MTA-STS policy applied, `conn_use`
-    /// when no session was reached; the reply comes last, on one line, because it is the
-    /// peer's text.
+    /// [sts_id=…, sts_mx=…, ][conn_use=N, ][kx=…, ]dsn=X.Y.Z, status=sent (REPLY)`.
+    /// `tls_version`/`cipher`/`kx` are omitted when `tls=none`, `sts_id`/`sts_mx` when no
+    /// MTA-STS policy applied, `conn_use` when no session was reached; the reply comes last, on
+    /// one line, because it is the peer's text. `kx` came last of the fields (README: new
+    /// fields go just before `dsn=`), so parsers of the older line keep working.
     pub fn log_line(&self, id: &QueueId, to: &str, delay: Duration, status: Status) -> String {
         let relay = self
             .relay
@@ -185,6 +188,12 @@ impl Attempt {
         }
         if self.conn_use > 0 && self.relay.is_some() {
             line.push_str(&format!(", conn_use={}", self.conn_use));
+        }
+        if self.tls.state != TlsState::None {
+            line.push_str(&format!(
+                ", kx={}",
+                one_line(self.tls.kx.as_deref().unwrap_or("-"))
+            ));
         }
         line.push_str(&format!(
             ", dsn={}, status={} ({})",
@@ -327,6 +336,7 @@ mod tests {
                 state: TlsState::Verified,
                 version: Some("TLSv1.3".into()),
                 cipher: Some(cipher.into()),
+                kx: Some("X25519MLKEM768".into()),
             },
             policy,
             dsn_passed_on: false,
@@ -346,7 +356,7 @@ mod tests {
             ),
             "0123456789ABCDEF0: to=<bob@example.net>, relay=mx1.example.net[192.0.2.25]:25, \
              delay=0.84, tls=verified, tls_version=TLSv1.3, cipher=TLS_AES_256_GCM_SHA384, \
-             policy=dane, conn_use=3, dsn=2.0.0, status=sent (250 2.0.0 Ok)"
+             policy=dane, conn_use=3, kx=X25519MLKEM768, dsn=2.0.0, status=sent (250 2.0.0 Ok)"
         );
     }
 
@@ -388,8 +398,8 @@ mod tests {
             a.log_line(&id(), "bob@example.net", Duration::ZERO, Status::Sent),
             "0123456789ABCDEF0: to=<bob@example.net>, relay=mx1.example.net[192.0.2.25]:25, \
              delay=0.00, tls=verified, tls_version=TLSv1.3, cipher=TLS13_AES_256_GCM_SHA384, \
-             policy=mta-sts, sts_id=20261123, sts_mx=*.example.net, conn_use=3, dsn=2.0.0, \
-             status=sent (250 2.0.0 Ok)"
+             policy=mta-sts, sts_id=20261123, sts_mx=*.example.net, conn_use=3, \
+             kx=X25519MLKEM768, dsn=2.0.0, status=sent (250 2.0.0 Ok)"
         );
         a.relay = None;
         a.conn_use = 0;

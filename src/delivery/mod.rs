@@ -143,9 +143,16 @@ impl Deliverer {
     ) -> Result<Deliverer, DeliveryInitError> {
         let resolver = dns::build_resolver(&config.dns)
             .map_err(|e| DeliveryInitError::Resolver(e.to_string()))?;
-        let opportunistic = tls::opportunistic_connector()?;
+        let (opportunistic, mandatory) = config
+            .delivery
+            .tls_profiles()
+            .map_err(|(key, e)| DeliveryInitError::Verifier(format!("delivery.{key}: {e}")))?;
+        tracing::info!("delivery: opportunistic TLS {}", opportunistic.describe());
+        tracing::info!("delivery: mandatory TLS {}", mandatory.describe());
         let roots = crate::tls::root_store(&config.delivery.extra_ca_files)?;
-        let pkix = tls::PkixChecker::new(roots).map_err(DeliveryInitError::Verifier)?;
+        let pkix = tls::PkixChecker::new(roots, opportunistic.clone(), mandatory)
+            .map_err(DeliveryInitError::Verifier)?;
+        let opportunistic = tls::opportunistic_connector(&opportunistic)?;
         let sessions = Semaphore::new(config.delivery.max_concurrency.max(1));
         let secure_dns = SecureResolver::from_config(&config.dns)?;
         let tls_policies = Arc::new(TlsPolicies::open(

@@ -286,6 +286,7 @@ async fn tls_session(
     verified: bool,
 ) -> Result<Session, SessionError> {
     let (version, cipher) = crate::tls::describe(client.tls_connection()).unzip();
+    let kx = crate::tls::key_exchange(client.tls_connection());
     let extensions = hello(&mut client, ctx, relay).await?;
     Ok(Session {
         relay: relay.clone(),
@@ -299,6 +300,7 @@ async fn tls_session(
             },
             version,
             cipher,
+            kx,
         },
         starttls: StartTlsSeen::Started,
     })

@@ -7,49 +7,49 @@
 //! and refusing unverifiable certificates would only push the mail to plaintext. The handshake
 //! signature is still checked, so the peer must hold the key of the certificate it shows.
 
+use crate::tls::settings::TlsProfile;
 use policy_cache::dane::{
     DaneMismatch, DaneVerdict, DaneVerifier, ReferenceNames, Tlsa, VerdictSlot,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{
-    verify_tls12_signature, verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms,
-};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use std::sync::{Arc, Mutex};
 use tokio_rustls::TlsConnector;
 
-/// The connector for opportunistic TLS: TLS 1.2+, SNI on, any certificate.
-pub(crate) fn opportunistic_connector() -> Result<TlsConnector, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = client_config(provider, CertCheck::AcceptAny)?;
+/// The connector for opportunistic TLS (`delivery.tls_protocols`): SNI on, any certificate.
+pub(crate) fn opportunistic_connector(profile: &TlsProfile) -> Result<TlsConnector, rustls::Error> {
+    let config = client_config(profile, CertCheck::AcceptAny)?;
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
-/// A client configuration for delivery: TLS 1.2 or later, SNI on, no client certificate, the
-/// server certificate judged by `check`.
+/// A client configuration for delivery: the versions, suites and groups of `profile` (never
+/// below TLS 1.2: RFC 8461 §4.2, and rustls has nothing older), SNI on, no client
+/// certificate, the server certificate judged by `check`.
 fn client_config(
-    provider: Arc<CryptoProvider>,
+    profile: &TlsProfile,
     check: CertCheck,
 ) -> Result<rustls::ClientConfig, rustls::Error> {
     let verifier = Arc::new(DeliveryVerifier {
-        algorithms: provider.signature_verification_algorithms,
+        algorithms: profile.provider.signature_verification_algorithms,
         check,
     });
-    config_with_verifier(provider, verifier)
+    config_with_verifier(profile, verifier)
 }
 
 /// The same with any server certificate verifier (DANE's comes from the policy cache).
 fn config_with_verifier(
-    provider: Arc<CryptoProvider>,
+    profile: &TlsProfile,
     verifier: Arc<dyn ServerCertVerifier>,
 ) -> Result<rustls::ClientConfig, rustls::Error> {
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        // RFC 8461 §4.2: TLS 1.2 or later (opportunistic TLS keeps the same floor).
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth())
+    Ok(
+        rustls::ClientConfig::builder_with_provider(profile.provider.clone())
+            .with_protocol_versions(&profile.versions)?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth(),
+    )
 }
 
 /// What the PKIX check said about the certificate of one handshake; `None` until the server
@@ -59,27 +59,40 @@ pub(crate) type CertVerdict = Option<Result<(), rustls::Error>>;
 /// Server certificate checking against the Web PKI roots plus `delivery.extra_ca_files`, for
 /// the MX host name being dialled (RFC 8461 §4.2: "the certificate presented must be valid for
 /// the MX host name"; the name is also sent as SNI). Built once per deliverer.
+///
+/// It also holds the two TLS profiles: sessions that must be encrypted (DANE, MTA-STS
+/// enforce, `encrypt` and above) use `delivery.tls_mandatory_protocols`, the others
+/// `delivery.tls_protocols`, like Postfix's `smtp_tls_mandatory_protocols`/`smtp_tls_protocols`.
 #[derive(Debug)]
 pub(crate) struct PkixChecker {
-    provider: Arc<CryptoProvider>,
+    opportunistic: TlsProfile,
+    mandatory: TlsProfile,
     webpki: Arc<rustls::client::WebPkiServerVerifier>,
 }
 
 impl PkixChecker {
-    pub fn new(roots: rustls::RootCertStore) -> Result<PkixChecker, String> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+    pub fn new(
+        roots: rustls::RootCertStore,
+        opportunistic: TlsProfile,
+        mandatory: TlsProfile,
+    ) -> Result<PkixChecker, String> {
         let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
             Arc::new(roots),
-            provider.clone(),
+            mandatory.provider.clone(),
         )
         .build()
         .map_err(|e| e.to_string())?;
-        Ok(PkixChecker { provider, webpki })
+        Ok(PkixChecker {
+            opportunistic,
+            mandatory,
+            webpki,
+        })
     }
 
     /// A connector for exactly one handshake, with the slot where its certificate verdict
-    /// lands. With `enforce`, an invalid certificate fails the handshake; without, the
-    /// handshake goes on (MTA-STS `testing`: deliver anyway, but know the verdict).
+    /// lands. With `enforce`, an invalid certificate fails the handshake (TLS is mandatory);
+    /// without, the handshake goes on (MTA-STS `testing`: deliver anyway, but know the
+    /// verdict; TLS is opportunistic).
     pub fn handshake(&self, enforce: bool) -> Result<CheckedHandshake, rustls::Error> {
         let verdict = Arc::new(Mutex::new(None));
         let check = CertCheck::Pkix {
@@ -87,7 +100,17 @@ impl PkixChecker {
             enforce,
             verdict: verdict.clone(),
         };
-        self.one_handshake(check, Verdict::Pkix(verdict), enforce)
+        let profile = if enforce {
+            &self.mandatory
+        } else {
+            &self.opportunistic
+        };
+        let config = client_config(profile, check)?;
+        Ok(CheckedHandshake::new(
+            config,
+            Verdict::Pkix(verdict),
+            enforce,
+        ))
     }
 
     /// A connector for one handshake with an MX host that has usable TLSA records (RFC 7672
@@ -100,7 +123,7 @@ impl PkixChecker {
     ) -> Result<CheckedHandshake, rustls::Error> {
         let verifier = DaneVerifier::new(records, names);
         let verdict = Verdict::Dane(verifier.verdict());
-        let config = config_with_verifier(self.provider.clone(), Arc::new(verifier))?;
+        let config = config_with_verifier(&self.mandatory, Arc::new(verifier))?;
         Ok(CheckedHandshake::new(config, verdict, true))
     }
 
@@ -121,24 +144,15 @@ impl PkixChecker {
             mx_host: mx_host.map(str::to_string),
             verdict: verdict.clone(),
         };
-        self.one_handshake(check, Verdict::Pkix(verdict), true)
+        let config = client_config(&self.mandatory, check)?;
+        Ok(CheckedHandshake::new(config, Verdict::Pkix(verdict), true))
     }
 
     /// A connector for one handshake that must happen but authenticates nothing: a secure
     /// TLSA RRset with no usable record (RFC 7672 §2.2), or a local `encrypt` level.
     pub fn encrypt_only(&self) -> Result<CheckedHandshake, rustls::Error> {
-        self.one_handshake(CertCheck::AcceptAny, Verdict::None, false)
-    }
-
-    /// A connector for one handshake judged by `check`.
-    fn one_handshake(
-        &self,
-        check: CertCheck,
-        verdict: Verdict,
-        authenticates: bool,
-    ) -> Result<CheckedHandshake, rustls::Error> {
-        let config = client_config(self.provider.clone(), check)?;
-        Ok(CheckedHandshake::new(config, verdict, authenticates))
+        let config = client_config(&self.mandatory, CertCheck::AcceptAny)?;
+        Ok(CheckedHandshake::new(config, Verdict::None, false))
     }
 }
 

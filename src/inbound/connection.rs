@@ -112,11 +112,14 @@ async fn handshake(
     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => {
             let (_, connection) = tls.get_ref();
-            client.tls = crate::tls::describe(connection);
-            if let Some((version, cipher)) = &client.tls {
+            client.tls = crate::tls::negotiated(connection);
+            if let Some(n) = &client.tls {
                 info!(
-                    "{}: TLS established: {version} with cipher {cipher}",
-                    client.ip_text()
+                    "{}: TLS established: {} with cipher {} key-exchange {}",
+                    client.ip_text(),
+                    n.version,
+                    n.cipher,
+                    n.kx.as_deref().unwrap_or("-")
                 );
             }
             Some(tls)

@@ -64,11 +64,27 @@ impl Inbound {
     /// Loads TLS server configs of each listener and the AUTH credentials file.
     pub fn new(config: Arc<Config>, queue: Queue) -> Result<Inbound, InboundError> {
         let mut tls = Vec::with_capacity(config.listeners.len());
+        let auth = config.access.auth_users_file.is_some();
         for (index, l) in config.listeners.iter().enumerate() {
             let acceptor = match (&l.tls_cert, &l.tls_key) {
                 (Some(cert), Some(key)) => {
-                    let server = crate::tls::server_config(cert, key)
-                        .map_err(|source| InboundError::Tls { index, source })?;
+                    let profile = l.tls_profile(auth).map_err(|(key, message)| {
+                        let source = crate::tls::TlsSetupError::Settings { key, message };
+                        InboundError::Tls { index, source }
+                    })?;
+                    let server =
+                        crate::tls::server_config(cert, key, &profile, l.tls_preempt_cipherlist)
+                            .map_err(|source| InboundError::Tls { index, source })?;
+                    tracing::info!(
+                        "listener[{index}] {}: TLS {}{}",
+                        l.address,
+                        if l.tls_mandatory(auth) {
+                            "(mandatory) "
+                        } else {
+                            ""
+                        },
+                        profile.describe()
+                    );
                     Some(TlsAcceptor::from(server))
                 }
                 _ => None,

@@ -19,8 +19,8 @@ pub struct Trace<'a> {
     /// The queue id the message will be stored under.
     pub id: &'a str,
     pub esmtp: bool,
-    /// `(version, cipher)` of the TLS session.
-    pub tls: Option<(&'a str, &'a str)>,
+    /// What the TLS session negotiated.
+    pub tls: Option<&'a crate::tls::Negotiated>,
     pub authenticated: bool,
     pub smtputf8: bool,
     /// RFC 5321 §4.4 `for`: only with a single recipient, so one message does not list the
@@ -81,8 +81,15 @@ impl Trace<'_> {
             "Received: from {} ({name} [{literal}])\r\n",
             clean(self.helo, utf8)
         );
-        if let Some((version, cipher)) = self.tls {
-            h.push_str(&format!("\t(using {version} with cipher {cipher})\r\n"));
+        if let Some(n) = self.tls {
+            // Postfix's wording, key exchange included: which mail was protected how.
+            let kx =
+                n.kx.as_ref()
+                    .map_or(String::new(), |k| format!(" key-exchange {k}"));
+            h.push_str(&format!(
+                "\t(using {} with cipher {}{kx})\r\n",
+                n.version, n.cipher
+            ));
         }
         h.push_str(&format!(
             "\tby {} (mxguard) with {} id {}",
@@ -102,6 +109,14 @@ impl Trace<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn negotiated(version: &str, cipher: &str) -> crate::tls::Negotiated {
+        crate::tls::Negotiated {
+            version: version.into(),
+            cipher: cipher.into(),
+            kx: Some("X25519MLKEM768".into()),
+        }
+    }
 
     fn trace<'a>(recipients: &'a [&'a str]) -> Trace<'a> {
         Trace {
@@ -129,12 +144,16 @@ mod tests {
              \tfor <bob@example.net>; Tue, 5 Nov 2024 09:03:07 +0000\r\n"
         );
         let mut t = trace(&["a@x", "b@y"]);
-        t.tls = Some(("TLSv1.3", "TLS13_AES_256_GCM_SHA384"));
+        let tls = negotiated("TLSv1.3", "TLS13_AES_256_GCM_SHA384");
+        t.tls = Some(&tls);
         t.authenticated = true;
         t.helo = "evil\u{7f}(x)";
         let h = t.header(now);
         assert!(
-            h.contains("\t(using TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384)\r\n"),
+            h.contains(
+                "\t(using TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384 key-exchange \
+                 X25519MLKEM768)\r\n"
+            ),
             "{h}"
         );
         assert!(h.contains("with ESMTPSA id 0123456789ABCDEF0; Tue"), "{h}");
@@ -149,7 +168,8 @@ mod tests {
         t.esmtp = false;
         assert_eq!(t.protocol(), "SMTP");
         t.smtputf8 = true;
-        t.tls = Some(("TLSv1.2", "x"));
+        let tls = negotiated("TLSv1.2", "x");
+        t.tls = Some(&tls);
         assert_eq!(t.protocol(), "UTF8SMTPS");
         t.authenticated = true;
         assert_eq!(t.protocol(), "UTF8SMTPSA");

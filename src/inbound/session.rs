@@ -24,7 +24,7 @@ pub struct Client {
     /// Index into `config.listeners`.
     pub listener: usize,
     /// `(version, cipher)` once TLS is up.
-    pub tls: Option<(String, String)>,
+    pub tls: Option<crate::tls::Negotiated>,
     pub stats: Stats,
     /// Error replies sent so far (Postfix's `smtpd_hard_error_limit` counts them per connection).
     pub errors: u32,

@@ -154,6 +154,11 @@ impl TlsLevel {
         }
     }
 
+    /// The level makes TLS mandatory (`encrypt` and above).
+    pub fn requires_encryption(self) -> bool {
+        self.rank() >= TlsLevel::Encrypt.rank()
+    }
+
     /// The level demands more than the automatic behaviour (or, for `none`, less).
     pub fn is_automatic(self) -> bool {
         self.rank() == 1

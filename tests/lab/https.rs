@@ -237,7 +237,7 @@ impl PolicyServer {
 
     /// Listens on `addr` (port 0 for an ephemeral one).
     pub async fn start_at(addr: SocketAddr) -> io::Result<PolicyServer> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        policy_cache::crypto::install_default();
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
@@ -249,13 +249,12 @@ impl PolicyServer {
             tls_failures: Mutex::new(Vec::new()),
             tasks: Mutex::new(Vec::new()),
         });
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(io::Error::other)?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(BySni(shared.clone())));
+        let mut config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(policy_cache::crypto::provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(io::Error::other)?
+                .with_no_client_auth()
+                .with_cert_resolver(Arc::new(BySni(shared.clone())));
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let task = tokio::spawn(accept_loop(listener, acceptor, shared.clone()));
@@ -303,7 +302,7 @@ impl PolicyServer {
                 .collect::<Result<_, _>>()
                 .expect("lab certificate chain");
         let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).expect("lab key");
-        let key = rustls::crypto::ring::sign::any_supported_type(&key).expect("lab key type");
+        let key = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key).expect("lab key type");
         self.shared.certs.lock().unwrap().insert(
             host.to_ascii_lowercase(),
             Arc::new(CertifiedKey::new(certs, key)),

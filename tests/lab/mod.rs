@@ -16,6 +16,7 @@ pub mod ca;
 pub mod dane;
 pub mod dns;
 pub mod https;
+pub mod openssl;
 pub mod queue;
 pub mod relay;
 pub mod resolver;
@@ -60,7 +61,7 @@ pub struct Lab {
 impl Lab {
     /// Starts an empty lab: DNS with no zones yet, no SMTP servers, no relay.
     pub async fn new() -> Lab {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        policy_cache::crypto::install_default();
         let mut rng = rand::thread_rng();
         let (net, port, reserved) = loop {
             let net = (rng.gen_range(1..=254u8), rng.gen::<u8>());

@@ -350,7 +350,7 @@ impl Session {
         if let Some(size) = e.size {
             lines.push(format!("SIZE {size}"));
         }
-        if b.tls.is_some() && self.tls.is_none() {
+        if (b.tls.is_some() || b.tls_handoff.is_some()) && self.tls.is_none() {
             lines.push("STARTTLS".into());
         }
         if e.enhancedstatuscodes {
@@ -378,6 +378,9 @@ impl Session {
 
     async fn starttls(&mut self) -> io::Result<Step> {
         let b = self.behaviour();
+        if let (Some(tls_server), None) = (b.tls_handoff, &self.tls) {
+            return self.hand_off_tls(tls_server).await;
+        }
         let config = match (&b.tls, &self.tls) {
             (Some(c), None) => c.clone(),
             _ => {
@@ -425,6 +428,21 @@ impl Session {
                 Ok(Step::Close)
             }
         }
+    }
+
+    /// STARTTLS answered here, the handshake (and whatever follows) done by `tls_server`.
+    async fn hand_off_tls(&mut self, tls_server: SocketAddr) -> io::Result<Step> {
+        self.reply("220 2.0.0 Ready to start TLS").await?;
+        let reader = self.stream.take().expect("stream present");
+        let mut client = reader.into_inner();
+        let mut server = tokio::net::TcpStream::connect(tls_server).await?;
+        self.shared.note(format!(
+            "-- STARTTLS handed to the TLS server at {tls_server}"
+        ));
+        let copied = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+        self.shared
+            .note(format!("-- TLS server session ended: {copied:?}"));
+        Ok(Step::Close)
     }
 
     async fn mail(&mut self, text: &str) -> io::Result<()> {

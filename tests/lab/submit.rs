@@ -46,13 +46,12 @@ impl ClientTls {
         roots
             .add(CertificateDer::from(ca_der.to_vec()))
             .expect("a CA certificate for the client's roots");
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let config =
+            rustls::ClientConfig::builder_with_provider(Arc::new(policy_cache::crypto::provider()))
+                .with_safe_default_protocol_versions()
+                .expect("TLS versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
         ClientTls {
             config: Arc::new(config),
             server_name: server_name.to_string(),

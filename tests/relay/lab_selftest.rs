@@ -250,7 +250,7 @@ async fn lab_smtp_scripted_refusals() {
 /// STARTTLS with a certificate for a name: the server records version and SNI.
 #[tokio::test]
 async fn lab_smtp_starttls() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    policy_cache::crypto::install_default();
     let lab = Lab::new().await;
     let cert = rcgen::generate_simple_self_signed(vec!["mx.example.test".to_string()]).unwrap();
     let cert_pem = cert.cert.pem();

@@ -153,12 +153,16 @@ impl Matching {
     fn apply(self, content: &[u8]) -> Vec<u8> {
         match self {
             Matching::Full => content.to_vec(),
-            Matching::Sha256 => ring::digest::digest(&ring::digest::SHA256, content)
-                .as_ref()
-                .to_vec(),
-            Matching::Sha512 => ring::digest::digest(&ring::digest::SHA512, content)
-                .as_ref()
-                .to_vec(),
+            Matching::Sha256 => {
+                crate::crypto::digest::digest(&crate::crypto::digest::SHA256, content)
+                    .as_ref()
+                    .to_vec()
+            }
+            Matching::Sha512 => {
+                crate::crypto::digest::digest(&crate::crypto::digest::SHA512, content)
+                    .as_ref()
+                    .to_vec()
+            }
         }
     }
 }

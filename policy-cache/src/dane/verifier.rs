@@ -69,7 +69,7 @@ impl DaneVerifier {
     pub fn new(records: Vec<Tlsa>, names: ReferenceNames) -> DaneVerifier {
         DaneVerifier {
             check: DaneCheck::new(records, names),
-            algorithms: rustls::crypto::ring::default_provider().signature_verification_algorithms,
+            algorithms: crate::crypto::provider().signature_verification_algorithms,
             verdict: VerdictSlot::default(),
         }
     }
@@ -143,7 +143,7 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
 
     fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-        Arc::new(rustls::crypto::ring::default_provider())
+        Arc::new(crate::crypto::provider())
     }
 
     /// Serves one TLS connection on 127.0.0.1 with `chain`, answering "220 ok".

@@ -156,7 +156,7 @@ impl DaneCheck {
                 .filter(|r| r.usability().is_ok())
                 .collect(),
             names,
-            algorithms: rustls::crypto::ring::default_provider().signature_verification_algorithms,
+            algorithms: crate::crypto::provider().signature_verification_algorithms,
         }
     }
 

@@ -82,7 +82,7 @@ impl Fetcher {
         let setup = crate::CacheError::Setup;
         // reqwest is built without a provider of its own: ring is the process-wide one. An
         // error only means that some provider is installed already.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::crypto::install_default();
         let tls = tls_config(&settings.extra_ca_files)?;
 
         let mut builder = reqwest::Client::builder()
@@ -242,7 +242,7 @@ fn tls_config(
             )));
         }
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(crate::crypto::provider());
     // RFC 8461 §3.3 asks for a PKIX-valid certificate; TLS below 1.2 is not offered at all.
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])

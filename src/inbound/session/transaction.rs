@@ -136,11 +136,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<'_, S> {
             .iter()
             .map(|r| r.address.as_str())
             .collect();
-        let tls = self
-            .client
-            .tls
-            .as_ref()
-            .map(|(v, c)| (v.as_str(), c.as_str()));
+        let tls = self.client.tls.as_ref();
         // The id is chosen here, not by the queue, so that `Received:` can name it.
         let id = QueueId::generate();
         let trace = Trace {
@@ -165,7 +161,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<'_, S> {
         envelope.client = ClientInfo {
             helo: helo.name.clone(),
             addr: self.client.addr.ip().to_canonical().to_string(),
-            tls: self.client.tls.as_ref().map(|(v, c)| format!("{v} {c}")),
+            tls: self
+                .client
+                .tls
+                .as_ref()
+                .map(|n| format!("{} {}", n.version, n.cipher)),
             auth_user: self.auth_user.clone(),
             listener: config
                 .listeners

@@ -49,6 +49,10 @@ pub struct Behaviour {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Answer STARTTLS with this instead of 220 (e.g. `454 4.7.0 TLS not available`).
     pub starttls_reply: Option<String>,
+    /// Offer STARTTLS, and after the 220 hand the connection's bytes to this TLS server (an
+    /// `openssl s_server` with protocols rustls refuses): the handshake is the real OpenSSL's.
+    /// The session ends with the TLS server's.
+    pub tls_handoff: Option<std::net::SocketAddr>,
     pub extensions: Extensions,
     /// Answer MAIL with this instead of 250.
     pub mail_reply: Option<String>,
@@ -84,6 +88,7 @@ impl Default for Behaviour {
             greeting_delay: Duration::ZERO,
             tls: None,
             starttls_reply: None,
+            tls_handoff: None,
             extensions: Extensions::default(),
             mail_reply: None,
             rcpt_replies: HashMap::new(),
@@ -113,6 +118,12 @@ impl Behaviour {
     /// Offers STARTTLS with a ready-made configuration (e.g. TLS 1.2 only).
     pub fn tls_config(mut self, config: Arc<rustls::ServerConfig>) -> Behaviour {
         self.tls = Some(config);
+        self
+    }
+
+    /// See [`Behaviour::tls_handoff`].
+    pub fn tls_handoff(mut self, tls_server: std::net::SocketAddr) -> Behaviour {
+        self.tls_handoff = Some(tls_server);
         self
     }
 
@@ -210,13 +221,12 @@ pub fn server_tls_config(cert_pem: &str, key_pem: &str) -> Arc<rustls::ServerCon
     let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_bytes())
         .expect("lab key PEM")
         .expect("a private key in the lab key PEM");
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-    .expect("TLS versions")
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .expect("lab certificate and key");
+    let config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(policy_cache::crypto::provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("lab certificate and key");
     Arc::new(config)
 }

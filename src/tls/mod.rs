@@ -1,6 +1,11 @@
 //! TLS material shared by the inbound server and the delivery client: loading PEM files,
-//! building rustls configurations (TLS 1.2 and 1.3 only, ring provider), and describing a
-//! session for `Received:` headers and the delivery log.
+//! building rustls configurations from the operator's [`settings`] (TLS 1.2 and 1.3 only, the
+//! aws-lc-rs provider of `policy_cache::crypto`), and describing a session for `Received:`
+//! headers and the delivery log.
+
+pub mod settings;
+
+use settings::TlsProfile;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::Path;
@@ -12,6 +17,8 @@ pub enum TlsSetupError {
     File { path: String, message: String },
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
+    #[error("{key}: {message}")]
+    Settings { key: &'static str, message: String },
 }
 
 fn file_err(path: &Path, message: impl std::fmt::Display) -> TlsSetupError {
@@ -21,14 +28,10 @@ fn file_err(path: &Path, message: impl std::fmt::Display) -> TlsSetupError {
     }
 }
 
-/// Installs ring as the process-wide rustls provider. reqwest (built without a provider) panics
+/// Installs the process-wide rustls provider. reqwest (built without a provider) panics
 /// without one, so `serve` and every test calls this first; a second call is harmless.
 pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    policy_cache::crypto::install_default();
 }
 
 /// Reads every certificate of a PEM file; an empty or unreadable file is an error.
@@ -50,14 +53,21 @@ pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsSetupError> {
         .ok_or_else(|| file_err(path, "no private key found"))
 }
 
-/// Server side: certificate chain and key from files; TLS 1.2+.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
+/// Server side: certificate chain and key from files, the versions, suites and groups of
+/// `profile`; with `preempt`, our suite order wins over the client's.
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    profile: &TlsProfile,
+    preempt: bool,
+) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
     let certs = read_certs(cert)?;
     let key = read_key(key)?;
-    let config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+    let mut config = rustls::ServerConfig::builder_with_provider(profile.provider.clone())
+        .with_protocol_versions(&profile.versions)?
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
+    config.ignore_client_order = preempt;
     Ok(Arc::new(config))
 }
 
@@ -81,10 +91,11 @@ pub fn root_store(
 pub fn client_config_verified(
     roots: rustls::RootCertStore,
 ) -> Result<Arc<rustls::ClientConfig>, TlsSetupError> {
-    let config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(policy_cache::crypto::provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     Ok(Arc::new(config))
 }
 
@@ -103,4 +114,28 @@ pub fn describe(conn: &rustls::CommonState) -> Option<(String, String)> {
     let suite = conn.negotiated_cipher_suite()?;
     let name = suite.suite().as_str().unwrap_or("unknown");
     Some((version.to_string(), name.to_string()))
+}
+
+/// What an established session negotiated, for the inbound side's log and `Received:`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Negotiated {
+    pub version: String,
+    pub cipher: String,
+    pub kx: Option<String>,
+}
+
+pub fn negotiated(conn: &rustls::CommonState) -> Option<Negotiated> {
+    let (version, cipher) = describe(conn)?;
+    Some(Negotiated {
+        version,
+        cipher,
+        kx: key_exchange(conn),
+    })
+}
+
+/// The key-exchange group of an established session by its IANA name (`X25519MLKEM768`,
+/// `x25519`, `secp256r1`): what shows a session was protected against later decryption.
+pub fn key_exchange(conn: &rustls::CommonState) -> Option<String> {
+    conn.negotiated_key_exchange_group()
+        .map(|g| settings::group_name(g.name()))
 }
