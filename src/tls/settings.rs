@@ -436,6 +436,24 @@ mod tests {
         assert!(p(">=SSLv4").unwrap_err().contains("unknown protocol"));
     }
 
+    #[test]
+    fn protocols_as_a_string_or_an_array() {
+        #[derive(Deserialize)]
+        struct K {
+            #[serde(deserialize_with = "protocols")]
+            p: Protocols,
+        }
+        let k: K = toml::from_str("p = [\"TLSv1.3\"]").unwrap();
+        assert_eq!(k.p, ONLY13);
+        let k: K = toml::from_str("p = \"!SSLv2, !SSLv3, !TLSv1.3\"").unwrap();
+        assert_eq!(k.p, ONLY12);
+        let e = toml::from_str::<K>("p = \">=TLSv1\"")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("RFC 8996"), "{e}");
+    }
+
     #[derive(Deserialize)]
     struct Keys {
         #[serde(default, deserialize_with = "cipher_suites")]
