@@ -47,6 +47,11 @@ enum Command {
     /// STARTTLS handshake, certificate chain and verdicts. Exit status 0 whenever the check
     /// ran (whatever it found), 2 for a bad command line or configuration.
     Check(CheckArgs),
+    /// Look NAME up as delivery does for DANE (`[dns] dnssec`: in-process validation or a
+    /// trusted AD bit) and print the DNSSEC verdict (secure, insecure, bogus, NXDOMAIN, no
+    /// records, lookup failed) with the records, like `delv`. Exit status 0 whenever the
+    /// look-up ran, 2 for a bad command line or configuration.
+    Dns(DnsArgs),
     /// Show, refresh or forget a domain's cached MTA-STS policy: through the running daemon's
     /// control socket, or directly in the cache when no daemon runs.
     Policy {
@@ -69,6 +74,18 @@ enum PolicyCommand {
 struct PolicyArgs {
     /// The recipient domain, e.g. example.com.
     domain: String,
+    /// TOML configuration file (the daemon's); without it, the built-in defaults apply.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct DnsArgs {
+    /// The name to look up, e.g. _25._tcp.mx.example.com.
+    name: String,
+    /// The record type (A, AAAA, MX, TLSA, TXT, DNSKEY, DS, …).
+    #[arg(default_value = "A")]
+    rtype: String,
     /// TOML configuration file (the daemon's); without it, the built-in defaults apply.
     #[arg(long, short)]
     config: Option<PathBuf>,
@@ -261,6 +278,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Queue(args) => return queue(args),
         Command::Check(args) => return Ok(check(args)),
+        Command::Dns(args) => return Ok(dns(args)),
         Command::Policy { command } => {
             let (action, args) = match command {
                 PolicyCommand::Show(args) => (PolicyAction::Show, args),
@@ -384,6 +402,35 @@ fn unsafe_uid() -> u32 {
 
 /// `mxguard check DOMAIN`: 0 when the check ran, 2 when it could not start (usage or
 /// configuration), whatever the domain turned out to be.
+/// `mxguard dns NAME [TYPE]`: see [`mxguard::check::dns`].
+fn dns(args: DnsArgs) -> ExitCode {
+    const USAGE: u8 = 2;
+    let result = load_config(args.config.as_ref()).and_then(|config| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime
+            .block_on(mxguard::check::dns::lookup(
+                &config.dns,
+                &args.name,
+                &args.rtype,
+            ))
+            .map_err(anyhow::Error::msg)
+    });
+    match result {
+        Ok(text) => {
+            // A reader that stops early (`| head -1`) is no error of ours.
+            use std::io::Write;
+            let _ = writeln!(std::io::stdout(), "{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mxguard: {e:#}");
+            ExitCode::from(USAGE)
+        }
+    }
+}
+
 fn check(args: CheckArgs) -> ExitCode {
     const USAGE: u8 = 2;
     let config = match load_config(args.config.as_ref()) {

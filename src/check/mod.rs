@@ -68,6 +68,7 @@
 //! unusable (including a DOMAIN that is not a domain name).
 
 mod checker;
+pub mod dns;
 mod gather;
 mod probe;
 mod render;

@@ -61,6 +61,16 @@ pub enum Anchor {
     Ds(DsAnchor),
 }
 
+impl Anchor {
+    /// The zone the anchor is for.
+    pub fn zone(&self) -> &Name {
+        match self {
+            Anchor::Key(k) => &k.zone,
+            Anchor::Ds(d) => &d.zone,
+        }
+    }
+}
+
 /// One trust anchor: a DNSKEY trusted for a zone without proof from above.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrustAnchor {

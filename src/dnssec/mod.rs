@@ -29,6 +29,8 @@
 //! [`SecureResolver`] is the one the delivery uses: either mode behind one `lookup`.
 
 pub mod anchors;
+mod keyset;
+mod opt_out;
 mod trust_ad;
 mod validate;
 

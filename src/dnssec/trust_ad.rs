@@ -39,20 +39,7 @@ impl AdResolver {
     /// The resolvers of `[dns] nameservers`, or those of `/etc/resolv.conf` (port 53); all must
     /// be loopback unless `dns.trust_ad_remote` is set.
     pub fn from_config(config: &DnsConfig) -> Result<AdResolver, DnssecSetupError> {
-        let servers: Vec<SocketAddr> = if config.nameservers.is_empty() {
-            let (system, _) = hickory_resolver::system_conf::read_system_conf()
-                .map_err(|e| DnssecSetupError::Resolver(format!("/etc/resolv.conf: {e}")))?;
-            system
-                .name_servers()
-                .iter()
-                .map(|ns| SocketAddr::new(ns.ip, 53))
-                .collect()
-        } else {
-            config.nameservers.clone()
-        };
-        if servers.is_empty() {
-            return Err(DnssecSetupError::Resolver("no name servers".into()));
-        }
+        let servers = name_servers(config)?;
         crate::config::trust_ad_servers_allowed(&servers, config.trust_ad_remote)
             .map_err(DnssecSetupError::Resolver)?;
         Ok(AdResolver {
@@ -82,41 +69,71 @@ impl AdResolver {
         Err(DnssecFailure::TempFail(failures.join("; ")))
     }
 
-    /// One query to one server: UDP, then TCP when the reply is truncated.
     async fn ask(
         &self,
         server: SocketAddr,
         name: &Name,
         rtype: RecordType,
     ) -> Result<Message, String> {
-        let provider = TokioRuntimeProvider::default();
-        let udp = UdpClientStream::builder(server, provider.clone())
-            .with_timeout(Some(self.timeout))
-            .build();
-        let response = exchange(Client::from_sender(udp), query(name, rtype), self.timeout).await?;
-        if !response.metadata.truncation {
-            return Ok(response.into_message());
-        }
-        let (connect, handle) = TcpClientStream::new(server, None, Some(self.timeout), provider);
-        let tcp = tokio::time::timeout(self.timeout, connect)
-            .await
-            .map_err(|_| "TCP connect timed out".to_string())?
-            .map_err(|e| format!("TCP: {e}"))?;
-        let client = Client::with_timeout(tcp, handle, self.timeout);
-        let response = exchange(client, query(name, rtype), self.timeout).await?;
-        Ok(response.into_message())
+        ask_server(server, name, rtype, self.timeout, false).await
     }
 }
 
-/// The query: RD, AD (RFC 6840 §5.7) and EDNS with DO (RFC 3225), CD clear.
-fn query(name: &Name, rtype: RecordType) -> DnsRequest {
+/// The servers of `[dns] nameservers`, or those of `/etc/resolv.conf` (port 53).
+pub(crate) fn name_servers(config: &DnsConfig) -> Result<Vec<SocketAddr>, DnssecSetupError> {
+    let servers: Vec<SocketAddr> = if config.nameservers.is_empty() {
+        let (system, _) = hickory_resolver::system_conf::read_system_conf()
+            .map_err(|e| DnssecSetupError::Resolver(format!("/etc/resolv.conf: {e}")))?;
+        system
+            .name_servers()
+            .iter()
+            .map(|ns| SocketAddr::new(ns.ip, 53))
+            .collect()
+    } else {
+        config.nameservers.clone()
+    };
+    if servers.is_empty() {
+        return Err(DnssecSetupError::Resolver("no name servers".into()));
+    }
+    Ok(servers)
+}
+
+/// One query to one server: UDP, then TCP when the reply is truncated. With `cd` (RFC 4035
+/// §3.2.2) a validating server hands over the data without judging it, for us to check.
+pub(crate) async fn ask_server(
+    server: SocketAddr,
+    name: &Name,
+    rtype: RecordType,
+    timeout: Duration,
+    cd: bool,
+) -> Result<Message, String> {
+    let provider = TokioRuntimeProvider::default();
+    let udp = UdpClientStream::builder(server, provider.clone())
+        .with_timeout(Some(timeout))
+        .build();
+    let response = exchange(Client::from_sender(udp), query(name, rtype, cd), timeout).await?;
+    if !response.metadata.truncation {
+        return Ok(response.into_message());
+    }
+    let (connect, handle) = TcpClientStream::new(server, None, Some(timeout), provider);
+    let tcp = tokio::time::timeout(timeout, connect)
+        .await
+        .map_err(|_| "TCP connect timed out".to_string())?
+        .map_err(|e| format!("TCP: {e}"))?;
+    let client = Client::with_timeout(tcp, handle, timeout);
+    let response = exchange(client, query(name, rtype, cd), timeout).await?;
+    Ok(response.into_message())
+}
+
+/// The query: RD, AD (RFC 6840 §5.7) and EDNS with DO (RFC 3225); CD as asked.
+fn query(name: &Name, rtype: RecordType, cd: bool) -> DnsRequest {
     let mut options = DnsRequestOptions::default();
     options.use_edns = true;
     options.edns_set_dnssec_ok = true;
     options.recursion_desired = true;
     let mut request = DnsRequest::from_query(Query::query(name.clone(), rtype), options);
     request.metadata.authentic_data = true;
-    request.metadata.checking_disabled = false;
+    request.metadata.checking_disabled = cd;
     request
 }
 

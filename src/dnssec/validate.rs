@@ -1,88 +1,91 @@
 //! In-process validation (`[dns] dnssec = "validate"`): hickory's resolver checks every
 //! answer from the trust anchors, and each record carries its proof.
 
-use super::anchors::{self, DsAnchor, TrustAnchor};
+use super::anchors::{self, Anchor, TrustAnchor};
+use super::{keyset, opt_out};
 use super::{DnssecFailure, DnssecSetupError, Secured, Security};
 use crate::config::DnsConfig;
 use hickory_resolver::net::{DnsError, NetError};
-use hickory_resolver::proto::dnssec::rdata::DNSSECRData;
 use hickory_resolver::proto::dnssec::{Proof, TrustAnchors};
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 use hickory_resolver::TokioResolver;
-use std::sync::Arc;
-use tokio::sync::OnceCell;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{Mutex, OnceCell};
 
 /// A resolver that validates every answer (RFC 4035 §5) from configured trust anchors.
 #[derive(Clone)]
 pub struct DnssecResolver {
-    /// The validating resolver, once its anchors are known: at once for DNSKEY anchors (or
-    /// hickory's built-in root keys); after the first look-up of the anchored zones' DNSKEY
-    /// RRsets for DS anchors.
-    resolver: Arc<OnceCell<TokioResolver>>,
-    /// What a DS anchor needs to become a key; `None` once built.
-    pending: Option<Arc<PendingAnchors>>,
+    inner: Arc<Inner>,
 }
 
-/// DS anchors waiting for their zones' keys.
-struct PendingAnchors {
+struct Inner {
     config: DnsConfig,
-    keys: Vec<TrustAnchor>,
-    ds: Vec<DsAnchor>,
+    /// The anchors of `trust_anchor_file`; `None`: hickory's built-in IANA root keys.
+    anchors: Option<Vec<Anchor>>,
+    /// The validating resolver, with the key sets its anchors vouch for, once built.
+    current: RwLock<Option<Current>>,
+    /// One rebuild at a time.
+    rebuilding: Mutex<()>,
+    /// For names outside every anchored zone (see [`DnssecResolver::lookup`]).
+    plain: OnceCell<TokioResolver>,
 }
+
+#[derive(Clone)]
+struct Current {
+    resolver: TokioResolver,
+    /// When the anchored zones' key sets are to be fetched again (their TTL, their
+    /// signatures' expiry; sooner after a failed fetch).
+    refresh_at: Instant,
+}
+
+/// After a failed fetch of an anchored zone's keys, try again this soon.
+const RETRY: Duration = Duration::from_secs(60);
 
 impl DnssecResolver {
     /// The validating resolver of `[dns]`: its `nameservers` (or `/etc/resolv.conf`),
     /// `timeout` and `cache_size`, and the anchors of `trust_anchor_file` (or hickory's built-in
-    /// IANA root keys when no file is configured).
+    /// IANA root keys when no file is configured). The anchored zones' key sets are fetched
+    /// at the first look-up.
     pub fn from_config(config: &DnsConfig) -> Result<DnssecResolver, DnssecSetupError> {
-        let Some(path) = &config.trust_anchor_file else {
-            return DnssecResolver::with_anchors(config, TrustAnchors::default());
+        let anchors = match &config.trust_anchor_file {
+            Some(path) => Some(anchors::load_trust_anchors(path)?),
+            None => None,
         };
-        let anchors = anchors::load_trust_anchors(path)?;
-        let ds = anchors::ds_anchors(&anchors);
-        let keys = anchors::keys(&anchors);
-        if ds.is_empty() {
-            return DnssecResolver::with_anchors(config, anchors::trust_anchors(&keys));
-        }
         Ok(DnssecResolver {
-            resolver: Arc::new(OnceCell::new()),
-            pending: Some(Arc::new(PendingAnchors {
+            inner: Arc::new(Inner {
                 config: config.clone(),
-                keys,
-                ds,
-            })),
-        })
-    }
-
-    /// The same, with the trust anchors given.
-    pub fn with_anchors(
-        config: &DnsConfig,
-        anchors: TrustAnchors,
-    ) -> Result<DnssecResolver, DnssecSetupError> {
-        let resolver = build(config, anchors)?;
-        Ok(DnssecResolver {
-            resolver: Arc::new(OnceCell::new_with(Some(resolver))),
-            pending: None,
+                anchors,
+                current: RwLock::new(None),
+                rebuilding: Mutex::new(()),
+                plain: OnceCell::new(),
+            }),
         })
     }
 
     /// The validated records of type `rtype` at `name` (absolute: no search domains).
     /// CNAMEs are followed by the resolver; the answer is only as secure as its whole chain.
+    ///
+    /// A name outside every zone of `trust_anchor_file` is insecure (RFC 4035 §4.3: no trust
+    /// anchor says that part of the tree is signed), as unbound and BIND have it, not bogus:
+    /// an operator who anchors a private zone still reaches the rest of the world.
     pub async fn lookup(
         &self,
         name: &Name,
         rtype: RecordType,
     ) -> Result<Secured<Vec<RData>>, DnssecFailure> {
-        let resolver = self
-            .resolver
-            .get_or_try_init(|| async {
-                match &self.pending {
-                    Some(pending) => pending.resolve().await,
-                    None => Err(DnssecFailure::TempFail("no trust anchors".into())),
-                }
-            })
-            .await?;
+        if let Some(anchors) = &self.inner.anchors {
+            // A DS RRset belongs to the parent's side of the zone cut (RFC 4035 §2.4).
+            let zone_name = match rtype {
+                RecordType::DS if !name.is_root() => name.base_name(),
+                _ => name.clone(),
+            };
+            if !anchors.iter().any(|a| a.zone().zone_of(&zone_name)) {
+                return self.inner.unanchored(name, rtype).await;
+            }
+        }
+        let resolver = self.inner.resolver().await?;
         // An absolute name: no search domains (SecureResolver::lookup makes sure).
         match resolver.lookup(name.clone(), rtype).await {
             Ok(answer) => classify_answer(rtype, answer.answers()),
@@ -91,54 +94,124 @@ impl DnssecResolver {
     }
 }
 
-impl PendingAnchors {
-    /// RFC 4034 §5: the keys of each DS-anchored zone are those of its DNSKEY RRset whose
-    /// digest the DS gives. The RRset is fetched without validation (it is what the anchor
-    /// vouches for); the validator then checks its self-signature like any other. A failed
-    /// fetch is temporary: the next look-up tries again.
-    async fn resolve(&self) -> Result<TokioResolver, DnssecFailure> {
-        let fail = |why: String| DnssecFailure::TempFail(format!("trust anchor: {why}"));
-        let plain =
-            crate::delivery::dns::build_resolver(&self.config).map_err(|e| fail(e.to_string()))?;
-        let mut keys = self.keys.clone();
-        for anchor in &self.ds {
-            let answer = plain
-                .lookup(anchor.zone.clone(), RecordType::DNSKEY)
-                .await
-                .map_err(|e| fail(format!("DNSKEY of {}: {e}", anchor.zone)))?;
-            let matching: Vec<TrustAnchor> = answer
-                .answers()
-                .iter()
-                .filter_map(|r| match &r.data {
-                    RData::DNSSEC(DNSSECRData::DNSKEY(key)) => Some(key),
-                    _ => None,
+impl Inner {
+    /// A look-up without validation, every answer insecure.
+    async fn unanchored(
+        &self,
+        name: &Name,
+        rtype: RecordType,
+    ) -> Result<Secured<Vec<RData>>, DnssecFailure> {
+        let resolver = self
+            .plain
+            .get_or_try_init(|| async {
+                crate::delivery::dns::build_resolver(&self.config)
+                    .map_err(|e| DnssecFailure::TempFail(e.to_string()))
+            })
+            .await?;
+        match resolver.lookup(name.clone(), rtype).await {
+            Ok(answer) => {
+                let records: Vec<&Record> = answer
+                    .answers()
+                    .iter()
+                    .filter(|r| r.record_type() == rtype)
+                    .collect();
+                let Some(owner) = records.first().map(|r| r.name.clone()) else {
+                    return Err(DnssecFailure::NoData { secure: false });
+                };
+                Ok(Secured {
+                    status: Security::Insecure,
+                    records: records.iter().map(|r| r.data.clone()).collect(),
+                    owner,
                 })
-                .filter(|key| anchor.ds.covers(&anchor.zone, key).unwrap_or(false))
-                .map(|key| TrustAnchor {
-                    zone: anchor.zone.clone(),
-                    flags: key.flags(),
-                    key: key.public_key().clone(),
-                })
-                .collect();
-            if matching.is_empty() {
-                return Err(fail(format!(
-                    "no DNSKEY of {} matches its DS (key tag {})",
-                    anchor.zone,
-                    anchor.ds.key_tag()
-                )));
             }
-            keys.extend(matching);
+            Err(NetError::Dns(DnsError::NoRecordsFound(nr))) => {
+                Err(negative(nr.response_code, false))
+            }
+            Err(e) => Err(DnssecFailure::TempFail(e.to_string())),
         }
-        tracing::info!(
-            "DNSSEC trust anchors: {} key(s), from the DS records of {}",
-            keys.len(),
-            self.ds
-                .iter()
-                .map(|d| d.zone.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        build(&self.config, anchors::trust_anchors(&keys)).map_err(|e| fail(e.to_string()))
+    }
+
+    /// The resolver in force, rebuilt first when its key sets are due for a refresh. A failed
+    /// refresh keeps the old resolver (its keys were good a TTL ago) and tries again later.
+    async fn resolver(&self) -> Result<TokioResolver, DnssecFailure> {
+        if let Some(c) = self.fresh() {
+            return Ok(c);
+        }
+        let _one = self.rebuilding.lock().await;
+        if let Some(c) = self.fresh() {
+            return Ok(c);
+        }
+        let built = self.build().await;
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        match (built, current.as_mut()) {
+            (Ok(c), _) => {
+                *current = Some(c.clone());
+                Ok(c.resolver)
+            }
+            (Err(e), Some(old)) => {
+                tracing::warn!("DNSSEC: keeping the previous trust anchor keys: {e}");
+                old.refresh_at = Instant::now() + RETRY;
+                Ok(old.resolver.clone())
+            }
+            (Err(e), None) => Err(e),
+        }
+    }
+
+    fn fresh(&self) -> Option<TokioResolver> {
+        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+        current
+            .as_ref()
+            .filter(|c| Instant::now() < c.refresh_at)
+            .map(|c| c.resolver.clone())
+    }
+
+    /// A resolver trusting, for each anchored zone, every key of its verified DNSKEY RRset
+    /// (see [`keyset`]). A zone whose keys cannot be fetched or verified now keeps only its
+    /// configured DNSKEY anchors, and the whole set is tried again soon.
+    async fn build(&self) -> Result<Current, DnssecFailure> {
+        let fail = |why: String| DnssecFailure::TempFail(format!("trust anchor: {why}"));
+        let Some(anchors) = &self.anchors else {
+            let resolver =
+                build(&self.config, TrustAnchors::default()).map_err(|e| fail(e.to_string()))?;
+            return Ok(Current {
+                resolver,
+                refresh_at: Instant::now() + Duration::from_secs(86_400 * 365),
+            });
+        };
+        let servers =
+            super::trust_ad::name_servers(&self.config).map_err(|e| fail(e.to_string()))?;
+        let mut keys: Vec<TrustAnchor> = Vec::new();
+        let mut valid_for = Duration::MAX;
+        let mut failures = Vec::new();
+        for (zone, zone_anchors) in keyset::by_zone(anchors) {
+            match keyset::fetch(&servers, self.config.timeout, &zone, &zone_anchors).await {
+                Ok(verified) => {
+                    tracing::info!(
+                        "DNSSEC: trust anchor for {zone}: {} key(s) of its verified DNSKEY RRset, \
+                         for {}s",
+                        verified.keys.len(),
+                        verified.valid_for.as_secs()
+                    );
+                    valid_for = valid_for.min(verified.valid_for);
+                    keys.extend(verified.keys);
+                }
+                Err(why) => {
+                    tracing::warn!("DNSSEC: trust anchor for {zone}: {why}");
+                    valid_for = valid_for.min(RETRY);
+                    keys.extend(anchors::keys(&zone_anchors));
+                    failures.push(why);
+                }
+            }
+        }
+        if keys.is_empty() {
+            return Err(fail(failures.join("; ")));
+        }
+        let resolver =
+            build(&self.config, anchors::trust_anchors(&keys)).map_err(|e| fail(e.to_string()))?;
+        Ok(Current {
+            resolver,
+            refresh_at: Instant::now() + valid_for,
+        })
     }
 }
 
@@ -228,10 +301,12 @@ pub(crate) fn classify_error(err: &NetError) -> DnssecFailure {
             let authorities = nr.authorities.as_deref().unwrap_or_default();
             match chain_status(authorities) {
                 Err(bogus) => bogus,
-                Ok(status) => negative(
-                    nr.response_code,
-                    !authorities.is_empty() && status == Security::Secure,
-                ),
+                Ok(status) => {
+                    let proven = !authorities.is_empty() && status == Security::Secure;
+                    let opt_out = nr.response_code == ResponseCode::NXDomain
+                        && opt_out::rests_on_opt_out(nr.query.name(), authorities);
+                    negative(nr.response_code, proven && !opt_out)
+                }
             }
         }
         NetError::Dns(DnsError::Nsec {

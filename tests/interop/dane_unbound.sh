@@ -100,33 +100,8 @@ write_zones() {
     fi
 }
 
-cat >"$DNS/nsd.conf" <<EOF
-server:
-    ip-address: 127.0.0.1@$NSD_PORT
-    do-ip6: no
-    server-count: 1
-    username: ""
-    chroot: ""
-    zonesdir: "$DNS"
-    database: ""
-    zonelistfile: "$DNS/nsd-zone.list"
-    xfrdfile: "$DNS/nsd-xfrd.state"
-    xfrdir: "$DNS"
-    pidfile: "$DNS/nsd.pid"
-    logfile: "$DNS/nsd.log"
-    verbosity: 1
-remote-control:
-    control-enable: no
-zone:
-    name: "test."
-    zonefile: "test.zone.signed"
-zone:
-    name: "dane.test."
-    zonefile: "dane.test.zone.signed"
-zone:
-    name: "plain.test."
-    zonefile: "plain.test.zone"
-EOF
+iop_nsd_conf "$DNS" "$NSD_PORT" test.=test.zone.signed dane.test.=dane.test.zone.signed \
+    plain.test.=plain.test.zone
 
 # Stubs for every zone (nsd is not on port 53, so unbound must never follow NS records to it)
 # and for "." (so nothing is ever asked of the Internet's root).

@@ -438,3 +438,31 @@ iop_postfix_log_lines() {
 iop_postfix_log_since() {
     tail -n "+$(($2 + 1))" "$1/maillog" 2>/dev/null
 }
+
+# iop_nsd_conf DIR PORT ZONE=FILE...: writes DIR/nsd.conf for an nsd on 127.0.0.1:PORT, in
+# the foreground, everything (zones, state, logs) in DIR, serving each ZONE from DIR/FILE.
+iop_nsd_conf() {
+    local dir=$1 port=$2 zone
+    shift 2
+    cat >"$dir/nsd.conf" <<NSD
+server:
+    ip-address: 127.0.0.1@$port
+    do-ip6: no
+    server-count: 1
+    username: ""
+    chroot: ""
+    zonesdir: "$dir"
+    database: ""
+    zonelistfile: "$dir/nsd-zone.list"
+    xfrdfile: "$dir/nsd-xfrd.state"
+    xfrdir: "$dir"
+    pidfile: "$dir/nsd.pid"
+    logfile: "$dir/nsd.log"
+    verbosity: 1
+remote-control:
+    control-enable: no
+NSD
+    for zone in "$@"; do
+        printf 'zone:\n    name: "%s"\n    zonefile: "%s"\n' "${zone%%=*}" "${zone#*=}" >>"$dir/nsd.conf"
+    done
+}
