@@ -210,17 +210,6 @@ EOF
 iop_mxguard_start "$IOP_TMP/mxguard.toml" "$RELAY_PORT"
 iop_log "nsd :$NSD_PORT, unbound :$UNBOUND_PORT, MXes $MX_IP/$PLAIN_IP :$SMTP_PORT, mxguard :$RELAY_PORT"
 
-PASSED=0
-FAILED=0
-ok() {
-    echo "ok - $1"
-    PASSED=$((PASSED + 1))
-}
-not_ok() {
-    echo "not ok - $1: $2"
-    FAILED=$((FAILED + 1))
-}
-
 # send TO MARKER: submit to mxguard with swaks.
 send() {
     local log="$IOP_TMP/swaks-$2.log"

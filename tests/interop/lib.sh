@@ -466,3 +466,16 @@ NSD
         printf 'zone:\n    name: "%s"\n    zonefile: "%s"\n' "${zone%%=*}" "${zone#*=}" >>"$dir/nsd.conf"
     done
 }
+
+# Scenario bookkeeping shared by the scripts: `ok NAME`, `not_ok NAME WHY`, and the counts in
+# PASSED and FAILED for the script's summary line.
+PASSED=0
+FAILED=0
+ok() {
+    echo "ok - $1"
+    PASSED=$((PASSED + 1))
+}
+not_ok() {
+    echo "not ok - $1: $2"
+    FAILED=$((FAILED + 1))
+}

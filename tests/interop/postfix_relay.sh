@@ -95,17 +95,6 @@ iop_postfix_start "$PF_DIR" "$PF_PORT" "[127.0.0.1]:$MX_PORT" \
     "sender_dependent_default_transport_maps = inline:{ forced@local.test=forceenc:[127.0.0.1]:$MX_PORT2 }"
 iop_log "sink :$SINK_PORT, reject :$REJECT_PORT, mxguard :$MX_PORT/:$MX_PORT2, postfix :$PF_PORT"
 
-PASSED=0
-FAILED=0
-ok() {
-    echo "ok - $1"
-    PASSED=$((PASSED + 1))
-}
-not_ok() {
-    echo "not ok - $1: $2"
-    FAILED=$((FAILED + 1))
-}
-
 # send FROM TO SUBJECT BODY: submit to Postfix's smtpd with swaks.
 send() {
     local log="$IOP_TMP/swaks-$3.log"

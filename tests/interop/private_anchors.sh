@@ -206,17 +206,6 @@ QUESTIONS=(
     "test. DS secure insecure insecure"
 )
 
-PASSED=0
-FAILED=0
-ok() {
-    echo "ok - $1"
-    PASSED=$((PASSED + 1))
-}
-not_ok() {
-    echo "not ok - $1: $2"
-    FAILED=$((FAILED + 1))
-}
-
 # anchor_config LABEL SCOPE LINES...: an anchor file with LINES (SCOPE: root, test or sec, the
 # column of QUESTIONS that holds the expected verdicts), unbound and mxguard on it, and every
 # question to both.
@@ -277,5 +266,5 @@ start_nsd
 anchor_config rollover-zone-dnskey sec "$(key_line "$SEC_KSK")"
 anchor_config rollover-parent-ds test "$(ds_line "$TEST_KSK")"
 
-echo "# private_anchors: $PASSED passed, $FAILED failed"
+echo "private_anchors: $PASSED passed, $FAILED failed"
 [[ $FAILED -eq 0 ]]
