@@ -86,6 +86,34 @@ impl Outcome {
             remote: false,
         }
     }
+
+    /// The server's answer `r` where `command` was not accepted as it should have been: a
+    /// refusal (4xx, 5xx) stands as the server's; anything else there (a 250 to DATA, a 354
+    /// to RCPT, a 1xx) breaks the protocol and is a deferral of ours, 4.5.0. Taken as it
+    /// came, a 250 to DATA would mark a message sent that never left (RFC 5321 §4.3.2: DATA
+    /// is answered 354 or refused).
+    fn refusal(relay: &Relay, r: &Response<String>, command: &str) -> Outcome {
+        match r.code / 100 {
+            4 | 5 => Outcome::remote(r),
+            _ => Outcome::ours(Reply::new(
+                451,
+                EnhancedCode::new(4, 5, 0),
+                format!(
+                    "protocol error: host {} answered {command} with {}",
+                    relay.host_ip(),
+                    remote_reply(r)
+                ),
+            )),
+        }
+    }
+
+    /// The reply to the end of data: success, refusal, or (anything else) a protocol error.
+    fn final_reply(relay: &Relay, r: &Response<String>) -> Outcome {
+        match r.code / 100 {
+            2 => Outcome::remote(r),
+            _ => Outcome::refusal(relay, r, "the end of data"),
+        }
+    }
 }
 
 /// The outcome for each of the job's recipients, in `job.recipients` order.
@@ -244,7 +272,7 @@ impl Transaction<'_> {
         }
         match client.cmd(b"DATA\r\n").await {
             Ok(r) if r.code == 354 => Some((round, None)),
-            Ok(r) => Some((round, Some(Outcome::remote(&r)))),
+            Ok(r) => Some((round, Some(Outcome::refusal(self.relay, &r, "DATA")))),
             Err(e) => {
                 let lost = Outcome::ours(lost(self.relay, &e, "sending DATA command").reply);
                 Some((round, Some(lost)))
@@ -325,13 +353,13 @@ impl Transaction<'_> {
     ) -> Option<Opened> {
         let mut answers = answers.into_iter();
         let mut next = || answers.next();
-        let every = |replies: &mut Replies, r: &Response<String>| {
-            fill(replies, sent, &Outcome::remote(r));
+        let every = |replies: &mut Replies, r: &Response<String>, command: &str| {
+            fill(replies, sent, &Outcome::refusal(self.relay, r, command));
         };
         if needs_reset {
             let rset = next()?;
             if rset.code / 100 != 2 {
-                every(replies, &rset);
+                every(replies, &rset, "RSET");
                 return None;
             }
         }
@@ -345,11 +373,15 @@ impl Transaction<'_> {
                 452 => round.too_many.push(i),
                 _ => {}
             }
-            replies[i] = Some(Outcome::remote(&r));
+            replies[i] = Some(if r.code / 100 == 2 {
+                Outcome::remote(&r)
+            } else {
+                Outcome::refusal(self.relay, &r, "RCPT TO")
+            });
         }
         let data = next()?;
         if mail.code / 100 != 2 {
-            every(replies, &mail);
+            every(replies, &mail, "MAIL FROM");
             self.end_stray_data(client, &data).await;
             return None;
         }
@@ -359,7 +391,7 @@ impl Transaction<'_> {
             return Some((round, None));
         }
         if data.code != 354 {
-            return Some((round, Some(Outcome::remote(&data))));
+            return Some((round, Some(Outcome::refusal(self.relay, &data, "DATA"))));
         }
         Some((round, None))
     }
@@ -423,7 +455,7 @@ impl Transaction<'_> {
     ) -> Result<(), Outcome> {
         match client.cmd(b"RSET\r\n").await {
             Ok(r) if r.code / 100 == 2 => Ok(()),
-            Ok(r) => Err(Outcome::remote(&r)),
+            Ok(r) => Err(Outcome::refusal(self.relay, &r, "RSET")),
             Err(e) => Err(Outcome::ours(lost(self.relay, &e, "sending RSET").reply)),
         }
     }
@@ -446,7 +478,7 @@ impl Transaction<'_> {
     ) -> Result<(), Outcome> {
         match client.cmd(self.mail_command(utf8)).await {
             Ok(r) if r.code / 100 == 2 => Ok(()),
-            Ok(r) => Err(Outcome::remote(&r)),
+            Ok(r) => Err(Outcome::refusal(self.relay, &r, "MAIL FROM")),
             Err(e) => Err(Outcome::ours(
                 lost(self.relay, &e, "sending MAIL FROM").reply,
             )),
@@ -479,7 +511,7 @@ impl Transaction<'_> {
                     round.too_many.push(i);
                     replies[i] = Some(Outcome::remote(&r));
                 }
-                Ok(r) => replies[i] = Some(Outcome::remote(&r)),
+                Ok(r) => replies[i] = Some(Outcome::refusal(self.relay, &r, "RCPT TO")),
                 Err(e) => {
                     let lost = Outcome::ours(lost(self.relay, &e, "sending RCPT TO").reply);
                     for &j in round.accepted.iter().chain(&pending[n..]) {
@@ -534,7 +566,7 @@ impl Transaction<'_> {
         }
         let stage = "sending end of data -- message may be sent more than once";
         match tokio::time::timeout_at(deadline, client.read()).await {
-            Ok(Ok(r)) => Outcome::remote(&r),
+            Ok(Ok(r)) => Outcome::final_reply(self.relay, &r),
             Ok(Err(e)) => Outcome::ours(lost(self.relay, &e, stage).reply),
             Err(_) => Outcome::ours(lost(self.relay, &mail_send::Error::Timeout, stage).reply),
         }

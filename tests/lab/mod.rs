@@ -18,6 +18,7 @@ pub mod dns;
 pub mod https;
 pub mod openssl;
 pub mod queue;
+pub mod raw;
 pub mod relay;
 pub mod resolver;
 pub mod smtp;
