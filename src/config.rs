@@ -139,7 +139,7 @@ pub struct SmtpdConfig {
     /// How long the whole DATA transfer may take.
     #[serde(default = "default_data_timeout", deserialize_with = "duration")]
     pub data_timeout: Duration,
-    /// Simultaneous client connections over all listeners; more get `421 4.7.0`.
+    /// Simultaneous client connections over all listeners; more get `421 4.3.2`.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// Errors (4xx/5xx replies) after which a session is closed (Postfix's `smtpd_hard_error_limit`).

@@ -55,7 +55,7 @@ fn refuse_busy(inbound: &Inbound, stream: &TcpStream, peer: SocketAddr) {
         peer.ip().to_canonical()
     );
     let text = format!(
-        "421 4.7.0 {} Error: too many connections\r\n",
+        "421 4.3.2 {} Error: too many connections, try again later\r\n",
         inbound.config.hostname
     );
     let _ = stream.try_write(text.as_bytes());

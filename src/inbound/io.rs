@@ -125,8 +125,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpIo<S> {
     }
 
     /// Reads one line ended by LF (a CR before it is dropped too: commands may end in a bare
-    /// LF), waiting at most `timeout` for each piece of input.
+    /// LF). The whole line must arrive within `timeout`, not each piece of it: a client that
+    /// trickles a byte now and then (slowloris) is cut off like a silent one (Postfix's
+    /// `smtpd_per_record_deadline`).
     pub async fn read_line(&mut self, timeout: Duration) -> Result<Line, IoError> {
+        let deadline = Instant::now() + timeout;
         loop {
             let pending = &self.input[self.start..self.end];
             if let Some(lf) = pending.iter().position(|&b| b == b'\n') {
@@ -148,7 +151,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpIo<S> {
                 self.skipping = true;
                 self.start = self.end;
             }
-            self.fill(Instant::now() + timeout).await?;
+            self.fill(deadline).await?;
         }
     }
 
