@@ -133,7 +133,8 @@ pub struct SmtpdConfig {
     /// Most recipients in one transaction (RFC 5321 §4.5.3.1.8 asks for at least 100).
     #[serde(default = "default_recipient_limit")]
     pub recipient_limit: usize,
-    /// How long to wait for a client command (RFC 5321 §4.5.3.2.7: at least 5 minutes).
+    /// How long a client command may take to arrive, the whole line (RFC 5321 §4.5.3.2.7:
+    /// at least 5 minutes).
     #[serde(default = "default_smtpd_timeout", deserialize_with = "duration")]
     pub timeout: Duration,
     /// How long the whole DATA transfer may take.

@@ -189,7 +189,7 @@ fn raise(
 
 /// RFC 8689 §4.1: a `TLS-Required: No` header field in the message's header section (names
 /// compare without case; the value `No`, also without case).
-fn says_tls_not_required(message: &[u8]) -> bool {
+pub fn says_tls_not_required(message: &[u8]) -> bool {
     let end = find(message, b"\r\n\r\n").unwrap_or(message.len());
     let headers = String::from_utf8_lossy(&message[..end]);
     // RFC 5322 §2.2.3: a line that starts with white space continues the field before it.

@@ -31,7 +31,7 @@ mod data;
 pub(crate) mod destination;
 pub(crate) mod dns;
 mod hosts;
-pub(crate) mod local;
+pub mod local;
 mod mime_downgrade;
 pub(crate) mod mx;
 pub(crate) mod plan;
