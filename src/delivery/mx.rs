@@ -49,12 +49,25 @@ pub(crate) fn classify(records: Vec<(u16, Name)>) -> MxAnswer {
     )
 }
 
+/// At most this many MX hosts of a domain are considered, the most preferred: a domain that
+/// publishes hundreds must not cost hundreds of address and TLSA look-ups per attempt (only
+/// [`super::MAX_ADDRESSES`] addresses are tried anyway).
+pub(crate) const MAX_MX_HOSTS: usize = 20;
+
 /// RFC 5321 §5.1: lowest preference first; "if there are multiple destinations with the same
-/// preference … the SMTP client SHOULD randomize them to spread the load".
+/// preference … the SMTP client SHOULD randomize them to spread the load". Cut to
+/// [`MAX_MX_HOSTS`].
 pub(crate) fn order_hosts(mut hosts: Vec<MxHost>, rng: &mut impl Rng) -> Vec<MxHost> {
     hosts.shuffle(rng);
     // A stable sort keeps the random order within each preference.
     hosts.sort_by_key(|h| h.preference);
+    if hosts.len() > MAX_MX_HOSTS {
+        tracing::info!(
+            "{} MX hosts; considering the {MAX_MX_HOSTS} most preferred",
+            hosts.len()
+        );
+        hosts.truncate(MAX_MX_HOSTS);
+    }
     hosts
 }
 
@@ -223,6 +236,19 @@ mod tests {
         }
         // Both hosts of preference 10 come first sometimes.
         assert_eq!(seen_first.len(), 2, "{seen_first:?}");
+    }
+
+    #[test]
+    fn hundreds_of_mx_hosts_are_cut_to_the_most_preferred() {
+        let mut hosts: Vec<MxHost> = (0..300).map(|i| mx(100 + i, &format!("h{i}"))).collect();
+        hosts.push(mx(5, "best"));
+        let ordered = order_hosts(hosts, &mut StdRng::seed_from_u64(1));
+        assert_eq!(ordered.len(), MAX_MX_HOSTS);
+        assert_eq!(ordered[0].name, "best");
+        assert!(ordered
+            .iter()
+            .skip(1)
+            .all(|h| h.preference < 100 + MAX_MX_HOSTS as u16));
     }
 
     #[test]
