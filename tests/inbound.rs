@@ -428,6 +428,40 @@ async fn pipelined_transaction_in_one_write() {
     assert!(!message.contains("\tfor <"), "{message}");
 }
 
+/// A client that does not wait for 354 (the message right after DATA, RFC 2920 §3.1 forbids
+/// it) when its only RCPT is refused: DATA gets 554, the message's lines are read as commands,
+/// each a 500, and the hard error limit ends the session. Nothing is stored, nothing hangs.
+#[tokio::test]
+async fn data_sent_without_waiting_after_a_refused_rcpt_stores_nothing() {
+    let relay = Relay::start(Setup {
+        mynetworks: Some("[\"192.0.2.0/24\"]"),
+        smtpd: "hard_error_limit = 5",
+        ..Default::default()
+    })
+    .await;
+    let mut c = relay.connect_and_ehlo(0).await;
+    c.send(
+        "MAIL FROM:<alice@client.test>\r\nRCPT TO:<bob@example.net>\r\nDATA\r\n\
+         Subject: not for you\r\n\r\nline one\r\nline two\r\nline three\r\n.\r\n",
+    )
+    .await;
+    c.expect("250 2.1.0").await;
+    c.expect("554 5.7.1").await;
+    c.expect("554 5.5.1").await;
+    // The rest came as commands: errors until the limit closes the session.
+    let mut last = String::new();
+    for _ in 0..6 {
+        last = c.reply().await;
+        if last.starts_with("421") || last.is_empty() {
+            break;
+        }
+        assert!(last.starts_with('5'), "{last}");
+    }
+    assert!(last.starts_with("421 4.7.0"), "{last}");
+    c.closed().await;
+    assert!(relay.stored().is_empty());
+}
+
 #[tokio::test]
 async fn size_limit_on_parameter_and_on_data() {
     let relay = Relay::start(Setup::with_smtpd("message_size_limit = 1000")).await;
