@@ -182,3 +182,103 @@ async fn a_250_to_data_is_a_protocol_error_not_a_delivery() {
         d.line
     );
 }
+
+/// `evil.test`'s MX (lab host 3) offering STARTTLS with a leaf for `mx.evil.test` issued by
+/// an intermediate of the lab CA, followed by `decoys` other intermediates of the lab CA
+/// that share the issuer's subject name but not its key (each is a candidate issuer that a
+/// path builder must try and reject). With `include_issuer` the real issuer comes last.
+async fn mx_with_long_chain(
+    lab: &Lab,
+    decoys: usize,
+    include_issuer: bool,
+) -> lab::smtp::SmtpServer {
+    let issuer = lab.ca.intermediate(lab::ca::CertOptions::default());
+    let issued = issuer.issue_with(&["mx.evil.test"], lab::ca::CertOptions::default());
+    let leaf_pem = issued
+        .cert_pem
+        .split_inclusive("-----END CERTIFICATE-----")
+        .next()
+        .expect("leaf PEM")
+        .to_string();
+    let mut chain = leaf_pem;
+    for _ in 0..decoys {
+        chain.push_str(
+            &lab.ca
+                .intermediate(lab::ca::CertOptions::default())
+                .cert_pem(),
+        );
+    }
+    if include_issuer {
+        chain.push_str(&issuer.cert_pem());
+    }
+    let config = lab::smtp::server_tls_config(&chain, &issued.key_pem);
+    lab.domain_with_mx("evil.test", 3, Behaviour::plain().tls_config(config))
+        .await
+}
+
+/// A chain of 300 certificates (about 150 KB, past the 64 KiB a TLS handshake message may
+/// hold): the handshake is refused at once without buffering the chain; as the domain asks
+/// for nothing, the mail goes on the plaintext retry (RFC 7435), `tls=none`, and mail to
+/// another domain is not held up.
+#[tokio::test]
+async fn a_chain_of_hundreds_of_certificates_is_refused_in_bounded_time() {
+    let lab = Lab::new().await;
+    let mx = mx_with_long_chain(&lab, 300, true).await;
+    let good = lab.domain_with_mx("good.test", 4, Behaviour::plain()).await;
+    let relay = lab.relay().await;
+    let mark = relay.log_mark();
+    let start = Instant::now();
+    relay.submit(&mail(EVIL)).await;
+    relay.submit(&mail(GOOD)).await;
+    good.next_message(WAIT).await;
+    let d = relay.wait_for_delivery(mark, EVIL, "sent", WAIT).await;
+    let took = start.elapsed();
+    assert_eq!(d.field("tls"), Some("none"), "{}", d.line);
+    assert!(took < COMMAND_TIMEOUT, "{took:?}");
+    assert_eq!(mx.messages().len(), 1);
+    relay
+        .wait_for_log(
+            |l| l.contains("mx.evil.test") && l.contains("TLS handshake failed"),
+            WAIT,
+        )
+        .await;
+    let rss = peak_rss_mb(&relay);
+    assert!(rss < 100, "peak RSS {rss} MB");
+}
+
+/// A chain that fits in a handshake message (a leaf and 110 look-alike issuers, the real one
+/// last) where the domain demands a verified certificate (`verify`): path building gives up
+/// after a bounded number of signature checks instead of trying every combination, so the
+/// mail is deferred with the certificate failure, promptly, and nothing is sent in clear.
+#[tokio::test]
+async fn look_alike_issuers_exhaust_the_path_budget_not_the_cpu() {
+    let lab = Lab::new().await;
+    let mx = mx_with_long_chain(&lab, 110, true).await;
+    let table = lab.dir().join("tls_policy");
+    std::fs::write(&table, "evil.test verify\n").expect("write tls_policy");
+    let config = lab.relay_config().toml(&format!(
+        "[delivery]\ntls_policy_file = {:?}\n",
+        table.to_string_lossy()
+    ));
+    let relay = lab.start_relay(config).await;
+    let mark = relay.log_mark();
+    let start = Instant::now();
+    relay.submit(&mail(EVIL)).await;
+    let d = relay.wait_for_delivery(mark, EVIL, "deferred", WAIT).await;
+    let took = start.elapsed();
+    eprintln!("{}", d.line);
+    assert!(d.reply.starts_with("4"), "{}", d.line);
+    assert!(
+        d.field("dsn").is_some_and(|s| s.starts_with("4.7.")),
+        "{}",
+        d.line
+    );
+    assert!(
+        d.reply
+            .starts_with("451 4.7.5 Server certificate not verified: certificate chain too costly"),
+        "{}",
+        d.line
+    );
+    assert!(took < COMMAND_TIMEOUT, "{took:?}");
+    assert!(mx.messages().is_empty());
+}

@@ -296,6 +296,85 @@ async fn slow_server_times_out() {
     );
 }
 
+/// A server that sends its (valid) policy one byte every 300 ms: the whole fetch is bounded by
+/// `fetch_timeout`, whatever the pace of single bytes (no per-read timer is fooled).
+#[tokio::test]
+async fn trickled_body_times_out_within_the_fetch_timeout() {
+    let mut bed = Bed::new().await;
+    bed.settings.fetch_timeout = Duration::from_secs(2);
+    let started = Instant::now();
+    let result = bed
+        .fetch_with(Response::policy(POLICY).trickle(Duration::from_millis(300)))
+        .await;
+    assert_eq!(result, Err(FetchError::Timeout));
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(1900) && elapsed < Duration::from_secs(5),
+        "{elapsed:?}"
+    );
+    // The server got only a few bytes out before the client hung up.
+    let served = bed.server.wait_served(HOST, 1, WAIT).await;
+    assert!(!served[0].completed, "{served:?}");
+    assert!(served[0].body_bytes < POLICY.len() as u64, "{served:?}");
+}
+
+// ---- encodings ------------------------------------------------------------------------------
+
+/// 64 MiB of zeros compressed by the system's `gzip`: about 64 KiB on the wire.
+fn gzip_bomb() -> Vec<u8> {
+    use std::io::Write;
+    let mut gzip = std::process::Command::new("gzip")
+        .args(["-9", "-c"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("gzip");
+    let mut stdin = gzip.stdin.take().expect("stdin");
+    let writer = std::thread::spawn(move || {
+        let zeros = vec![0u8; 1024 * 1024];
+        for _ in 0..64 {
+            stdin.write_all(&zeros).expect("write to gzip");
+        }
+    });
+    let out = gzip.wait_with_output().expect("gzip output");
+    writer.join().expect("writer");
+    assert!(out.status.success());
+    out.stdout
+}
+
+/// A gzip bomb sent with `Content-Encoding: gzip` (never asked for: no Accept-Encoding goes
+/// out) is refused on its headers, undecoded, however small it is on the wire.
+#[tokio::test]
+async fn gzip_bomb_is_refused_without_being_decoded() {
+    let bed = Bed::new().await;
+    let bomb = gzip_bomb();
+    assert!(bomb.len() < 128 * KIB as usize, "{} bytes", bomb.len());
+    let started = Instant::now();
+    assert_eq!(
+        bed.fetch_with(Response::policy("").body(&bomb).content_encoding("gzip"))
+            .await,
+        Err(FetchError::ContentEncoding("gzip".into()))
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+/// Any other coding is refused the same way, even when the body happens to be plain text (a
+/// server that labels what was not asked for is broken); `identity`, "no coding", is accepted.
+#[tokio::test]
+async fn any_content_encoding_but_identity_is_refused() {
+    let bed = Bed::new().await;
+    assert_eq!(
+        bed.fetch_with(Response::policy(POLICY).content_encoding("br"))
+            .await,
+        Err(FetchError::ContentEncoding("br".into()))
+    );
+    assert_eq!(
+        bed.fetch_with(Response::policy(POLICY).content_encoding("identity"))
+            .await,
+        Ok(POLICY.to_string())
+    );
+}
+
 // ---- TLS ------------------------------------------------------------------------------------
 
 #[tokio::test]

@@ -163,7 +163,7 @@ fn certificate_reason(e: &rustls::Error) -> String {
         return dane.to_string();
     }
     match e {
-        rustls::Error::InvalidCertificate(c) => c.to_string(),
+        rustls::Error::InvalidCertificate(c) => policy_cache::dane::certificate_text(c),
         other => other.to_string(),
     }
 }

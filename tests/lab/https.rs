@@ -86,6 +86,10 @@ pub struct Response {
     /// Waited before the status line is sent.
     pub delay: Duration,
     pub location: Option<String>,
+    /// `Content-Encoding` header, sent as given (the body is not encoded by the server).
+    pub content_encoding: Option<String>,
+    /// When set, the body is written one byte at a time with this pause between bytes.
+    pub trickle: Option<Duration>,
 }
 
 impl Response {
@@ -98,6 +102,8 @@ impl Response {
             length: Length::Exact,
             delay: Duration::ZERO,
             location: None,
+            content_encoding: None,
+            trickle: None,
         }
     }
 
@@ -154,6 +160,17 @@ impl Response {
 
     pub fn location(mut self, target: &str) -> Response {
         self.location = Some(target.into());
+        self
+    }
+
+    pub fn content_encoding(mut self, encoding: &str) -> Response {
+        self.content_encoding = Some(encoding.into());
+        self
+    }
+
+    /// Sends the body one byte per `pause`.
+    pub fn trickle(mut self, pause: Duration) -> Response {
+        self.trickle = Some(pause);
         self
     }
 }
@@ -481,6 +498,9 @@ async fn respond<S: AsyncWrite + Unpin>(
     if let Some(location) = &response.location {
         head.push_str(&format!("Location: {location}\r\n"));
     }
+    if let Some(encoding) = &response.content_encoding {
+        head.push_str(&format!("Content-Encoding: {encoding}\r\n"));
+    }
     match response.length {
         Length::Exact => head.push_str(&format!("Content-Length: {}\r\n", response.body.len())),
         Length::Declared(n) => head.push_str(&format!("Content-Length: {n}\r\n")),
@@ -494,9 +514,18 @@ async fn respond<S: AsyncWrite + Unpin>(
     let mut piece = Vec::with_capacity(16 * 1024);
     let mut offset = 0u64;
     let total = response.body.len();
+    let step = if response.trickle.is_some() {
+        1
+    } else {
+        16 * 1024
+    };
     while offset < total {
+        if let Some(pause) = response.trickle {
+            stream.flush().await?;
+            tokio::time::sleep(pause).await;
+        }
         piece.clear();
-        let n = (total - offset).min(16 * 1024);
+        let n = (total - offset).min(step);
         match &response.body {
             Body::Bytes(b) => piece.extend_from_slice(&b[offset as usize..(offset + n) as usize]),
             Body::Filler(_) => piece.extend((0..n).map(|i| filler_byte(offset + i))),

@@ -31,4 +31,4 @@ mod testpki;
 
 pub use tlsa::{classify, Matching, Selector, Tlsa, TlsaSet, Unusable, Usage};
 pub use verifier::{DaneMismatch, DaneVerifier, VerdictSlot};
-pub use verify::{DaneCheck, DaneVerdict, MatchedBy, ReferenceNames};
+pub use verify::{certificate_text, DaneCheck, DaneVerdict, MatchedBy, ReferenceNames};

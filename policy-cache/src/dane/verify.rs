@@ -451,9 +451,45 @@ fn chain_error(e: &webpki::Error, presented: &[Presented<'_>], now: UnixTime) ->
                 None => what.to_string(),
             }
         }
-        other => format!("certificate chain invalid under the TLSA trust anchor: {other}"),
+        other => match budget_text(other) {
+            Some(text) => text.to_string(),
+            None => format!("certificate chain invalid under the TLSA trust anchor: {other}"),
+        },
     };
     ChainFailure::unacceptable(why)
+}
+
+/// Words for the limits that stop webpki's path building on a chain made to be expensive
+/// (hundreds of look-alike issuers, say); rustls has no error of its own for them and
+/// passes them on as webpki's debug names.
+fn budget_text(e: &webpki::Error) -> Option<&'static str> {
+    match e {
+        webpki::Error::MaximumSignatureChecksExceeded => {
+            Some("certificate chain too costly to verify (too many signature checks)")
+        }
+        webpki::Error::MaximumPathBuildCallsExceeded => {
+            Some("certificate chain too costly to verify (too many candidate paths)")
+        }
+        webpki::Error::MaximumPathDepthExceeded => {
+            Some("certificate chain too long (too many intermediates)")
+        }
+        _ => None,
+    }
+}
+
+/// A refused certificate in words for the log line and the DSN: rustls's text, except for
+/// the webpki errors it wraps undescribed.
+pub fn certificate_text(e: &rustls::CertificateError) -> String {
+    if let rustls::CertificateError::Other(other) = e {
+        if let Some(text) = other
+            .0
+            .downcast_ref::<webpki::Error>()
+            .and_then(budget_text)
+        {
+            return text.to_string();
+        }
+    }
+    e.to_string()
 }
 
 /// DESIGN (DANE-TA: "check names … and dates"): when the anchor is a certificate the server

@@ -50,6 +50,11 @@ pub enum FetchError {
     /// The media type is not `text/plain`; holds what was sent (empty when absent).
     #[error("{}", content_type_text(.0))]
     ContentType(String),
+    /// The body came with a `Content-Encoding` (gzip, br, …) although none was asked for:
+    /// holds the header's value. Such a body is never decoded, so a compressed "bomb" costs
+    /// no more than its compressed bytes, which are not even read.
+    #[error("policy sent with Content-Encoding {0:?}, which was not asked for and is not decoded")]
+    ContentEncoding(String),
     /// The body is larger than [`MAX_POLICY_SIZE`].
     #[error("policy larger than 64 KiB")]
     TooLarge,
@@ -80,8 +85,8 @@ impl Fetcher {
         resolver: TokioResolver,
     ) -> Result<Fetcher, crate::CacheError> {
         let setup = crate::CacheError::Setup;
-        // reqwest is built without a provider of its own: ring is the process-wide one. An
-        // error only means that some provider is installed already.
+        // reqwest is built without a provider of its own: `crate::crypto`'s is the
+        // process-wide one. An error only means that some provider is installed already.
         crate::crypto::install_default();
         let tls = tls_config(&settings.extra_ca_files)?;
 
@@ -146,6 +151,20 @@ impl Fetcher {
             .unwrap_or_default();
         if !is_text_plain(&content_type) {
             return Err(FetchError::ContentType(content_type));
+        }
+        // No Accept-Encoding is sent, so the body must come as it is (RFC 9110 §12.5.3).
+        // Decoding one anyway would let a few kilobytes of gzip expand past any limit.
+        if let Some(encoding) = response
+            .headers()
+            .get(reqwest::header::CONTENT_ENCODING)
+            .map(|v| {
+                String::from_utf8_lossy(v.as_bytes())
+                    .trim()
+                    .to_ascii_lowercase()
+            })
+            .filter(|v| !v.is_empty() && v != "identity")
+        {
+            return Err(FetchError::ContentEncoding(encoding));
         }
         // RFC 8461 §3.3: bounded size — a declared length beyond the limit fails at once.
         if response
