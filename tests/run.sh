@@ -6,14 +6,17 @@
 #      services; not root and missing: the interop scripts are skipped with a message, the
 #      Rust tests still run;
 #   2. cargo test --workspace --all-targets (hermetic: loopback only, no system packages);
-#   3. every tests/interop/*.sh script, against the debug binary built for step 2.
+#   3. every tests/interop/*.sh script, against the debug binary built for step 2;
+#   4. a short run of every fuzz target (fuzz/run.sh, $FUZZ_SECONDS seconds each, default
+#      20) when the nightly toolchain is installed; cargo-fuzz is installed if missing. Without
+#      nightly it prints "fuzz: SKIPPED (…)". A crash fails the run and names its input.
 #
 # Exits non-zero when anything failed. The last line is the summary over the interop scripts:
 # "N passed, N failed" (the Rust tests report their own counts above it; a failing
 # `cargo test` counts as one failure there too).
 #
 # Environment: SKIP_CARGO_TEST=1 skips step 2; INTEROP="postfix_relay" runs only the named
-# scripts; MXGUARD_BIN overrides the binary the interop scripts use.
+# scripts; MXGUARD_BIN overrides the binary the interop scripts use; SKIP_FUZZ=1 skips step 4.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -122,6 +125,25 @@ if [[ $INTEROP_OK -eq 1 ]]; then
     done
 else
     SKIPPED=1
+fi
+
+# ----- 4. fuzz --------------------------------------------------------------------------------
+if [[ "${SKIP_FUZZ:-}" == 1 ]]; then
+    echo "fuzz: SKIPPED (SKIP_FUZZ=1)"
+elif ! cargo +nightly --version >/dev/null 2>&1; then
+    echo "fuzz: SKIPPED (no nightly toolchain: rustup toolchain install nightly)"
+else
+    log "fuzz: every target, ${FUZZ_SECONDS:-20} s each"
+    if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+        log "installing cargo-fuzz"
+        cargo install cargo-fuzz --locked || echo "fuzz: cannot install cargo-fuzz"
+    fi
+    if timeout --kill-after=30 2400 bash fuzz/run.sh; then
+        if cargo +nightly fuzz --version >/dev/null 2>&1; then PASSED=$((PASSED + 1)); fi
+    else
+        FAILED=$((FAILED + 1))
+        FAILED_NAMES+=("fuzz")
+    fi
 fi
 
 log "summary"

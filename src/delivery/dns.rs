@@ -107,7 +107,59 @@ pub(crate) async fn lookup(
                 Ok(records)
             }
         }
-        Err(e) => Err(LookupError::from_net(&e)),
+        Err(e) => match LookupError::from_net(&e) {
+            LookupError::NoData => match unfinished_cname_chain(&e) {
+                Some(stopped_at) => Err(check_cname_chain(resolver, stopped_at).await),
+                None => Err(LookupError::NoData),
+            },
+            other => Err(other),
+        },
+    }
+}
+
+/// Where the resolver stopped following CNAMEs, when a "no records" answer may be its own
+/// making rather than the server's. hickory follows a CNAME chain for at most 8 queries; when
+/// the chain loops (a → b → a) or runs longer, it gives up with an empty NOERROR of its own,
+/// which reads as NODATA: the query it stopped at, no SOA, no authority section. A server's
+/// NODATA carries the zone's SOA (RFC 2308 §3: authoritative servers MUST include it), so an
+/// ordinary NODATA costs nothing more; one without (RFC 2308 §2.2 type 3, rare) gets the
+/// check of [`check_cname_chain`].
+fn unfinished_cname_chain(err: &NetError) -> Option<&Name> {
+    match err {
+        NetError::Dns(DnsError::NoRecordsFound(nr))
+            if nr.response_code == ResponseCode::NoError
+                && nr.soa.is_none()
+                && nr.authorities.is_none() =>
+        {
+            Some(nr.query.name())
+        }
+        _ => None,
+    }
+}
+
+/// The verdict on a NODATA without SOA that ended at `stopped_at`. If that name is itself a
+/// CNAME, the chain was never finished: a loop or an over-long chain. That is not "no such
+/// record" but "no answer for now": recursive resolvers report it as SERVFAIL (unbound and BIND
+/// give up after a bounded number of restarts), and it is a misconfiguration its owner may be
+/// fixing right now, so the mail must be retried, not bounced. A name that is no CNAME really
+/// has no records of the type: NODATA, as before.
+async fn check_cname_chain(resolver: &TokioResolver, stopped_at: &Name) -> LookupError {
+    match resolver.lookup(stopped_at.clone(), RecordType::CNAME).await {
+        Ok(answer)
+            if answer
+                .answers()
+                .iter()
+                .any(|r| r.record_type() == RecordType::CNAME) =>
+        {
+            LookupError::Temporary(format!(
+                "CNAME chain at {stopped_at} loops or is too long to follow"
+            ))
+        }
+        Ok(_) => LookupError::NoData,
+        Err(e) => match LookupError::from_net(&e) {
+            LookupError::Temporary(why) => LookupError::Temporary(why),
+            LookupError::NxDomain | LookupError::NoData => LookupError::NoData,
+        },
     }
 }
 
@@ -169,6 +221,26 @@ mod tests {
             merge_addresses(Err(LookupError::NoData), aaaa).unwrap(),
             vec!["2001:db8::1".parse::<IpAddr>().unwrap()]
         );
+    }
+
+    #[test]
+    fn only_a_nodata_without_soa_is_checked_for_an_unfinished_cname_chain() {
+        use hickory_resolver::net::NoRecords;
+        use hickory_resolver::proto::op::Query;
+        use hickory_resolver::proto::rr::rdata::SOA;
+        use hickory_resolver::proto::rr::Record;
+        let name = Name::from_ascii("b.loop.test.").unwrap();
+        let query = Query::query(name.clone(), RecordType::A);
+        // What hickory makes when it gives up on a chain: the query it stopped at, nothing else.
+        let given_up = NetError::from(NoRecords::new(query.clone(), ResponseCode::NoError));
+        assert_eq!(unfinished_cname_chain(&given_up), Some(&name));
+        // A server's NODATA, with the zone's SOA.
+        let mut nodata = NoRecords::new(query.clone(), ResponseCode::NoError);
+        let soa = SOA::new(name.clone(), name.clone(), 1, 2, 3, 4, 5);
+        nodata.soa = Some(Box::new(Record::from_rdata(name.clone(), 5, soa)));
+        assert_eq!(unfinished_cname_chain(&NetError::from(nodata)), None);
+        let nx = NetError::from(NoRecords::new(query, ResponseCode::NXDomain));
+        assert_eq!(unfinished_cname_chain(&nx), None);
     }
 
     #[test]

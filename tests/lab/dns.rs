@@ -27,6 +27,7 @@ pub mod dnssec;
 
 use dnssec::ZoneKey;
 use hickory_server::net::runtime::{Time, TokioRuntimeProvider};
+use hickory_server::net::xfer::Protocol;
 use hickory_server::proto::op::{Header, HeaderCounts, Metadata, ResponseCode};
 use hickory_server::proto::rr::rdata::tlsa::{CertUsage, Matching, Selector};
 use hickory_server::proto::rr::rdata::{A, AAAA, CNAME, MX, NS, SOA, TLSA, TXT};
@@ -258,6 +259,8 @@ struct State {
     servfail: Mutex<Vec<LowerName>>,
     /// Every query seen, as `name TYPE`, for tests that assert what was (not) looked up.
     queries: Mutex<Vec<String>>,
+    /// The queries of `queries` that came over TCP (a resolver retrying a truncated answer).
+    tcp_queries: Mutex<Vec<String>>,
 }
 
 /// The zones as hickory serves them.
@@ -352,6 +355,13 @@ impl LabHandler {
                 .lock()
                 .unwrap()
                 .push(format!("{} {}", q.name(), q.query_type()));
+            if request.protocol() == Protocol::Tcp {
+                self.0
+                    .tcp_queries
+                    .lock()
+                    .unwrap()
+                    .push(format!("{} {}", q.name(), q.query_type()));
+            }
             let broken = self
                 .0
                 .servfail
@@ -524,6 +534,12 @@ impl DnsServer {
     /// Every query received so far, as `name. TYPE` (e.g. `example.test. MX`).
     pub fn queries(&self) -> Vec<String> {
         self.state.queries.lock().unwrap().clone()
+    }
+
+    /// The queries received over TCP so far, in the same form as [`DnsServer::queries`]: a
+    /// resolver asks over TCP when a UDP answer came back truncated (RFC 7766 §5).
+    pub fn tcp_queries(&self) -> Vec<String> {
+        self.state.tcp_queries.lock().unwrap().clone()
     }
 }
 

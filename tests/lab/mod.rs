@@ -19,6 +19,7 @@ pub mod https;
 pub mod openssl;
 pub mod queue;
 pub mod raw;
+pub mod rawdns;
 pub mod relay;
 pub mod resolver;
 pub mod smtp;
