@@ -58,6 +58,8 @@ pub struct Config {
     pub queue: QueueConfig,
     #[serde(default)]
     pub mta_sts: MtaStsConfig,
+    #[serde(default)]
+    pub tlsrpt: TlsRptConfig,
 }
 
 /// One inbound SMTP listener. Each has its own address and TLS settings.
@@ -366,6 +368,150 @@ fn default_sts_refresh_concurrency() -> usize {
     4
 }
 
+/// TLS-RPT (RFC 8460): counting every session's TLS outcome and sending the reports the
+/// destinations ask for in their `_smtp._tls` records. Off by default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsRptConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// `organization-name`; default: the submitter domain.
+    pub organization_name: Option<String>,
+    /// `contact-info` (never null); default: `postmaster@<submitter>`.
+    pub contact_info: Option<String>,
+    /// The submitting domain (`TLS-Report-Submitter`, DKIM `d=`); default: `hostname`
+    /// without its first label.
+    pub submitter: Option<String>,
+    /// The report mail's sender; default: `tlsrpt-noreply@<submitter>`.
+    pub from: Option<String>,
+    /// The aggregation period: one UTC day, or a length that divides a day.
+    #[serde(default = "default_tlsrpt_interval", deserialize_with = "duration")]
+    pub interval: Duration,
+    /// Reports go out after a random delay of up to this, once their period is over
+    /// (RFC 8460 §4.4: spread the load on receivers).
+    #[serde(
+        default = "default_tlsrpt_send_delay_max",
+        deserialize_with = "duration"
+    )]
+    pub send_delay_max: Duration,
+    /// Report only periods with failures (no "heartbeat" reports of successes alone).
+    #[serde(default)]
+    pub only_failures: bool,
+    /// How long an `https:` report is retried before it is given up (mail is retried by
+    /// the queue, under `queue.max_lifetime`).
+    #[serde(
+        default = "default_tlsrpt_give_up_after",
+        deserialize_with = "duration"
+    )]
+    pub give_up_after: Duration,
+    /// The HTTPS POST of one report, connection to answer.
+    #[serde(default = "default_tlsrpt_post_timeout", deserialize_with = "duration")]
+    pub post_timeout: Duration,
+    /// PEM private key (RSA or Ed25519) that signs report mail (RFC 8460 §5.3: receivers
+    /// discard unsigned reports).
+    pub dkim_key_file: Option<PathBuf>,
+    /// The DKIM selector (`s=`); the key's TXT record is `<selector>._domainkey.<domain>`.
+    #[serde(default = "default_dkim_selector")]
+    pub dkim_selector: String,
+    /// The DKIM signing domain (`d=`); default: the submitter.
+    pub dkim_domain: Option<String>,
+}
+
+fn default_tlsrpt_interval() -> Duration {
+    Duration::from_secs(86_400)
+}
+fn default_tlsrpt_send_delay_max() -> Duration {
+    Duration::from_secs(4 * 3600)
+}
+fn default_tlsrpt_give_up_after() -> Duration {
+    Duration::from_secs(86_400)
+}
+fn default_tlsrpt_post_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_dkim_selector() -> String {
+    "tlsrpt".into()
+}
+
+impl Default for TlsRptConfig {
+    fn default() -> Self {
+        TlsRptConfig {
+            enabled: false,
+            organization_name: None,
+            contact_info: None,
+            submitter: None,
+            from: None,
+            interval: default_tlsrpt_interval(),
+            send_delay_max: default_tlsrpt_send_delay_max(),
+            only_failures: false,
+            give_up_after: default_tlsrpt_give_up_after(),
+            post_timeout: default_tlsrpt_post_timeout(),
+            dkim_key_file: None,
+            dkim_selector: default_dkim_selector(),
+            dkim_domain: None,
+        }
+    }
+}
+
+impl TlsRptConfig {
+    /// The submitting domain: `submitter`, or `hostname` without its first label.
+    pub fn submitter(&self, hostname: &str) -> String {
+        match &self.submitter {
+            Some(s) => s.to_ascii_lowercase(),
+            None => match hostname.split_once('.') {
+                Some((_, rest)) if rest.contains('.') => rest.to_ascii_lowercase(),
+                _ => hostname.to_ascii_lowercase(),
+            },
+        }
+    }
+
+    pub fn contact_info(&self, hostname: &str) -> String {
+        self.contact_info
+            .clone()
+            .unwrap_or_else(|| format!("postmaster@{}", self.submitter(hostname)))
+    }
+
+    pub fn organization_name(&self, hostname: &str) -> String {
+        self.organization_name
+            .clone()
+            .unwrap_or_else(|| self.submitter(hostname))
+    }
+
+    pub fn from(&self, hostname: &str) -> String {
+        self.from
+            .clone()
+            .unwrap_or_else(|| format!("tlsrpt-noreply@{}", self.submitter(hostname)))
+    }
+
+    fn validate(&self, hostname: &str) -> Result<(), ConfigError> {
+        let secs = self.interval.as_secs();
+        if secs == 0 || 86_400 % secs != 0 || self.interval.subsec_nanos() != 0 {
+            return Err(ConfigError::key(
+                "tlsrpt.interval",
+                "must divide a day into whole seconds (1d, 6h, 1h, 10m, …)",
+            ));
+        }
+        // The contact's domain must be the submitter's (or below it), so that a report
+        // cannot claim to come from someone else's postmaster.
+        let submitter = self.submitter(hostname);
+        let contact = self.contact_info(hostname);
+        let contact_domain = contact
+            .rsplit_once('@')
+            .map_or(contact.as_str(), |(_, d)| d)
+            .trim_end_matches('>')
+            .to_ascii_lowercase();
+        let within =
+            contact_domain == submitter || contact_domain.ends_with(&format!(".{submitter}"));
+        if self.enabled && contact.contains('@') && !within {
+            return Err(ConfigError::key(
+                "tlsrpt.contact_info",
+                format!("{contact:?} is not an address of the submitter domain {submitter}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for MtaStsConfig {
     fn default() -> Self {
         MtaStsConfig {
@@ -575,6 +721,7 @@ impl Default for Config {
             routes: Vec::new(),
             queue: QueueConfig::default(),
             mta_sts: MtaStsConfig::default(),
+            tlsrpt: TlsRptConfig::default(),
         }
     }
 }
@@ -750,6 +897,7 @@ impl Config {
                 ));
             }
         }
+        self.tlsrpt.validate(&self.hostname)?;
         if self.queue.min_backoff.is_zero() || self.queue.max_backoff < self.queue.min_backoff {
             return Err(ConfigError::key(
                 "queue.max_backoff",

@@ -120,11 +120,88 @@ pub enum RequestError {
     Queue(String),
 }
 
-/// A request line, of either family.
+/// A request line, of any family.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Incoming {
     Policy(Request),
     Queue(QueueCommand),
+    TlsRpt(TlsRptCommand),
+}
+
+/// What the TLS-RPT sender offers the control socket (implemented by
+/// `report::send::Reporter`).
+pub trait TlsRptService: Send + Sync {
+    /// The counts not yet reported and the report each domain would get now.
+    fn show(&self, domain: Option<&str>, json: bool) -> String;
+    /// Closes the open period now and sends its reports at once; what was done.
+    fn send_now<'a>(
+        &'a self,
+        domain: Option<&'a str>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send + 'a>>;
+}
+
+/// `tlsrpt show [DOMAIN] [--json]` or `tlsrpt send [DOMAIN] --now`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsRptCommand {
+    /// `send --now` (else `show`).
+    pub send: bool,
+    pub domain: Option<String>,
+    pub json: bool,
+}
+
+impl TlsRptCommand {
+    fn parse(words: &[&str]) -> Result<TlsRptCommand, RequestError> {
+        let usage = || {
+            RequestError::Unknown(
+                "expected: tlsrpt show [DOMAIN] [--json] | tlsrpt send [DOMAIN] --now".into(),
+            )
+        };
+        let (send, rest) = match words.split_first() {
+            Some((&"show", rest)) => (false, rest),
+            Some((&"send", rest)) => (true, rest),
+            _ => return Err(usage()),
+        };
+        let mut command = TlsRptCommand {
+            send,
+            domain: None,
+            json: false,
+        };
+        let mut now = false;
+        for word in rest {
+            match *word {
+                "--json" if !send => command.json = true,
+                "--now" if send => now = true,
+                w if !w.starts_with('-') && command.domain.is_none() => {
+                    command.domain = Some(normalize_domain(w)?);
+                }
+                _ => return Err(usage()),
+            }
+        }
+        // `send` without `--now` would suggest a scheduled send; the daemon does that itself.
+        if send && !now {
+            return Err(usage());
+        }
+        Ok(command)
+    }
+
+    /// The request line.
+    pub fn to_line(&self) -> String {
+        let mut line = String::from(if self.send {
+            "tlsrpt send"
+        } else {
+            "tlsrpt show"
+        });
+        if let Some(d) = &self.domain {
+            line.push(' ');
+            line.push_str(d);
+        }
+        line.push_str(match (self.send, self.json) {
+            (true, _) => " --now",
+            (false, true) => " --json",
+            (false, false) => "",
+        });
+        line
+    }
 }
 
 impl Incoming {
@@ -135,6 +212,7 @@ impl Incoming {
                 .map(Incoming::Queue)
                 .map_err(RequestError::Queue),
             _ if line.len() >= MAX_REQUEST => Err(RequestError::TooLong),
+            Some((&"tlsrpt", rest)) => TlsRptCommand::parse(rest).map(Incoming::TlsRpt),
             _ => Request::parse(line).map(Incoming::Policy),
         }
     }
@@ -341,6 +419,7 @@ impl ControlListener {
         self,
         policies: Option<Arc<PolicyCache>>,
         queue: Option<Queue>,
+        reporter: Option<Arc<dyn TlsRptService>>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let queue = queue.map(|q| Arc::new(Executor::daemon(q)));
@@ -371,10 +450,12 @@ impl ControlListener {
                     };
                     let policies = policies.clone();
                     let queue = queue.clone();
+                    let reporter = reporter.clone();
                     handlers.spawn(async move {
                         let services = Services {
                             policies: policies.as_deref(),
                             queue: queue.as_deref(),
+                            reporter: reporter.as_deref(),
                             who: &who,
                         };
                         handle(stream, services).await;
@@ -411,6 +492,7 @@ fn peer_allowed(stream: &UnixStream) -> Option<String> {
 struct Services<'a> {
     policies: Option<&'a PolicyCache>,
     queue: Option<&'a Executor>,
+    reporter: Option<&'a dyn TlsRptService>,
     who: &'a str,
 }
 
@@ -421,6 +503,30 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, services: Serv
         Err(_) => error_answer("timed out reading the request\n".into()),
         Ok(Err(e)) => error_answer(format!("{e}\n")),
         Ok(Ok(Incoming::Policy(request))) => policy_answer(services.policies, &request).await,
+        Ok(Ok(Incoming::TlsRpt(command))) => match services.reporter {
+            None => error_answer("TLS-RPT reporting is not running in this daemon\n".into()),
+            Some(reporter) => {
+                tracing::info!(
+                    "control socket: {} (by {})",
+                    command.to_line(),
+                    services.who
+                );
+                let run = async {
+                    if command.send {
+                        reporter.send_now(command.domain.as_deref()).await
+                    } else {
+                        reporter.show(command.domain.as_deref(), command.json)
+                    }
+                };
+                match tokio::time::timeout(COMMAND_TIMEOUT, run).await {
+                    Ok(text) => Answer {
+                        ok: true,
+                        body: Body::Text(text),
+                    },
+                    Err(_) => error_answer("timed out\n".into()),
+                }
+            }
+        },
         Ok(Ok(Incoming::Queue(command))) => match services.queue {
             None => error_answer("the queue is not served here\n".into()),
             Some(executor) => {
@@ -587,10 +693,15 @@ async fn connect(path: &Path) -> Result<UnixStream, ClientError> {
 
 /// Sends `request` to the daemon listening on `path` and returns its reply.
 pub async fn request(path: &Path, request: &Request) -> Result<Reply, ClientError> {
+    request_line(path, &request.to_string()).await
+}
+
+/// Sends one request line (without its line end) and returns the daemon's reply.
+pub async fn request_line(path: &Path, line: &str) -> Result<Reply, ClientError> {
     let shown = path.display().to_string();
     let mut stream = connect(path).await?;
     let exchange = async {
-        stream.write_all(format!("{request}\n").as_bytes()).await?;
+        stream.write_all(format!("{line}\n").as_bytes()).await?;
         let mut bytes = Vec::new();
         // Margin over the daemon's own limit, so its timeout reply arrives first.
         (&mut stream)
@@ -626,6 +737,35 @@ mod tests {
 
     fn bad(line: &str) -> RequestError {
         Request::parse(line).expect_err(line)
+    }
+
+    #[test]
+    fn parses_tlsrpt_commands() {
+        let parse = |line: &str| match Incoming::parse(line) {
+            Ok(Incoming::TlsRpt(c)) => Ok(c),
+            Ok(other) => panic!("{line:?} parsed as {other:?}"),
+            Err(e) => Err(e),
+        };
+        let show = parse("tlsrpt show").expect("show");
+        assert!(!show.send && show.domain.is_none() && !show.json);
+        let show = parse("tlsrpt show Example.NET. --json").expect("show domain");
+        assert_eq!(show.domain.as_deref(), Some("example.net"));
+        assert!(show.json);
+        assert_eq!(show.to_line(), "tlsrpt show example.net --json");
+        let send = parse("tlsrpt send --now").expect("send");
+        assert!(send.send && send.domain.is_none());
+        assert_eq!(
+            parse("tlsrpt send example.net --now")
+                .expect("send")
+                .to_line(),
+            "tlsrpt send example.net --now"
+        );
+        // `send` only with `--now`; `--json` only for `show`; one domain.
+        assert!(parse("tlsrpt send").is_err());
+        assert!(parse("tlsrpt send --json --now").is_err());
+        assert!(parse("tlsrpt show a.example b.example").is_err());
+        assert!(parse("tlsrpt frobnicate").is_err());
+        assert!(parse("tlsrpt show a/b").is_err());
     }
 
     #[test]
@@ -685,6 +825,7 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(4096);
         let task = tokio::spawn(async move {
             let services = Services {
+                reporter: None,
                 policies: None,
                 queue: None,
                 who: "uid 0",
@@ -731,7 +872,7 @@ mod tests {
         let listener = ControlListener::bind(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        let task = tokio::spawn(listener.serve(None, None, rx));
+        let task = tokio::spawn(listener.serve(None, None, None, rx));
         let req = Request::new(PolicyAction::Forget, "example.com").unwrap();
         let reply = request(&path, &req).await.unwrap();
         assert!(!reply.ok);

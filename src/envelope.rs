@@ -103,6 +103,10 @@ pub struct Envelope {
     /// The `min_level` of the listener the message came in on.
     #[serde(default)]
     pub min_tls_level: Option<crate::tls_policy::TlsLevel>,
+    /// A TLS report of ours (RFC 8460 §5.3): delivered as if it said `TLS-Required: No`, so
+    /// that the TLS failures it reports cannot stop it, and its sessions are not counted.
+    #[serde(default)]
+    pub tls_report: bool,
     /// When the message was accepted (the DSN's Arrival-Date).
     pub arrival: SystemTime,
     pub client: ClientInfo,
@@ -119,6 +123,7 @@ impl Envelope {
             smtputf8: false,
             requiretls: false,
             min_tls_level: None,
+            tls_report: false,
             arrival: SystemTime::now(),
             client: ClientInfo::default(),
         }

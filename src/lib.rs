@@ -16,6 +16,7 @@ pub mod next_hop;
 pub mod queue;
 pub mod queue_id;
 pub mod reply;
+pub mod report;
 pub mod server;
 pub mod tls;
 pub mod tls_policy;

@@ -58,6 +58,36 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// TLS-RPT (RFC 8460): the sessions counted and the reports they make, or send the open
+    /// period's reports now. Through the running daemon's control socket.
+    Tlsrpt {
+        #[command(subcommand)]
+        command: TlsRptVerb,
+    },
+}
+
+#[derive(Subcommand)]
+enum TlsRptVerb {
+    /// The counts not yet reported, and the report each domain would get, as it would be sent.
+    Show {
+        /// Only this policy domain.
+        domain: Option<String>,
+        /// The reports as JSON (one document per line).
+        #[arg(long)]
+        json: bool,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Close the open period now and send its reports at once (the date-range ends now).
+    Send {
+        /// Only this policy domain.
+        domain: Option<String>,
+        /// Required: send now rather than at the end of the period.
+        #[arg(long)]
+        now: bool,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -279,6 +309,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Queue(args) => return queue(args),
         Command::Check(args) => return Ok(check(args)),
         Command::Dns(args) => return Ok(dns(args)),
+        Command::Tlsrpt { command } => return tlsrpt(command),
         Command::Policy { command } => {
             let (action, args) = match command {
                 PolicyCommand::Show(args) => (PolicyAction::Show, args),
@@ -289,6 +320,56 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     };
     done.map(|()| ExitCode::SUCCESS)
+}
+
+/// `mxguard tlsrpt …`: only the daemon holds the counts (its database is open), so this
+/// asks it over the control socket.
+fn tlsrpt(verb: TlsRptVerb) -> anyhow::Result<ExitCode> {
+    let (command, config) = match verb {
+        TlsRptVerb::Show {
+            domain,
+            json,
+            config,
+        } => (
+            control::TlsRptCommand {
+                send: false,
+                domain,
+                json,
+            },
+            config,
+        ),
+        TlsRptVerb::Send {
+            domain,
+            now,
+            config,
+        } => {
+            anyhow::ensure!(
+                now,
+                "tlsrpt send needs --now (reports are sent by the daemon when a period ends)"
+            );
+            let command = control::TlsRptCommand {
+                send: true,
+                domain,
+                json: false,
+            };
+            (command, config)
+        }
+    };
+    let config = load_config(config.as_ref())?;
+    let socket = control::socket_path(&config.data_dir);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let reply = runtime
+        .block_on(control::request_line(&socket, &command.to_line()))
+        .with_context(|| format!("no daemon answers on {}", socket.display()))?;
+    if reply.ok {
+        print!("{}", reply.text);
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprint!("{}", reply.text);
+        Ok(ExitCode::from(1))
+    }
 }
 
 /// `mxguard policy …`: asks the daemon over its control socket; when none listens, opens the

@@ -50,8 +50,18 @@ pub async fn run(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Result
         source,
     })?;
     let policies = open_policy_cache(&config)?;
-    let deliverer = Deliverer::new(config.clone(), policies.clone())
+    let mut deliverer = Deliverer::new(config.clone(), policies.clone())
         .map_err(|e| ServerError::Setup(e.to_string()))?;
+    // TLS-RPT (RFC 8460): every session's outcome is counted while reporting is on.
+    let tls_counts = config.tlsrpt.enabled.then(|| {
+        Arc::new(crate::report::counts::Counter::open(
+            &config.data_dir.join("tlsrpt"),
+            config.tlsrpt.interval,
+        ))
+    });
+    if let Some(counter) = &tls_counts {
+        deliverer = deliverer.with_tls_reports(counter.clone());
+    }
     let inbound = Arc::new(
         Inbound::new(config.clone(), queue.clone())
             .map_err(|e| ServerError::Setup(e.to_string()))?,
@@ -84,9 +94,16 @@ pub async fn run(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Result
         hangup,
         shutdown.clone(),
     ));
-    let control =
-        tokio::spawn(control.serve(policies.clone(), Some(queue.clone()), shutdown.clone()));
+    let control = tokio::spawn(control.serve(
+        policies.clone(),
+        Some(queue.clone()),
+        None,
+        shutdown.clone(),
+    ));
     let refresher = policies.map(|p| tokio::spawn(p.run_refresher(shutdown.clone())));
+    let counts_flusher = tls_counts
+        .clone()
+        .map(|c| tokio::spawn(flush_counts(c, shutdown.clone())));
     let scheduler =
         tokio::spawn(Scheduler::new(queue, deliverer, config.clone()).run(shutdown.clone()));
     tracing::info!(
@@ -98,14 +115,37 @@ pub async fn run(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Result
     if let Err(e) = scheduler.await {
         tracing::error!("scheduler: {e}");
     }
+    if let Some(counter) = &tls_counts {
+        counter.flush();
+    }
     if let Err(e) = control.await {
         tracing::error!("control socket: {e}");
     }
     if let Some(Err(e)) = futures::future::OptionFuture::from(refresher).await {
         tracing::error!("MTA-STS policy refresher: {e}");
     }
+    if let Some(Err(e)) = futures::future::OptionFuture::from(counts_flusher).await {
+        tracing::error!("TLS-RPT counts: {e}");
+    }
     tracing::info!("mxguard stopped");
     Ok(())
+}
+
+/// Writes the TLS-RPT counts to their database every few seconds, and once more after the
+/// scheduler has stopped: a crash loses at most the last few seconds of counts.
+async fn flush_counts(
+    counter: Arc<crate::report::counts::Counter>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => counter.flush(),
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        }
+    }
+    // Deliveries still finishing after the signal are counted by the final flush, which
+    // runs when the scheduler is done (see `run`).
 }
 
 /// Rereads the TLS policy tables when their files change (checked every two seconds) and on

@@ -16,9 +16,11 @@ use super::requirement::{HostPlan, TlsRequirement};
 use super::session::{self, Connection, Next, Session, SessionContext, StartTls, StartTlsSeen};
 use super::tls::CheckedHandshake;
 use super::tls_failure::{ResultType, TlsFailure};
+use super::tls_report::{self, PeerFacts};
 use super::transaction::{End, Outcome, Transaction};
 use super::{mx, Deliverer, Job, MAX_ADDRESSES};
 use crate::reply::{EnhancedCode, Reply};
+use crate::report::counts::SessionResult;
 use policy_cache::FailureRecord;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
@@ -42,6 +44,11 @@ pub(crate) struct Run<'a> {
     unauthorized_counted: bool,
     /// The host being tried is the first of the plan (a mail loop there is permanent).
     best_mx: bool,
+    /// The host being tried, for counting its sessions (TLS-RPT).
+    current: Option<&'a PlannedHost>,
+    /// A would-be failure of the session being opened (MTA-STS testing): it counts as a
+    /// failed session for TLS-RPT even though the mail goes ahead.
+    probe_failure: Option<SessionResult>,
 }
 
 impl<'a> Run<'a> {
@@ -60,6 +67,8 @@ impl<'a> Run<'a> {
             worst: WorstFailure::default(),
             unauthorized_counted: false,
             best_mx: false,
+            current: None,
+            probe_failure: None,
         }
     }
 
@@ -78,6 +87,7 @@ impl<'a> Run<'a> {
             }
             self.best_mx = index == 0;
             self.policy = planned.policy.clone();
+            self.current = Some(planned);
             let host = &planned.name;
             if !self.admit(host, &planned.plan) {
                 continue;
@@ -135,6 +145,9 @@ impl<'a> Run<'a> {
                 // REQUIRETLS) refuses is not tried either.
                 let domain = self.job.domain;
                 tracing::info!("{domain}: skipping MX host {host}: {}", failure.detail());
+                if !matches!(failure, TlsFailure::RequireTls { .. }) {
+                    self.count_failure(failure, None, &PeerFacts::default());
+                }
                 self.worst.record(failure.clone().into_failure(None));
                 false
             }
@@ -143,6 +156,7 @@ impl<'a> Run<'a> {
                 let domain = self.job.domain;
                 tracing::info!("{domain}: skipping MX host {host}: {}", failure.detail());
                 self.report(host, failure);
+                self.count_failure(failure, None, &PeerFacts::default());
                 if !self.unauthorized_counted {
                     self.unauthorized_counted = true;
                     self.worst.record(failure.clone().into_failure(None));
@@ -169,6 +183,7 @@ impl<'a> Run<'a> {
         relay: &Relay,
         planned: &PlannedHost,
     ) -> Result<Vec<Attempt>, Next> {
+        self.probe_failure = None;
         let session = match &planned.plan {
             HostPlan::Verified { .. } => self.open_verified(relay).await?,
             HostPlan::Secure { domain, mx_pattern } => {
@@ -185,7 +200,7 @@ impl<'a> Run<'a> {
                         e.next
                     })?
             }
-            HostPlan::Probe { .. } => self.open_probe(relay).await?,
+            HostPlan::Probe { pattern } => self.open_probe(relay, pattern.is_none()).await?,
             HostPlan::Opportunistic => {
                 let connector = &self.deliverer.opportunistic;
                 self.open_opportunistic(relay, connector, false).await?
@@ -194,6 +209,7 @@ impl<'a> Run<'a> {
             HostPlan::Encrypt => self.open_encrypted(relay).await?,
             HostPlan::Skip(_) => return Err(Next::Host),
         };
+        self.count_session(planned, &session);
         let session = self.check_requiretls(session).await?;
         let pooled = Pooled {
             session,
@@ -253,10 +269,13 @@ impl<'a> Run<'a> {
         match session::open(&ctx, relay, StartTls::Opportunistic(connector)).await {
             Ok(session) => Ok(session),
             Err(e) if e.next == Next::Plaintext => {
+                let failure = TlsFailure::Handshake(e.failure.reply.text.clone());
                 if probe {
-                    let failure = TlsFailure::Handshake(e.failure.reply.text.clone());
                     self.report(&relay.host, &failure);
                 }
+                // The failed handshake is the session that counts; the plaintext retry that
+                // follows is not counted again.
+                self.count_failure(&failure, Some(relay), &e.peer);
                 self.worst.record(e.failure);
                 session::open(&ctx, relay, StartTls::Skip)
                     .await
@@ -287,6 +306,7 @@ impl<'a> Run<'a> {
                 if let Some(result_type) = e.failure.result_type {
                     self.report_raw(&relay.host, result_type, &e.failure.reply.text);
                 }
+                self.count_session_error(relay, &e);
                 self.worst.record(e.failure);
                 Err(e.next)
             }
@@ -325,6 +345,7 @@ impl<'a> Run<'a> {
         session::open(&ctx, relay, StartTls::Required { checked, sni })
             .await
             .map_err(|e| {
+                self.count_session_error(relay, &e);
                 self.worst.record(e.failure);
                 e.next
             })
@@ -332,7 +353,9 @@ impl<'a> Run<'a> {
 
     /// RFC 8461 §5 (testing): opportunistic delivery, with the certificate checked as
     /// enforce mode would, and every would-be failure reported.
-    async fn open_probe(&mut self, relay: &Relay) -> Result<Session, Next> {
+    /// `unauthorized`: the host matches no `mx` of the policy (reported already by
+    /// [`Run::admit`]; here it makes the session count as failed).
+    async fn open_probe(&mut self, relay: &Relay, unauthorized: bool) -> Result<Session, Next> {
         let checked = self.checked_handshake(false)?;
         let session = self
             .open_opportunistic(relay, &checked.connector, true)
@@ -346,8 +369,29 @@ impl<'a> Run<'a> {
             },
             StartTlsSeen::NotTried => None,
         };
-        if let Some(failure) = failure {
-            self.report(&relay.host, &failure);
+        if let Some(failure) = &failure {
+            self.report(&relay.host, failure);
+        }
+        // What the session counts as (TLS-RPT): a certificate that enforce mode would have
+        // refused, else a host outside the policy; STARTTLS not had is counted by
+        // `count_session` for every opportunistic session alike.
+        let counted = match failure {
+            Some(f @ TlsFailure::Certificate(_)) => Some(f),
+            _ if unauthorized => Some(TlsFailure::NotAuthorized {
+                host: relay.host.clone(),
+                domain: self.job.domain.to_string(),
+            }),
+            _ => None,
+        };
+        if let (Some(f), Some(planned)) = (counted, self.current) {
+            self.probe_failure = Some(tls_report::failure_detail(
+                f.result_type(),
+                f.reason_code().as_deref(),
+                Some(relay),
+                &planned.name,
+                &session.peer,
+                None,
+            ));
         }
         Ok(session)
     }
@@ -378,9 +422,86 @@ impl<'a> Run<'a> {
         })
     }
 
-    /// A policy failure at `mx_host`, for TLS-RPT (RFC 8460) and the log.
+    /// A policy failure at `mx_host`, for the policy cache's record and the log.
     fn report(&self, mx_host: &str, failure: &TlsFailure) {
         self.report_raw(mx_host, failure.result_type(), &failure.detail());
+    }
+
+    /// Counts a failed session (or a host refused before dialling: `relay` is `None`) with
+    /// the current host, for TLS-RPT.
+    fn count_failure(&self, failure: &TlsFailure, relay: Option<&Relay>, peer: &PeerFacts) {
+        let Some(planned) = self.current else { return };
+        let outcome = tls_report::failure_detail(
+            failure.result_type(),
+            failure.reason_code().as_deref(),
+            relay,
+            &planned.name,
+            peer,
+            None,
+        );
+        self.count(planned, &outcome);
+    }
+
+    /// Counts a session that failed under a requirement, if it failed on TLS (a connection
+    /// refused or a server that would not talk never reached the TLS decision).
+    fn count_session_error(&self, relay: &Relay, e: &session::SessionError) {
+        let (Some(planned), Some(result_type)) = (self.current, e.failure.result_type) else {
+            return;
+        };
+        let outcome = tls_report::failure_detail(
+            result_type,
+            e.reason_code.as_deref(),
+            Some(relay),
+            &planned.name,
+            &e.peer,
+            None,
+        );
+        self.count(planned, &outcome);
+    }
+
+    /// Counts a session that was opened: a success, unless TLS was not had where it was
+    /// tried (opportunistic and testing) or a would-be failure was seen (testing).
+    fn count_session(&mut self, planned: &PlannedHost, session: &Session) {
+        let outcome = match (self.probe_failure.take(), &session.starttls) {
+            (Some(failure), _) => failure,
+            (None, StartTlsSeen::Started) => SessionResult::Success,
+            (None, StartTlsSeen::NotOffered) => tls_report::failure_detail(
+                ResultType::StarttlsNotSupported,
+                None,
+                Some(&session.relay),
+                &planned.name,
+                &session.peer,
+                None,
+            ),
+            (None, StartTlsSeen::Refused(r)) => {
+                let failure = TlsFailure::Refused(r.clone());
+                tls_report::failure_detail(
+                    failure.result_type(),
+                    failure.reason_code().as_deref(),
+                    Some(&session.relay),
+                    &planned.name,
+                    &session.peer,
+                    None,
+                )
+            }
+            // Plaintext by choice (a local `none`), or the retry after a failed handshake,
+            // which was counted then.
+            (None, StartTlsSeen::NotTried) => return,
+        };
+        self.count(planned, &outcome);
+    }
+
+    fn count(&self, planned: &PlannedHost, outcome: &SessionResult) {
+        // RFC 8460 §5.3: the sessions that carry our own reports are not reported on.
+        if self.job.envelope.tls_report {
+            return;
+        }
+        if let Some(counter) = &self.deliverer.tls_reports {
+            counter.record(
+                &tls_report::policies(self.plan, planned, self.requirement),
+                outcome,
+            );
+        }
     }
 
     fn report_raw(&self, mx_host: &str, result_type: ResultType, detail: &str) {

@@ -48,7 +48,9 @@ impl LocalRequirement {
         domain: &str,
     ) -> LocalRequirement {
         let floor = policies.floor(&envelope.mail_from, envelope.min_tls_level, domain);
-        let header = !envelope.requiretls && says_tls_not_required(message);
+        // A TLS report of ours goes as if it said so itself (RFC 8460 §5.3).
+        let header =
+            !envelope.requiretls && (envelope.tls_report || says_tls_not_required(message));
         // The sender's or the listener's level is a promise made for this sender; a header
         // the sender wrote does not undo it.
         let forbidden = floor

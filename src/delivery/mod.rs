@@ -123,6 +123,8 @@ pub struct Deliverer {
     pool: pool::Pool,
     /// Per-destination concurrency windows.
     destinations: Arc<Destinations>,
+    /// Where sessions are counted for TLS-RPT (RFC 8460); `None` when reporting is off.
+    tls_reports: Option<Arc<crate::report::counts::Counter>>,
 }
 
 /// Where one job goes: hosts in the order to try, all at the same port.
@@ -184,7 +186,14 @@ impl Deliverer {
             pkix,
             policies,
             sessions,
+            tls_reports: None,
         })
+    }
+
+    /// Counts every session's TLS outcome into `counter` (TLS-RPT).
+    pub fn with_tls_reports(mut self, counter: Arc<crate::report::counts::Counter>) -> Self {
+        self.tls_reports = Some(counter);
+        self
     }
 
     /// Closes pooled sessions past their time; call every second or so.

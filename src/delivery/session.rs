@@ -9,6 +9,7 @@
 use super::attempt::{Failure, Rank, Relay, TlsInfo, TlsState};
 use super::tls::CheckedHandshake;
 use super::tls_failure::TlsFailure;
+use super::tls_report::PeerFacts;
 use crate::reply::{EnhancedCode, Reply};
 use mail_send::SmtpClient;
 use smtp_proto::{EhloResponse, Response, EXT_START_TLS};
@@ -103,6 +104,8 @@ pub(crate) struct Session {
     pub extensions: Extensions,
     pub tls: TlsInfo,
     pub starttls: StartTlsSeen,
+    /// Our address and the server's EHLO name (TLS-RPT failure details).
+    pub peer: PeerFacts,
 }
 
 /// What to try after a failed session.
@@ -120,11 +123,29 @@ pub(crate) enum Next {
 pub(crate) struct SessionError {
     pub failure: Failure,
     pub next: Next,
+    /// What the session had learnt when it failed (nothing before the TCP connection).
+    pub peer: PeerFacts,
+    /// A TLS failure's precise reason, for TLS-RPT's `failure-reason-code`.
+    pub reason_code: Option<String>,
 }
 
 impl SessionError {
     fn new(failure: Failure, next: Next) -> Self {
-        SessionError { failure, next }
+        SessionError {
+            failure,
+            next,
+            peer: PeerFacts::default(),
+            reason_code: None,
+        }
+    }
+
+    /// A session that failed the TLS requirement at `relay`.
+    fn tls(failure: TlsFailure, relay: &Relay) -> Self {
+        let reason_code = failure.reason_code();
+        SessionError {
+            reason_code,
+            ..SessionError::new(failure.into_failure(Some(relay.clone())), Next::Address)
+        }
     }
 }
 
@@ -137,12 +158,37 @@ pub(crate) async fn open(
     let stream = connect(relay, ctx.connect_timeout)
         .await
         .map_err(|f| SessionError::new(f, Next::Address))?;
+    let mut peer = PeerFacts {
+        local_ip: stream.local_addr().ok().map(|a| a.ip()),
+        helo: None,
+    };
+    match negotiate(ctx, relay, starttls, stream, &mut peer).await {
+        Ok(mut session) => {
+            session.peer = peer;
+            Ok(session)
+        }
+        Err(mut e) => {
+            e.peer = peer;
+            Err(e)
+        }
+    }
+}
+
+/// The session after the TCP connection: greeting, EHLO, STARTTLS as `starttls` says.
+async fn negotiate(
+    ctx: &SessionContext<'_>,
+    relay: &Relay,
+    starttls: StartTls<'_>,
+    stream: TcpStream,
+    peer: &mut PeerFacts,
+) -> Result<Session, SessionError> {
     let mut client = SmtpClient {
         stream,
         timeout: ctx.command_timeout,
     };
     greet(&mut client, relay, ctx.command_timeout).await?;
-    let extensions = hello(&mut client, ctx, relay).await?;
+    let (extensions, helo) = hello(&mut client, ctx, relay).await?;
+    peer.helo = helo;
     let (connector, required) = match starttls {
         StartTls::Skip => return Ok(plain(relay, client, extensions, StartTlsSeen::NotTried)),
         StartTls::Opportunistic(connector) => (connector, None),
@@ -175,7 +221,7 @@ async fn tls_not_started(
         _ => TlsFailure::NotOffered,
     };
     tracing::info!("{relay}: {}", failure.detail());
-    SessionError::new(failure.into_failure(Some(relay.clone())), Next::Address)
+    SessionError::tls(failure, relay)
 }
 
 /// Sends STARTTLS when offered. `Ok(Ok(()))`: go ahead with the handshake; `Ok(Err(seen))`:
@@ -216,6 +262,7 @@ fn plain(
         extensions,
         tls: TlsInfo::default(),
         starttls,
+        peer: PeerFacts::default(),
     }
 }
 
@@ -273,7 +320,7 @@ async fn start_verified_tls(
                 _ => TlsFailure::Handshake(e.to_string()),
             };
             tracing::info!("{relay}: {}", failure.detail());
-            SessionError::new(failure.into_failure(Some(relay.clone())), Next::Address)
+            SessionError::tls(failure, relay)
         })
 }
 
@@ -287,7 +334,7 @@ async fn tls_session(
 ) -> Result<Session, SessionError> {
     let (version, cipher) = crate::tls::describe(client.tls_connection()).unzip();
     let kx = crate::tls::key_exchange(client.tls_connection());
-    let extensions = hello(&mut client, ctx, relay).await?;
+    let (extensions, _) = hello(&mut client, ctx, relay).await?;
     Ok(Session {
         relay: relay.clone(),
         connection: Connection::Tls(Box::new(client)),
@@ -303,6 +350,7 @@ async fn tls_session(
             kx,
         },
         starttls: StartTlsSeen::Started,
+        peer: PeerFacts::default(),
     })
 }
 
@@ -374,7 +422,7 @@ async fn hello<T: AsyncRead + AsyncWrite + Unpin>(
     client: &mut SmtpClient<T>,
     ctx: &SessionContext<'_>,
     relay: &Relay,
-) -> Result<Extensions, SessionError> {
+) -> Result<(Extensions, Option<String>), SessionError> {
     let hostname = ctx.hostname;
     let rejected = match client.ehlo(hostname).await {
         // RFC 5321 §5.1 ("mail loops back to myself"): a server that answers EHLO with our
@@ -383,7 +431,12 @@ async fn hello<T: AsyncRead + AsyncWrite + Unpin>(
             quit(client).await;
             return Err(SessionError::new(loops_back(ctx, relay), Next::Host));
         }
-        Ok(ehlo) => return Ok(Extensions::from_ehlo(&ehlo)),
+        Ok(ehlo) => {
+            // A peer's text: kept to a domain name's length.
+            let name: String = ehlo.hostname.chars().take(255).collect();
+            let name = Some(name).filter(|n| !n.is_empty());
+            return Ok((Extensions::from_ehlo(&ehlo), name));
+        }
         Err(mail_send::Error::UnexpectedReply(r)) if r.code / 100 == 5 => r,
         Err(mail_send::Error::UnexpectedReply(r)) => {
             quit(client).await;
@@ -399,7 +452,7 @@ async fn hello<T: AsyncRead + AsyncWrite + Unpin>(
         remote_reply(&rejected)
     );
     match client.cmd(format!("HELO {hostname}\r\n")).await {
-        Ok(r) if r.code / 100 == 2 => Ok(Extensions::default()),
+        Ok(r) if r.code / 100 == 2 => Ok((Extensions::default(), None)),
         Ok(r) => {
             quit(client).await;
             Err(SessionError::new(refused_to_talk(relay, &r), Next::Host))

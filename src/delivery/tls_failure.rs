@@ -47,9 +47,23 @@ impl TlsFailure {
             TlsFailure::NotOffered | TlsFailure::Refused(_) => ResultType::StarttlsNotSupported,
             TlsFailure::Certificate(e) => ResultType::of_certificate(e),
             TlsFailure::TlsaLookup { .. } => ResultType::DnssecInvalid,
-            TlsFailure::DaneRequired { .. } | TlsFailure::RequireTls { .. } => {
-                ResultType::ValidationFailure
-            }
+            TlsFailure::DaneRequired { .. } => ResultType::DaneRequired,
+            TlsFailure::RequireTls { .. } => ResultType::ValidationFailure,
+        }
+    }
+
+    /// RFC 8460 §4.4 `failure-reason-code`: our precise reason, where the result type alone
+    /// is vague. Our own words (never a peer's text), so equal failures sum in one entry.
+    pub fn reason_code(&self) -> Option<String> {
+        match self {
+            TlsFailure::NotAuthorized { .. } => Some("mx-not-authorized".into()),
+            TlsFailure::Refused(r) => Some(format!("starttls-refused: {}", r.code)),
+            TlsFailure::Handshake(e) => Some(format!("tls-handshake-failure: {e}")),
+            TlsFailure::Certificate(e) => Some(certificate_reason(e)),
+            TlsFailure::RequireTls { .. } => Some("requiretls-not-supported".into()),
+            TlsFailure::NotOffered
+            | TlsFailure::TlsaLookup { .. }
+            | TlsFailure::DaneRequired { .. } => None,
         }
     }
 
@@ -239,6 +253,26 @@ mod tests {
             TlsFailure::NotOffered.result_type().as_str(),
             "starttls-not-supported"
         );
+        let dane = rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
+            std::sync::Arc::new(policy_cache::dane::DaneMismatch(
+                "no TLSA record matches".into(),
+            )),
+        )));
+        assert_eq!(
+            TlsFailure::Certificate(dane).result_type().as_str(),
+            "tlsa-invalid"
+        );
+        let required = TlsFailure::DaneRequired {
+            host: "mx".into(),
+            dnssec_off: false,
+        };
+        assert_eq!(required.result_type().as_str(), "dane-required");
+        let na = TlsFailure::NotAuthorized {
+            host: "mx".into(),
+            domain: "example.net".into(),
+        };
+        assert_eq!(na.result_type().as_str(), "validation-failure");
+        assert_eq!(na.reason_code().as_deref(), Some("mx-not-authorized"));
     }
 
     #[test]
