@@ -336,7 +336,7 @@ pub async fn execute(cache: &PolicyCache, request: &Request) -> Reply {
 fn describe_lookup(domain: &str, lookup: &StsLookup) -> String {
     match lookup {
         StsLookup::Policy(active) => describe_policy(active),
-        StsLookup::NoPolicy { reason } => format!("{domain}: no MTA-STS policy: {reason}"),
+        StsLookup::NoPolicy { reason, .. } => format!("{domain}: no MTA-STS policy: {reason}"),
         StsLookup::TempFail { reason } => {
             format!("{domain}: cannot tell now (temporary failure): {reason}")
         }

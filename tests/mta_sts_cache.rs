@@ -524,3 +524,48 @@ async fn show_and_failures() {
         );
     }
 }
+
+/// The RFC 8460 result type a "no policy" answer carries, if any.
+fn fetch_failure(lookup: &StsLookup) -> Option<&'static str> {
+    match lookup {
+        StsLookup::NoPolicy { fetch_failure, .. } => fetch_failure.as_ref().map(|f| f.result_type),
+        other => panic!("expected no policy, got {other:?}"),
+    }
+}
+
+/// RFC 8460 §4.3.1: an announced policy that cannot be had is told apart for TLS-RPT: the
+/// fetch failed (`sts-policy-fetch-error`), the policy is invalid (`sts-policy-invalid`), or
+/// the policy host's certificate is not valid (`sts-webpki-invalid`); and the pause before
+/// the next fetch (RFC 8461 §3.3) keeps saying so. No TXT record at all is no failure.
+#[tokio::test]
+async fn failed_fetches_carry_their_tls_rpt_result_type() {
+    let bed = Bed::new().await;
+    bed.serve_status(500);
+    let first = bed.lookup().await;
+    assert_eq!(fetch_failure(&first), Some("sts-policy-fetch-error"));
+    // Within the negative TTL nothing is fetched, and the failure still stands.
+    let again = bed.lookup().await;
+    assert_eq!(fetch_failure(&again), Some("sts-policy-fetch-error"));
+    assert_eq!(bed.requests(), 1);
+
+    bed.announce("2");
+    bed.serve("version: STSv1\nmode: sometimes\n");
+    assert_eq!(
+        fetch_failure(&bed.lookup().await),
+        Some("sts-policy-invalid")
+    );
+
+    bed.lab.zone(Zone::new(DOMAIN).mx(10, "mx.example.test"));
+    assert_eq!(fetch_failure(&bed.lookup().await), None);
+
+    // A fresh cache and host (TLS resumption would skip the certificate of a host already
+    // met): a certificate from an untrusted CA.
+    let bed = Bed::new().await;
+    let other_ca = lab::ca::LabCa::new();
+    bed.server
+        .certify(HOST, &other_ca.issue_with(&[HOST], Default::default()));
+    assert_eq!(
+        fetch_failure(&bed.lookup().await),
+        Some("sts-webpki-invalid")
+    );
+}

@@ -52,5 +52,9 @@ fn check(record: &TlsRptRecord) {
     }
     let uris: Vec<String> = record.rua.iter().map(Rua::to_string).collect();
     let again = parse(&format!("v=TLSRPTv1;rua={}", uris.join(",")));
-    assert_eq!(again.as_ref(), Ok(record), "Display does not parse back: {uris:?}");
+    assert_eq!(
+        again.as_ref(),
+        Ok(record),
+        "Display does not parse back: {uris:?}"
+    );
 }

@@ -204,7 +204,7 @@ impl Inner {
     async fn resolve(&self, domain: &str, txt: &Txt) -> StsLookup {
         match self.decide_now(domain, txt) {
             Step::Fetch { .. } => self.fetch_gated(domain, txt).await,
-            step => self.answer(domain, step),
+            step => self.answer_after(domain, txt, step),
         }
     }
 
@@ -215,7 +215,23 @@ impl Inner {
         let _fetching = gate.lock().await;
         match self.decide_now(domain, txt) {
             Step::Fetch { id } => self.fetch_and_install(domain, &id).await,
-            step => self.answer(domain, step),
+            step => self.answer_after(domain, txt, step),
+        }
+    }
+
+    /// [`Self::answer`], marked with the remembered fetch failure when "no policy" comes from
+    /// a recent failure to fetch the announced policy (RFC 8461 §3.3's pause between tries):
+    /// the domain's policy still failed for this delivery.
+    fn answer_after(&self, domain: &str, txt: &Txt, step: Step) -> StsLookup {
+        let answer = self.answer(domain, step);
+        let Txt::Record(record) = txt else {
+            return answer;
+        };
+        match self.negative(domain) {
+            Some(n) if n.id == record.id => {
+                with_fetch_failure(answer, stored_result_type(&n), &n.error)
+            }
+            _ => answer,
         }
     }
 
@@ -263,29 +279,33 @@ impl Inner {
     async fn fetch_and_install(&self, domain: &str, id: &str) -> StsLookup {
         match self.fetch_policy(domain).await {
             Ok(policy) => StsLookup::Policy(self.install(domain, id, policy, true).await),
-            Err(error) => {
+            Err((error, result_type)) => {
                 tracing::warn!(domain, id, error, "MTA-STS: policy fetch failed");
-                self.remember_failure(domain, id, &error);
+                self.remember_failure(domain, id, &error, result_type);
                 let entry = self.entry(domain);
                 let step = after_failed_fetch(
                     entry.as_deref().map(|e| &*e.active),
                     self.clock.now(),
                     &error,
                 );
-                self.answer(domain, step)
+                with_fetch_failure(self.answer(domain, step), result_type, &error)
             }
         }
     }
 
     /// The policy text over HTTPS, parsed. RFC 8461 §3.2: a policy that does not parse is a
     /// failed fetch, never "no policy".
-    async fn fetch_policy(&self, domain: &str) -> Result<Policy, String> {
-        let text = self
-            .fetcher
-            .fetch(domain)
-            .await
-            .map_err(|e| e.to_string())?;
-        Policy::parse(&text).map_err(|e| format!("invalid policy: {e}"))
+    /// On failure, why, and the RFC 8460 §4.3.1 result type.
+    async fn fetch_policy(&self, domain: &str) -> Result<Policy, (String, &'static str)> {
+        let text = self.fetcher.fetch(domain).await.map_err(|e| {
+            let result_type = match e {
+                // The policy host could not be authenticated (its certificate).
+                crate::sts::fetch::FetchError::Tls(_) => "sts-webpki-invalid",
+                _ => "sts-policy-fetch-error",
+            };
+            (e.to_string(), result_type)
+        })?;
+        Policy::parse(&text).map_err(|e| (format!("invalid policy: {e}"), "sts-policy-invalid"))
     }
 
     /// Stores a freshly fetched policy, in memory and durably (flushed: a restart must not
@@ -328,11 +348,12 @@ impl Inner {
         active
     }
 
-    fn remember_failure(&self, domain: &str, id: &str, error: &str) {
+    fn remember_failure(&self, domain: &str, id: &str, error: &str, result_type: &str) {
         let negative = Negative {
             id: id.to_string(),
             failed_at: self.clock.now(),
             error: error.to_string(),
+            result_type: Some(result_type.to_string()),
         };
         if let Err(e) = self.store.put_negative(domain, &negative) {
             tracing::warn!(domain, error = %e, "MTA-STS: cannot save negative entry");
@@ -465,7 +486,34 @@ fn log_installed(domain: &str, active: &ActivePolicy, previous: Option<&Entry>) 
 }
 
 fn no_policy(reason: String) -> StsLookup {
-    StsLookup::NoPolicy { reason }
+    StsLookup::NoPolicy {
+        reason,
+        fetch_failure: None,
+    }
+}
+
+/// `lookup`, marked with the fetch failure behind it when it is "no policy" (a cached policy
+/// still applying is no failure to report).
+fn with_fetch_failure(lookup: StsLookup, result_type: &'static str, error: &str) -> StsLookup {
+    match lookup {
+        StsLookup::NoPolicy { reason, .. } => StsLookup::NoPolicy {
+            reason,
+            fetch_failure: Some(crate::FetchFailure {
+                result_type,
+                detail: error.to_string(),
+            }),
+        },
+        other => other,
+    }
+}
+
+/// The RFC 8460 result type a remembered failure was stored with.
+fn stored_result_type(negative: &Negative) -> &'static str {
+    match negative.result_type.as_deref() {
+        Some("sts-webpki-invalid") => "sts-webpki-invalid",
+        Some("sts-policy-invalid") => "sts-policy-invalid",
+        _ => "sts-policy-fetch-error",
+    }
 }
 
 /// The key a domain is cached under; names that do not normalize are kept lower-cased, so

@@ -30,12 +30,25 @@ use std::time::{Duration, SystemTime};
 pub enum StsLookup {
     /// The domain has no usable MTA-STS policy: deliver as without one. `reason` says why
     /// (no TXT record, an invalid TXT record, no policy could ever be fetched, expired).
-    NoPolicy { reason: String },
+    NoPolicy {
+        reason: String,
+        /// Set when the domain announces a policy that could not be had: a TLS-RPT failure
+        /// of the domain's `sts` policy (RFC 8460 §4.3.1).
+        fetch_failure: Option<FetchFailure>,
+    },
     /// A valid policy applies.
     Policy(Arc<ActivePolicy>),
     /// We cannot tell now (the TXT lookup failed and nothing is cached): try again later.
     /// RFC 8461 §5: a DNS failure is not the absence of a policy.
     TempFail { reason: String },
+}
+
+/// Why an announced policy could not be had, in RFC 8460 §4.3.1's terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchFailure {
+    /// `sts-policy-fetch-error`, `sts-policy-invalid` or `sts-webpki-invalid`.
+    pub result_type: &'static str,
+    pub detail: String,
 }
 
 /// A policy in force, with where it came from.

@@ -61,6 +61,9 @@ pub struct Negative {
     pub failed_at: SystemTime,
     /// Why the fetch failed, for `show` and the logs.
     pub error: String,
+    /// Its RFC 8460 result type (absent in entries written before it was kept).
+    #[serde(default)]
+    pub result_type: Option<String>,
 }
 
 /// The three trees, on the database or in memory.
@@ -401,6 +404,7 @@ mod tests {
             id: id.into(),
             failed_at: SystemTime::UNIX_EPOCH,
             error: "boom".into(),
+            result_type: None,
         }
     }
 

@@ -40,7 +40,13 @@ impl Checker<'_> {
         if crate::delivery::address_literal(domain).is_some() {
             report.txt.error = Some("an address literal has no MTA-STS policy".into());
             let reason = "an address literal has no MTA-STS policy".to_string();
-            return (report, StsLookup::NoPolicy { reason });
+            return (
+                report,
+                StsLookup::NoPolicy {
+                    reason,
+                    fetch_failure: None,
+                },
+            );
         }
         let answer = match dns::fqdn(&txt_name) {
             Ok(name) => dns::lookup(&self.resolver, &name, RecordType::TXT).await,
@@ -80,7 +86,13 @@ impl Checker<'_> {
                 Some(e) => format!("invalid MTA-STS TXT record: {e}"),
                 None => "no MTA-STS TXT record".to_string(),
             };
-            return (report, StsLookup::NoPolicy { reason });
+            return (
+                report,
+                StsLookup::NoPolicy {
+                    reason,
+                    fetch_failure: None,
+                },
+            );
         };
         let fetched = match self.fetcher.fetch(domain).await {
             Ok(text) => Policy::parse(&text).map_err(|e| format!("invalid policy: {e}")),
@@ -112,7 +124,13 @@ impl Checker<'_> {
                 // cache's own words).
                 let reason =
                     format!("policy fetch failed ({error}); delivering as without MTA-STS");
-                (report, StsLookup::NoPolicy { reason })
+                (
+                    report,
+                    StsLookup::NoPolicy {
+                        reason,
+                        fetch_failure: None,
+                    },
+                )
             }
         }
     }
@@ -121,7 +139,7 @@ impl Checker<'_> {
 /// Why no MTA-STS policy sets the requirement, from the lookup.
 pub(super) fn no_sts_reason(lookup: &StsLookup) -> String {
     match lookup {
-        StsLookup::NoPolicy { reason } | StsLookup::TempFail { reason } => reason.clone(),
+        StsLookup::NoPolicy { reason, .. } | StsLookup::TempFail { reason } => reason.clone(),
         StsLookup::Policy(p) if p.policy.mode == Mode::None => {
             format!("policy {} has mode none (as without a policy)", p.id)
         }

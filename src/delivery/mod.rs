@@ -62,7 +62,7 @@ use hickory_resolver::TokioResolver;
 use hosts::Run;
 use local::LocalRequirement;
 use plan::DeliveryPlan;
-use policy_cache::PolicyCache;
+use policy_cache::{PolicyCache, StsLookup};
 use requirement::TlsRequirement;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -284,7 +284,7 @@ impl Deliverer {
             }
         };
         let looked_up_at = SystemTime::now();
-        let requirement = match self.requirement(job.domain, &hops).await {
+        let requirement = match self.requirement(job, &hops).await {
             Ok(requirement) => requirement,
             // With every host under DANE, MTA-STS would not be consulted anyway.
             Err(_) if dane.covers_all() => TlsRequirement::Opportunistic,
@@ -367,13 +367,42 @@ impl Deliverer {
     }
 
     /// The TLS the job's hosts must offer: from the domain's MTA-STS policy when one applies.
-    async fn requirement(&self, domain: &str, hops: &NextHops) -> Result<TlsRequirement, Failure> {
+    async fn requirement(&self, job: &Job<'_>, hops: &NextHops) -> Result<TlsRequirement, Failure> {
+        let domain = job.domain;
         match &self.policies {
             Some(policies) if hops.own_mx => {
-                requirement::requirement(policies.lookup(domain).await, domain)
+                let lookup = policies.lookup(domain).await;
+                if let StsLookup::NoPolicy {
+                    fetch_failure: Some(failure),
+                    ..
+                } = &lookup
+                {
+                    self.count_fetch_failure(job, failure);
+                }
+                requirement::requirement(lookup, domain)
             }
             _ => Ok(TlsRequirement::Opportunistic),
         }
+    }
+
+    /// RFC 8460 §4.3.1: a policy the domain announces but that could not be had counts as a
+    /// failure of its `sts` policy (no session, so no addresses), once per delivery it
+    /// leaves unprotected.
+    fn count_fetch_failure(&self, job: &Job<'_>, failure: &policy_cache::FetchFailure) {
+        let Some(counter) = &self.tls_reports else {
+            return;
+        };
+        if job.envelope.tls_report {
+            return;
+        }
+        use crate::report::counts::{FailureDetail, Policy, PolicyKind, SessionResult};
+        let policy = Policy::new(PolicyKind::Sts, job.domain, Vec::new(), Vec::new());
+        let detail: String = failure.detail.chars().take(200).collect();
+        let result = SessionResult::Failure(FailureDetail {
+            reason_code: Some(detail),
+            ..FailureDetail::new(failure.result_type)
+        });
+        counter.record(&[policy], &result);
     }
 
     /// One pass over the plan's hosts, holding a session slot. `requirement` is the MTA-STS

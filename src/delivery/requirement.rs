@@ -214,6 +214,7 @@ mod tests {
     fn the_mode_decides() {
         let none = StsLookup::NoPolicy {
             reason: "no TXT record".into(),
+            fetch_failure: None,
         };
         assert_eq!(decide(none).unwrap(), TlsRequirement::Opportunistic);
         let p = active(Mode::None, "1", &["mx.example.net"]);

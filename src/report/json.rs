@@ -64,15 +64,15 @@ pub struct Policy {
     /// DANE, MTA-STS, or neither.
     pub policy_type: PolicyType,
     /// The policy as text (§4.2): one TLSA record's presentation RDATA per element, or one
-    /// MTA-STS policy line per element. Left out when there is none (`no-policy-found`, or a
-    /// policy that could not be fetched).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// MTA-STS policy line per element; `[]` when there is none (`no-policy-found`, or a
+    /// policy that could not be fetched). Always written: receivers' parsers expect it.
+    #[serde(default)]
     pub policy_string: Vec<String>,
     /// The domain the policy belongs to, in A-labels.
     pub policy_domain: String,
-    /// The MX hosts the policy covers (for MTA-STS, the policy's `mx` patterns); left out
-    /// when none are known.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// The MX hosts the policy covers (for MTA-STS, the policy's `mx` patterns); `[]` when
+    /// none are known. Always written.
+    #[serde(default)]
     pub mx_host: Vec<String>,
 }
 
@@ -669,7 +669,12 @@ mod tests {
         assert!(!none.contains_key("failure-details"));
         assert_eq!(
             none["policy"],
-            json!({"policy-type": "no-policy-found", "policy-domain": "receiver.example"})
+            json!({
+                "policy-type": "no-policy-found",
+                "policy-string": [],
+                "policy-domain": "receiver.example",
+                "mx-host": []
+            })
         );
     }
 

@@ -402,12 +402,19 @@ impl Relay {
     pub async fn queue(&self, args: &[&str]) -> CliOutput {
         let mut words = vec!["queue"];
         words.extend_from_slice(args);
-        let run = tokio::process::Command::from(mxguard_command(&words, &self.config_path))
+        self.cli(&words).await
+    }
+
+    /// Runs `mxguard WORDS --config FILE` against this relay's configuration (see
+    /// [`Relay::queue`]).
+    pub async fn cli(&self, words: &[&str]) -> CliOutput {
+        let args = words;
+        let run = tokio::process::Command::from(mxguard_command(words, &self.config_path))
             .kill_on_drop(true)
             .output();
         let out = tokio::time::timeout(PROCESS_TIMEOUT, run)
             .await
-            .unwrap_or_else(|_| panic!("mxguard queue {args:?} ran over {PROCESS_TIMEOUT:?}"))
+            .unwrap_or_else(|_| panic!("mxguard {args:?} ran over {PROCESS_TIMEOUT:?}"))
             .expect("run the mxguard binary");
         let out = CliOutput {
             status: out.status.code().unwrap_or(-1),
@@ -415,7 +422,7 @@ impl Relay {
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         };
         self.log.push(format!(
-            "-- lab: mxguard queue {} -> exit {}{}",
+            "-- lab: mxguard {} -> exit {}{}",
             args.join(" "),
             out.status,
             out.stderr

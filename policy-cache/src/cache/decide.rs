@@ -163,6 +163,7 @@ mod tests {
             id: id.into(),
             failed_at: t(at),
             error: "HTTP status 404".into(),
+            result_type: None,
         }
     }
 

@@ -124,7 +124,7 @@ impl Inner {
                 self.install(domain, &id, policy, false).await;
                 true
             }
-            Err(error) => {
+            Err((error, _)) => {
                 tracing::warn!(
                     domain,
                     id,
