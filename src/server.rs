@@ -62,6 +62,10 @@ pub async fn run(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Result
     if let Some(counter) = &tls_counts {
         deliverer = deliverer.with_tls_reports(counter.clone());
     }
+    let reporter = match &tls_counts {
+        Some(counter) => Some(start_reporter(&config, counter.clone(), queue.clone())?),
+        None => None,
+    };
     let inbound = Arc::new(
         Inbound::new(config.clone(), queue.clone())
             .map_err(|e| ServerError::Setup(e.to_string()))?,
@@ -94,13 +98,18 @@ pub async fn run(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Result
         hangup,
         shutdown.clone(),
     ));
-    let control = tokio::spawn(control.serve(
-        policies.clone(),
-        Some(queue.clone()),
-        None,
-        shutdown.clone(),
-    ));
+    let control = tokio::spawn(
+        control.serve(
+            policies.clone(),
+            Some(queue.clone()),
+            reporter
+                .clone()
+                .map(|r| r as Arc<dyn crate::control::TlsRptService>),
+            shutdown.clone(),
+        ),
+    );
     let refresher = policies.map(|p| tokio::spawn(p.run_refresher(shutdown.clone())));
+    let reporting = reporter.map(|r| tokio::spawn(r.run(shutdown.clone())));
     let counts_flusher = tls_counts
         .clone()
         .map(|c| tokio::spawn(flush_counts(c, shutdown.clone())));
@@ -114,6 +123,9 @@ pub async fn run(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Result
     inbound.serve(sockets, shutdown).await;
     if let Err(e) = scheduler.await {
         tracing::error!("scheduler: {e}");
+    }
+    if let Some(Err(e)) = futures::future::OptionFuture::from(reporting).await {
+        tracing::error!("TLS-RPT reporter: {e}");
     }
     if let Some(counter) = &tls_counts {
         counter.flush();
@@ -129,6 +141,29 @@ pub async fn run(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Result
     }
     tracing::info!("mxguard stopped");
     Ok(())
+}
+
+/// The TLS-RPT sender: report mail goes into `queue` like any message.
+fn start_reporter(
+    config: &Arc<Config>,
+    counter: Arc<crate::report::counts::Counter>,
+    queue: Queue,
+) -> Result<Arc<crate::report::send::Reporter>, ServerError> {
+    let resolver = crate::delivery::dns::build_resolver(&config.dns)
+        .map_err(|e| ServerError::Setup(format!("tlsrpt: DNS resolver: {e}")))?;
+    let enqueue: crate::report::send::Enqueue = Arc::new(move |envelope, message| {
+        let queue = queue.clone();
+        Box::pin(async move {
+            queue
+                .enqueue(envelope, message)
+                .await
+                .map(|id| id.to_string())
+                .map_err(|reply| reply.to_string())
+        })
+    });
+    let reporter = crate::report::send::Reporter::new(config.clone(), counter, resolver, enqueue)
+        .map_err(|e| ServerError::Setup(format!("tlsrpt: {e}")))?;
+    Ok(Arc::new(reporter))
 }
 
 /// Writes the TLS-RPT counts to their database every few seconds, and once more after the

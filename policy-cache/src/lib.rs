@@ -16,6 +16,7 @@
 pub mod clock;
 pub mod crypto;
 pub mod dane;
+pub mod https_client;
 pub mod store;
 pub mod sts;
 

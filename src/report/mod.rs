@@ -4,11 +4,16 @@
 //! - [`counts`]: the sessions counted, per period and policy (in memory, flushed to sled);
 //! - [`outbox`]: reports built and waiting to be handed on;
 //! - [`record`]: the `_smtp._tls` TXT record (where reports go);
-//! - [`json`]: the report itself (RFC 8460 §4), gzip'd, with its file name.
-//!
-//! Sending (mail with DKIM, HTTPS POST) is still to come (issue #13).
+//! - [`json`]: the report itself (RFC 8460 §4), gzip'd, with its file name;
+//! - [`mail`]: the report as a DKIM-signed `multipart/report` message (§5.3);
+//! - [`https`]: the report POSTed to an `https:` address (§5.4);
+//! - [`send`]: the reporter: when a period is over, look up each domain's record, build its
+//!   report and hand it to every address, with retries; `tlsrpt show|send --now`.
 
 pub mod counts;
+pub mod https;
 pub mod json;
+pub mod mail;
 pub mod outbox;
 pub mod record;
+pub mod send;

@@ -25,6 +25,7 @@ pub mod resolver;
 pub mod smtp;
 pub mod sts;
 pub mod submit;
+pub mod tlsrpt_receiver;
 
 use ca::LabCa;
 use dns::{DnsServer, Zone};

@@ -14,13 +14,9 @@
 //! log and count them; none of them is fatal to the process, and nothing the peer sends can
 //! make it panic or buffer more than the size limit.
 
+use crate::https_client::{self, Failure};
 use futures::StreamExt;
 use hickory_resolver::TokioResolver;
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
-use std::error::Error as StdError;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// RFC 8461 §3.3 leaves the size bound to the sender; 64 KiB is far beyond any real policy.
@@ -88,7 +84,7 @@ impl Fetcher {
         // reqwest is built without a provider of its own: `crate::crypto`'s is the
         // process-wide one. An error only means that some provider is installed already.
         crate::crypto::install_default();
-        let tls = tls_config(&settings.extra_ca_files)?;
+        let tls = https_client::tls_config(&settings.extra_ca_files).map_err(setup)?;
 
         let mut builder = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
@@ -100,7 +96,7 @@ impl Fetcher {
             // RFC 8461 §3.3: senders bound the time a fetch may take.
             .timeout(settings.fetch_timeout)
             .user_agent(concat!("mxguard-mta-sts/", env!("CARGO_PKG_VERSION")))
-            .dns_resolver(Arc::new(HickoryResolve(resolver)));
+            .dns_resolver(Arc::new(https_client::HickoryResolve(resolver)));
         builder = match &settings.proxy {
             Some(url) => builder.proxy(
                 reqwest::Proxy::https(url.as_str())
@@ -111,7 +107,7 @@ impl Fetcher {
         };
         let client = builder
             .build()
-            .map_err(|e| setup(format!("HTTPS client: {}", chain_text(&e))))?;
+            .map_err(|e| setup(format!("HTTPS client: {}", https_client::chain_text(&e))))?;
         Ok(Fetcher {
             client,
             https_port: settings.https_port,
@@ -234,164 +230,15 @@ fn is_text_plain(content_type: &str) -> bool {
     media_type.eq_ignore_ascii_case("text/plain")
 }
 
-/// The rustls client configuration: TLS 1.2 and 1.3 only, Web PKI roots plus the operator's
-/// extra CAs.
-fn tls_config(
-    extra_ca_files: &[std::path::PathBuf],
-) -> Result<rustls::ClientConfig, crate::CacheError> {
-    let setup = crate::CacheError::Setup;
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    for path in extra_ca_files {
-        let mut found = false;
-        for cert in CertificateDer::pem_file_iter(path)
-            .map_err(|e| setup(format!("CA file {}: {e}", path.display())))?
-        {
-            let cert = cert.map_err(|e| setup(format!("CA file {}: {e}", path.display())))?;
-            roots
-                .add(cert)
-                .map_err(|e| setup(format!("CA file {}: {e}", path.display())))?;
-            found = true;
-        }
-        if !found {
-            return Err(setup(format!(
-                "CA file {}: no certificate in it",
-                path.display()
-            )));
-        }
-    }
-    let provider = Arc::new(crate::crypto::provider());
-    // RFC 8461 §3.3 asks for a PKIX-valid certificate; TLS below 1.2 is not offered at all.
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| setup(format!("TLS versions: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
-}
-
-/// Resolves policy hosts through the relay's own resolver (A and AAAA), never the system's.
-struct HickoryResolve(TokioResolver);
-
-/// A failed resolution, recognised again when it comes back wrapped in reqwest's errors.
-#[derive(Debug)]
-struct ResolveFailure(String);
-
-impl std::fmt::Display for ResolveFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl StdError for ResolveFailure {}
-
-impl Resolve for HickoryResolve {
-    fn resolve(&self, name: Name) -> Resolving {
-        let resolver = self.0.clone();
-        let host = name.as_str().trim_end_matches('.').to_string();
-        Box::pin(async move {
-            // Absolute, so that no search domain is ever appended to a policy host.
-            let fqdn = format!("{host}.");
-            let lookup = resolver.lookup_ip(fqdn.as_str()).await.map_err(|e| {
-                let text = if e.is_nx_domain() {
-                    format!("{host}: no such domain (NXDOMAIN)")
-                } else if e.is_no_records_found() {
-                    format!("{host}: no address records")
-                } else {
-                    format!("{host}: {e}")
-                };
-                Box::new(ResolveFailure(text)) as Box<dyn StdError + Send + Sync>
-            })?;
-            let addrs: Vec<SocketAddr> = lookup.iter().map(|ip| SocketAddr::new(ip, 0)).collect();
-            if addrs.is_empty() {
-                return Err(
-                    Box::new(ResolveFailure(format!("{host}: no address records")))
-                        as Box<dyn StdError + Send + Sync>,
-                );
-            }
-            Ok(Box::new(addrs.into_iter()) as Addrs)
-        })
-    }
-}
-
-/// Maps a reqwest error to the [`FetchError`] an operator can act on, by looking through its
-/// chain of causes for what really happened.
+/// Maps a reqwest error to the [`FetchError`] an operator can act on.
 fn classify(error: &reqwest::Error, host: &str) -> FetchError {
-    let mut timed_out = error.is_timeout();
-    let mut io_cause: Option<String> = None;
-    let mut source: Option<&(dyn StdError + 'static)> = Some(error);
-    while let Some(err) = source {
-        if let Some(failure) = err.downcast_ref::<ResolveFailure>() {
-            return FetchError::Dns(failure.0.clone());
-        }
-        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
-            return FetchError::Tls(tls_text(tls, host));
-        }
-        source = match err.downcast_ref::<std::io::Error>() {
-            Some(io) => {
-                if io.kind() == std::io::ErrorKind::TimedOut {
-                    timed_out = true;
-                }
-                io_cause.get_or_insert_with(|| io.to_string());
-                // io::Error::source() skips the error it wraps (tokio-rustls puts the
-                // rustls::Error there): descend into it instead.
-                match io.get_ref() {
-                    Some(inner) => Some(inner as &(dyn StdError + 'static)),
-                    None => io.source(),
-                }
-            }
-            None => err.source(),
-        };
+    match https_client::classify(error, host) {
+        Failure::Dns(text) => FetchError::Dns(text),
+        Failure::Tls(text) => FetchError::Tls(text),
+        Failure::Timeout => FetchError::Timeout,
+        Failure::Connect(text) => FetchError::Connect(text),
+        Failure::Other(text) => FetchError::Body(text),
     }
-    if timed_out {
-        FetchError::Timeout
-    } else if error.is_connect() {
-        FetchError::Connect(format!(
-            "{host}: {}",
-            io_cause.unwrap_or_else(|| chain_text(error))
-        ))
-    } else {
-        FetchError::Body(chain_text(error))
-    }
-}
-
-/// The handshake failures operators meet, in their words.
-fn tls_text(error: &rustls::Error, host: &str) -> String {
-    use rustls::CertificateError as C;
-    match error {
-        rustls::Error::InvalidCertificate(cert) => match cert {
-            C::NotValidForName | C::NotValidForNameContext { .. } => {
-                format!("certificate not valid for {host}")
-            }
-            C::Expired | C::ExpiredContext { .. } => format!("certificate of {host} has expired"),
-            C::NotValidYet | C::NotValidYetContext { .. } => {
-                format!("certificate of {host} is not valid yet")
-            }
-            C::UnknownIssuer => format!("certificate of {host} is not issued by a trusted CA"),
-            C::BadSignature => {
-                format!("certificate of {host} has a bad signature (not from a trusted CA)")
-            }
-            other => format!("certificate of {host} not accepted: {other:?}"),
-        },
-        other => other.to_string(),
-    }
-}
-
-/// An error and its causes on one line, for logs.
-fn chain_text(error: &(dyn StdError + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(err) = source {
-        let more = err.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = err.source();
-    }
-    text
 }
 
 #[cfg(test)]
@@ -489,7 +336,7 @@ mod tests {
     fn display_texts() {
         assert_eq!(FetchError::Status(404).to_string(), "HTTP status 404");
         assert_eq!(
-            FetchError::Tls(tls_text(
+            FetchError::Tls(https_client::tls_text(
                 &rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName),
                 "mta-sts.example.test"
             ))
