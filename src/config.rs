@@ -1004,6 +1004,34 @@ mod tests {
     }
 
     #[test]
+    fn tlsrpt_keys_default_from_the_hostname_and_are_checked() {
+        let c = Config::from_toml("hostname = \"relay.example.org\"\n[tlsrpt]\nenabled = true\n")
+            .unwrap();
+        let t = &c.tlsrpt;
+        assert_eq!(t.submitter(&c.hostname), "example.org");
+        assert_eq!(t.contact_info(&c.hostname), "postmaster@example.org");
+        assert_eq!(t.from(&c.hostname), "tlsrpt-noreply@example.org");
+        assert_eq!(t.organization_name(&c.hostname), "example.org");
+        assert_eq!(t.interval, Duration::from_secs(86_400));
+        assert_eq!(t.dkim_selector, "tlsrpt");
+        // A period must divide a day.
+        assert!(Config::from_toml("[tlsrpt]\ninterval = \"6h\"\n").is_ok());
+        let e = err("[tlsrpt]\ninterval = \"7h\"\n");
+        assert!(e.contains("tlsrpt.interval"), "{e}");
+        // The contact must be the submitter's.
+        let e = err(
+            "hostname = \"relay.example.org\"\n[tlsrpt]\nenabled = true\n\
+             contact_info = \"abuse@elsewhere.example\"\n",
+        );
+        assert!(e.contains("tlsrpt.contact_info"), "{e}");
+        assert!(Config::from_toml(
+            "hostname = \"relay.example.org\"\n[tlsrpt]\nenabled = true\n\
+             contact_info = \"tls@noc.example.org\"\n"
+        )
+        .is_ok());
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         assert!(
             err("hostnme = \"x\"").contains("hostnme"),

@@ -586,3 +586,305 @@ async fn report_mail_is_dkim_signed_and_verifies_against_dns() {
         .wait_for_log(|l| l.contains("no dkim_key_file"), WAIT)
         .await;
 }
+
+/// One MTA-STS domain of the matrix: `name.test` with MX `mx.name.test` (lab host `n`)
+/// presenting `cert` (or no STARTTLS), under a policy `policy` (`None`: the policy host
+/// answers 500), asking for mail reports at [`COLLECTOR`].
+async fn sts_domain(
+    s: &lab::sts::StsScene,
+    name: &str,
+    n: u8,
+    cert: Option<lab::ca::CertOptions>,
+    policy: Option<&str>,
+) -> SmtpServer {
+    let domain = format!("{name}.test");
+    let mx = format!("mx.{domain}");
+    let behaviour = match cert {
+        Some(options) => {
+            let issued = s.lab().ca.issue_with(&[&mx], options);
+            Behaviour::plain().starttls(&issued.cert_pem, &issued.key_pem)
+        }
+        None => Behaviour::plain(),
+    };
+    let server = s.lab().mx(n, behaviour).await;
+    let zone = Zone::new(&domain).mx(10, &mx).a(&mx, s.lab().ip(n)).txt(
+        &format!("_smtp._tls.{domain}"),
+        &format!("v=TLSRPTv1; rua=mailto:{COLLECTOR}"),
+    );
+    let text = policy.unwrap_or("version: STSv1\nmode: enforce\nmx: x\nmax_age: 86400\n");
+    s.publish(zone, &domain, "1", text);
+    if policy.is_none() {
+        s.https().set(
+            &format!("mta-sts.{domain}"),
+            lab::https::Response::status(500),
+        );
+    }
+    server
+}
+
+/// The failure-details of the only policy in `report`, as (result-type, count) pairs.
+fn failures_of(report: &Value) -> Vec<(String, u64)> {
+    report["policies"][0]["failure-details"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|d| {
+                    (
+                        d["result-type"].as_str().unwrap_or("").to_string(),
+                        d["failed-session-count"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Each MTA-STS result type the lab can provoke, each for its own domain, in one run: the
+/// reports say `sts` with the policy's lines and name exactly that failure (RFC 8460 §4.3).
+#[tokio::test]
+async fn each_sts_failure_is_reported_with_its_result_type() {
+    use lab::ca::{CertOptions, Validity};
+    let s = lab::sts::StsScene::new().await;
+    let enforce = |mx: &str| lab::sts::policy("enforce", &[mx]);
+    let testing = |mx: &str| lab::sts::policy("testing", &[mx]);
+    let cases: Vec<(&str, Option<CertOptions>, Option<String>, &str)> = vec![
+        (
+            "wrongname",
+            Some(CertOptions {
+                wrong_name: true,
+                ..CertOptions::default()
+            }),
+            Some(enforce("mx.wrongname.test")),
+            "certificate-host-mismatch",
+        ),
+        (
+            "expired",
+            Some(CertOptions {
+                validity: Validity::Expired,
+                ..CertOptions::default()
+            }),
+            Some(enforce("mx.expired.test")),
+            "certificate-expired",
+        ),
+        (
+            "selfsigned",
+            Some(CertOptions {
+                self_signed: true,
+                ..CertOptions::default()
+            }),
+            Some(enforce("mx.selfsigned.test")),
+            "certificate-not-trusted",
+        ),
+        (
+            "testing",
+            None,
+            Some(testing("mx.testing.test")),
+            "starttls-not-supported",
+        ),
+        (
+            "elsewhere",
+            Some(CertOptions::default()),
+            Some(enforce("mx.other.example")),
+            "validation-failure",
+        ),
+        ("fetcherror", None, None, "sts-policy-fetch-error"),
+        (
+            "invalid",
+            None,
+            Some("version: STSv1\nmode: sometimes\n".to_string()),
+            "sts-policy-invalid",
+        ),
+    ];
+    let mut servers = Vec::new();
+    for (i, (name, cert, policy, _)) in cases.iter().enumerate() {
+        servers.push(sts_domain(&s, name, 20 + i as u8, cert.clone(), policy.as_deref()).await);
+    }
+    let collector = s
+        .lab()
+        .domain_with_mx("collector.test", 4, Behaviour::plain())
+        .await;
+    let relay = s
+        .relay(&tlsrpt_toml(
+            "[queue]\nmin_backoff = \"1h\"\nmax_backoff = \"2h\"\n[delivery]\nconnection_reuse = false\n",
+        ))
+        .await;
+    for (name, ..) in &cases {
+        let to = format!("bob@{name}.test");
+        let mark = relay.log_mark();
+        relay.submit(&mail(&to)).await;
+        relay
+            .wait_for_log_since(mark, |l| l.contains(&format!("to=<{to}>")), WAIT)
+            .await;
+    }
+    send_now(&relay).await;
+    wait_reports(&collector, cases.len()).await;
+    for (name, _, policy, result_type) in &cases {
+        let domain = format!("{name}.test");
+        let report = report_for(&collector, &domain);
+        let p = &report["policies"][0];
+        assert_eq!(p["policy"]["policy-type"], "sts", "{domain}: {report:#}");
+        assert_eq!(p["policy"]["policy-domain"], domain.as_str());
+        if policy.as_deref().is_some_and(|t| t.contains("max_age")) {
+            let lines = p["policy"]["policy-string"].as_array().expect("lines");
+            assert!(
+                lines.iter().any(|l| l == "version: STSv1"),
+                "{domain}: {p:#}"
+            );
+        } else {
+            // No policy was had: nothing to show of it.
+            assert_eq!(
+                p["policy"]["policy-string"],
+                serde_json::json!([]),
+                "{domain}"
+            );
+        }
+        let failures = failures_of(&report);
+        assert!(
+            failures.iter().any(|(t, n)| t == result_type && *n >= 1),
+            "{domain}: expected {result_type}, got {failures:?}"
+        );
+        assert!(
+            failures.iter().all(|(t, _)| t == result_type),
+            "{domain}: only {result_type} expected, got {failures:?}"
+        );
+    }
+    drop(servers);
+}
+
+/// DANE (RFC 7672) sessions in the report: policy-type `tlsa`, the records in presentation
+/// form and the MX host name; a success, a certificate that matches no record
+/// (`tlsa-invalid`) and a bogus TLSA RRset (`dnssec-invalid`), each reported to the recipient
+/// domain that publishes `_smtp._tls` (the TLSA base domains, the MX names, publish none and
+/// get no report).
+#[tokio::test]
+async fn dane_sessions_are_reported_under_tlsa() {
+    use lab::dane::{dane_ee, tlsa_for, tlsa_rdata, DaneScene};
+    let s = DaneScene::new().await;
+    let rua = format!("v=TLSRPTv1; rua=mailto:{COLLECTOR}");
+    // (domain, lab host, what the TLSA record says, tampered)
+    let mut expected = Vec::new();
+    let mut servers = Vec::new();
+    for (domain, n, matching, bogus) in [
+        ("good.test", 30u8, true, false),
+        ("mismatch.test", 31, false, false),
+        // Signed for another certificate, then forged to match this one: bogus.
+        ("bogus.test", 32, false, true),
+    ] {
+        let host = format!("mx{n}.{domain}");
+        let issued = s.lab().ca.issue_with(&[&host], Default::default());
+        servers.push(s.tls_mx(n, &issued).await);
+        let published = if matching {
+            issued.clone()
+        } else {
+            s.lab().ca.issue_with(&[&host], Default::default())
+        };
+        let (params, data) = dane_ee(&published);
+        let zone = s
+            .zone(domain, &[(10, n)])
+            .signed()
+            .txt(&format!("_smtp._tls.{domain}"), &rua);
+        let mut zone = s.with_tlsa(zone, &host, params, &data);
+        if bogus {
+            zone = zone.tamper(
+                &s.tlsa_owner(&host),
+                tlsa_rdata(3, 1, 1, &tlsa_for(&issued, 1, 1)),
+            );
+        }
+        s.publish(zone);
+        let hex: String = data.iter().map(|b| format!("{b:02X}")).collect();
+        expected.push((domain, host, format!("3 1 1 {hex}"), matching, bogus));
+    }
+    let collector = s
+        .lab()
+        .domain_with_mx("collector.test", 4, Behaviour::plain())
+        .await;
+    let relay = s
+        .relay(&tlsrpt_toml(
+            "[queue]\nmin_backoff = \"1h\"\nmax_backoff = \"2h\"\n",
+        ))
+        .await;
+    for (domain, ..) in &expected {
+        let to = format!("bob@{domain}");
+        let mark = relay.log_mark();
+        relay.submit(&mail(&to)).await;
+        relay
+            .wait_for_log_since(mark, |l| l.contains(&format!("to=<{to}>")), WAIT)
+            .await;
+    }
+    send_now(&relay).await;
+    wait_reports(&collector, expected.len()).await;
+    for (domain, host, record, matching, bogus) in &expected {
+        let report = report_for(&collector, domain);
+        let p = &report["policies"][0];
+        assert_eq!(p["policy"]["policy-type"], "tlsa", "{domain}: {report:#}");
+        assert_eq!(p["policy"]["policy-domain"], *domain);
+        assert_eq!(p["policy"]["mx-host"], serde_json::json!([host]));
+        let (ok, failed) = (
+            p["summary"]["total-successful-session-count"].as_u64(),
+            p["summary"]["total-failure-session-count"].as_u64(),
+        );
+        if *bogus {
+            // Nothing validated: no records to show, the host never dialled.
+            assert_eq!(p["policy"]["policy-string"], serde_json::json!([]));
+            assert_eq!(
+                failures_of(&report),
+                vec![("dnssec-invalid".to_string(), 1)]
+            );
+            assert!(p["failure-details"][0].get("receiving-ip").is_none());
+        } else {
+            assert_eq!(p["policy"]["policy-string"], serde_json::json!([record]));
+            if *matching {
+                assert_eq!((ok, failed), (Some(1), Some(0)), "{p:#}");
+            } else {
+                assert_eq!(failures_of(&report), vec![("tlsa-invalid".to_string(), 1)]);
+            }
+        }
+    }
+    // The TLSA base domains (the MX names) publish no record: logged, no report.
+    relay
+        .wait_for_log(|l| l.contains("tlsrpt: no report for mx30.good.test"), WAIT)
+        .await;
+}
+
+/// `only_failures = true`: a period of successes alone is not reported (no heartbeat), one
+/// with a failure is; `tlsrpt show --json` prints the report as it would be sent.
+#[tokio::test]
+async fn only_failures_skips_periods_of_successes_alone() {
+    let lab = Lab::new().await;
+    let (_plain, collector) = plain_and_collector(&lab).await;
+    let (cert, key) = lab.ca.issue(&["mx.tls.test"]);
+    let _tls = reporting_domain(
+        &lab,
+        "tls.test",
+        5,
+        Behaviour::plain().starttls(&cert, &key),
+        &format!("mailto:{COLLECTOR}"),
+    )
+    .await;
+    let relay = lab
+        .start_relay(
+            lab.relay_config()
+                .toml(&tlsrpt_toml("only_failures = true\n")),
+        )
+        .await;
+    deliver(&relay, "bob@plain.test", "sent").await;
+    deliver(&relay, "carol@tls.test", "sent").await;
+    let shown = relay.cli(&["tlsrpt", "show", "--json"]).await;
+    assert_eq!(shown.status, 0, "{}", shown.stderr);
+    let reports: Vec<Value> = shown
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("a JSON report per line"))
+        .collect();
+    assert_eq!(reports.len(), 2, "{}", shown.stdout);
+    for r in &reports {
+        mxguard::report::json::check_schema(r).unwrap_or_else(|e| panic!("{e}"));
+    }
+    send_now(&relay).await;
+    wait_reports(&collector, 1).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let messages = collector.messages();
+    assert_eq!(messages.len(), 1, "only plain.test had a failure");
+    assert_eq!(report_of(&messages[0]).1, "plain.test");
+}

@@ -16,7 +16,7 @@ use super::requirement::{HostPlan, TlsRequirement};
 use super::session::{self, Connection, Next, Session, SessionContext, StartTls, StartTlsSeen};
 use super::tls::CheckedHandshake;
 use super::tls_failure::{ResultType, TlsFailure};
-use super::tls_report::{self, PeerFacts};
+use super::tlsrpt::{self, PeerFacts};
 use super::transaction::{End, Outcome, Transaction};
 use super::{mx, Deliverer, Job, MAX_ADDRESSES};
 use crate::reply::{EnhancedCode, Reply};
@@ -384,7 +384,7 @@ impl<'a> Run<'a> {
             _ => None,
         };
         if let (Some(f), Some(planned)) = (counted, self.current) {
-            self.probe_failure = Some(tls_report::failure_detail(
+            self.probe_failure = Some(tlsrpt::failure_detail(
                 f.result_type(),
                 f.reason_code().as_deref(),
                 Some(relay),
@@ -431,7 +431,7 @@ impl<'a> Run<'a> {
     /// the current host, for TLS-RPT.
     fn count_failure(&self, failure: &TlsFailure, relay: Option<&Relay>, peer: &PeerFacts) {
         let Some(planned) = self.current else { return };
-        let outcome = tls_report::failure_detail(
+        let outcome = tlsrpt::failure_detail(
             failure.result_type(),
             failure.reason_code().as_deref(),
             relay,
@@ -448,7 +448,7 @@ impl<'a> Run<'a> {
         let (Some(planned), Some(result_type)) = (self.current, e.failure.result_type) else {
             return;
         };
-        let outcome = tls_report::failure_detail(
+        let outcome = tlsrpt::failure_detail(
             result_type,
             e.reason_code.as_deref(),
             Some(relay),
@@ -465,7 +465,7 @@ impl<'a> Run<'a> {
         let outcome = match (self.probe_failure.take(), &session.starttls) {
             (Some(failure), _) => failure,
             (None, StartTlsSeen::Started) => SessionResult::Success,
-            (None, StartTlsSeen::NotOffered) => tls_report::failure_detail(
+            (None, StartTlsSeen::NotOffered) => tlsrpt::failure_detail(
                 ResultType::StarttlsNotSupported,
                 None,
                 Some(&session.relay),
@@ -475,7 +475,7 @@ impl<'a> Run<'a> {
             ),
             (None, StartTlsSeen::Refused(r)) => {
                 let failure = TlsFailure::Refused(r.clone());
-                tls_report::failure_detail(
+                tlsrpt::failure_detail(
                     failure.result_type(),
                     failure.reason_code().as_deref(),
                     Some(&session.relay),
@@ -498,7 +498,7 @@ impl<'a> Run<'a> {
         }
         if let Some(counter) = &self.deliverer.tls_reports {
             counter.record(
-                &tls_report::policies(self.plan, planned, self.requirement),
+                &tlsrpt::policies(self.plan, planned, self.requirement),
                 outcome,
             );
         }

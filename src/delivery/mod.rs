@@ -43,6 +43,7 @@ mod smtp_params;
 pub(crate) mod tls;
 pub(crate) mod tls_failure;
 mod tls_report;
+mod tlsrpt;
 mod transaction;
 
 pub use crate::next_hop::NextHop;

@@ -9,7 +9,7 @@
 use super::attempt::{Failure, Rank, Relay, TlsInfo, TlsState};
 use super::tls::CheckedHandshake;
 use super::tls_failure::TlsFailure;
-use super::tls_report::PeerFacts;
+use super::tlsrpt::PeerFacts;
 use crate::reply::{EnhancedCode, Reply};
 use mail_send::SmtpClient;
 use smtp_proto::{EhloResponse, Response, EXT_START_TLS};

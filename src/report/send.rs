@@ -257,6 +257,15 @@ impl Reporter {
             }
         };
         lock(&self.lookup_retry).remove(&key);
+        let dropped: u64 = group.iter().map(|e| e.tally.details_dropped).sum();
+        if dropped > 0 {
+            tracing::info!(
+                "tlsrpt: report for {domain} ({}): {dropped} failed sessions beyond {} \
+                 failure-details entries are in the summary counts only",
+                range_text(period.start, period.end),
+                super::counts::MAX_DETAILS
+            );
+        }
         let report = self.build(period, domain, group);
         let submitter = self.config.tlsrpt.submitter(&self.config.hostname);
         let pending = Pending {
