@@ -143,6 +143,20 @@ pub async fn run(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Result
     Ok(())
 }
 
+/// The control socket's `tlsrpt` commands, answered by the reporter.
+impl crate::control::TlsRptService for crate::report::send::Reporter {
+    fn show(&self, domain: Option<&str>, json: bool) -> String {
+        crate::report::send::Reporter::show(self, domain, json)
+    }
+
+    fn send_now<'a>(
+        &'a self,
+        domain: Option<&'a str>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send + 'a>> {
+        Box::pin(crate::report::send::Reporter::send_now(self, domain))
+    }
+}
+
 /// The TLS-RPT sender: report mail goes into `queue` like any message.
 fn start_reporter(
     config: &Arc<Config>,

@@ -441,19 +441,6 @@ impl Reporter {
     }
 }
 
-impl crate::control::TlsRptService for Reporter {
-    fn show(&self, domain: Option<&str>, json: bool) -> String {
-        Reporter::show(self, domain, json)
-    }
-
-    fn send_now<'a>(
-        &'a self,
-        domain: Option<&'a str>,
-    ) -> Pin<Box<dyn Future<Output = String> + Send + 'a>> {
-        Box::pin(Reporter::send_now(self, domain))
-    }
-}
-
 enum Lookup {
     Found(Vec<Rua>),
     NoReport(String),
