@@ -11,6 +11,8 @@
 #           -M  skip mxguard (Postfix alone, e.g. to calibrate a machine)
 #         MXGUARD_BIN=path  use this binary instead of `cargo build --release`
 #         IOP_KEEP=1        keep the temporary directory (configs, logs, spools)
+#         MXGUARD_TOML=text appended to mxguard's configuration, e.g. "[tlsrpt]
+#                           enabled = true" to measure with TLS-RPT counting on
 #
 # What it does, all on 127.0.0.1:
 #   smtp-sink -c (counting, discarding) plays every MX;
@@ -116,6 +118,9 @@ address = "127.0.0.1:$MX_PORT"
 domain = "*"
 next_hop = "[127.0.0.1]:$SINK_PORT"
 EOF
+    if [[ -n "${MXGUARD_TOML:-}" ]]; then
+        printf '\n%s\n' "$MXGUARD_TOML" >>"$IOP_TMP/mxguard.toml"
+    fi
     SESS_BASE=$(settle mxguard)
     iop_mxguard_start "$IOP_TMP/mxguard.toml" "$MX_PORT"
     push "$MX_PORT" mxguard

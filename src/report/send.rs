@@ -46,6 +46,9 @@ pub struct Reporter {
     lookup_retry: Mutex<HashMap<(Period, String), (u64, u32)>>,
     /// Domains told "no report" this period (logged once per domain per period).
     told: Mutex<BTreeMap<(Period, String), ()>>,
+    /// One pass over the outbox at a time: the periodic one and `send --now` must not hand
+    /// the same report on twice.
+    pass: tokio::sync::Mutex<()>,
 }
 
 impl Reporter {
@@ -94,6 +97,7 @@ impl Reporter {
             enqueue,
             lookup_retry: Mutex::new(HashMap::new()),
             told: Mutex::new(BTreeMap::new()),
+            pass: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -105,6 +109,7 @@ impl Reporter {
                 _ = tick.tick() => {}
                 _ = shutdown.wait_for(|stop| *stop) => break,
             }
+            let _pass = self.pass.lock().await;
             self.close_due(now_secs(), None).await;
             self.send_due(now_secs()).await;
         }
@@ -115,6 +120,7 @@ impl Reporter {
     pub async fn send_now(&self, domain: Option<&str>) -> String {
         let domain = domain.map(super::counts::normalize_domain);
         let domain = domain.as_deref();
+        let _pass = self.pass.lock().await;
         let now = SystemTime::now();
         self.counter.close_early(now);
         let secs = now_secs();
