@@ -552,3 +552,26 @@ async fn cname_loops_and_overlong_chains_defer_never_bounce() {
     assert!(bounced.is_empty(), "only deferrals: {bounced:#?}");
     assert_nothing_sent(&end_of_chain);
 }
+
+/// The same loops when DNSSEC is validated in-process (`dns.dnssec = "validate"`, a signed
+/// lab root and signed zones): the MX host's address look-up meets the loop through the
+/// validating resolver, and the mail is deferred, never bounced.
+#[tokio::test]
+async fn cname_loops_defer_when_dnssec_is_validated_too() {
+    let s = DaneScene::new().await;
+    s.publish(
+        Zone::new("vloop.test")
+            .mx(10, "mx.vloop.test")
+            .cname("mx.vloop.test", "b.vloop.test")
+            .cname("b.vloop.test", "mx.vloop.test")
+            .signed(),
+    );
+    let relay = s.relay("").await;
+    let rcpt = "bob@vloop.test";
+    let mark = relay.log_mark();
+    relay.submit(&mail(rcpt)).await;
+    let first = relay.wait_for_delivery(mark, rcpt, "deferred", WAIT).await;
+    assert!(first.reply.starts_with("451 4.4.3"), "{}", first.line);
+    let lines = deliveries_of(&relay, mark, rcpt, 2).await;
+    assert!(lines.iter().all(|d| d.status == "deferred"), "{lines:#?}");
+}
