@@ -259,6 +259,11 @@ impl Counter {
         self.interval
     }
 
+    /// Whether the counts go to the database (else memory only).
+    pub fn is_persistent(&self) -> bool {
+        self.db.is_some()
+    }
+
     /// The reports waiting to be handed on, in the same database.
     pub fn outbox(&self) -> super::outbox::Outbox {
         let tree = self
@@ -546,7 +551,16 @@ mod tests {
             );
             c.flush();
         }
-        let c = Counter::open(dir.path(), DAY);
+        // sled lets go of its file lock a moment after the last handle is dropped.
+        let mut c = Counter::open(dir.path(), DAY);
+        for _ in 0..50 {
+            if c.is_persistent() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            c = Counter::open(dir.path(), DAY);
+        }
+        assert!(c.is_persistent());
         c.record(std::slice::from_ref(&p), &SessionResult::Success);
         let entries = c.entries(|_, _| true);
         assert_eq!(entries.len(), 1);

@@ -124,7 +124,15 @@ mod tests {
             outbox.put(&pending("b@x", 20));
             outbox.put(&pending("a@x", 10));
         }
-        let db = sled::open(dir.path()).expect("sled");
+        // sled lets go of its file lock a moment after the last handle is dropped.
+        let db = (0..50)
+            .find_map(|_| {
+                sled::open(dir.path()).ok().or_else(|| {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    None
+                })
+            })
+            .expect("sled reopened");
         let outbox = Outbox::new(db.open_tree("outbox").ok());
         let all = outbox.all();
         assert_eq!(all.len(), 2);
