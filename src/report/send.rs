@@ -198,7 +198,11 @@ impl Reporter {
         for ((period, domain), group) in group_by_domain(entries) {
             let due = match only {
                 Some(_) => period.end,
-                None => period.end + send_delay(&domain, period, t.send_delay_max),
+                // Never more than a period: with a short `interval`, reports keep pace.
+                None => {
+                    let max = t.send_delay_max.min(self.counter.interval());
+                    period.end + send_delay(&domain, period, max)
+                }
             };
             if due > now || !self.lookup_due(period, &domain, now) {
                 continue;
