@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use crate::tls::settings::{CipherSuites, KxGroups, Protocols, TlsProfile};
 
+mod fleet;
+pub use fleet::{ComplianceConfig, MetricsConfig, PolicyServiceConfig};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     // The reason is part of the message, not a `source`: `{:#}` would print it twice.
@@ -60,6 +63,12 @@ pub struct Config {
     pub mta_sts: MtaStsConfig,
     #[serde(default)]
     pub tlsrpt: TlsRptConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub compliance: ComplianceConfig,
+    #[serde(default)]
+    pub policy_service: PolicyServiceConfig,
 }
 
 /// One inbound SMTP listener. Each has its own address and TLS settings.
@@ -722,6 +731,9 @@ impl Default for Config {
             queue: QueueConfig::default(),
             mta_sts: MtaStsConfig::default(),
             tlsrpt: TlsRptConfig::default(),
+            metrics: MetricsConfig::default(),
+            compliance: ComplianceConfig::default(),
+            policy_service: PolicyServiceConfig::default(),
         }
     }
 }
