@@ -5,6 +5,7 @@
 //! Mail flows inbound → queue → delivery → dsn; `server` wires the pieces together.
 
 pub mod check;
+pub mod compliance;
 pub mod config;
 pub mod control;
 pub mod delivery;

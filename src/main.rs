@@ -64,6 +64,43 @@ enum Command {
         #[command(subcommand)]
         command: TlsRptVerb,
     },
+    /// The compliance record (`[compliance] file`, one JSON object per recipient attempt).
+    Compliance {
+        #[command(subcommand)]
+        command: ComplianceVerb,
+    },
+}
+
+#[derive(Subcommand)]
+enum ComplianceVerb {
+    /// How mail left: attempts counted by tls, policy, status and domain, from record files
+    /// (`.gz` ones too). Reads the files directly; no daemon needed.
+    Summary(ComplianceSummaryArgs),
+}
+
+#[derive(Args)]
+struct ComplianceSummaryArgs {
+    /// A record file; repeat for several (rotated ones). Default: `compliance.file` of the
+    /// configuration.
+    #[arg(long = "file", short = 'f')]
+    files: Vec<PathBuf>,
+    /// Only attempts at or after this time (RFC 3339, or a date: its start in UTC).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only attempts before this time (RFC 3339, or a date).
+    #[arg(long)]
+    until: Option<String>,
+    /// Only recipients at this domain.
+    #[arg(long)]
+    domain: Option<String>,
+    /// One JSON document (field names in the README).
+    #[arg(long, conflicts_with = "csv")]
+    json: bool,
+    /// The table's rows as CSV: domain, policy, tls, status, count.
+    #[arg(long)]
+    csv: bool,
+    #[arg(long, short)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -310,6 +347,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(args) => return Ok(check(args)),
         Command::Dns(args) => return Ok(dns(args)),
         Command::Tlsrpt { command } => return tlsrpt(command),
+        Command::Compliance {
+            command: ComplianceVerb::Summary(args),
+        } => return Ok(compliance_summary(args)),
         Command::Policy { command } => {
             let (action, args) = match command {
                 PolicyCommand::Show(args) => (PolicyAction::Show, args),
@@ -320,6 +360,43 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     };
     done.map(|()| ExitCode::SUCCESS)
+}
+
+/// `mxguard compliance summary`: exit 0 with the table, 2 when the command line, the
+/// configuration or a file is unusable.
+fn compliance_summary(args: ComplianceSummaryArgs) -> ExitCode {
+    use mxguard::compliance::summary;
+    let usage = |e: String| {
+        eprintln!("mxguard: {e}");
+        ExitCode::from(2)
+    };
+    let mut files = args.files;
+    if files.is_empty() {
+        let config = match load_config(args.config.as_ref()) {
+            Ok(c) => c,
+            Err(e) => return usage(format!("{e:#}")),
+        };
+        match config.compliance.file {
+            Some(f) if !config.compliance.to_stdout() => files.push(f),
+            _ => return usage("no --file, and the configuration names no compliance.file".into()),
+        }
+    }
+    let time = |t: Option<String>| t.map(|t| summary::parse_time(&t)).transpose();
+    let filter = match (time(args.since), time(args.until)) {
+        (Ok(since), Ok(until)) => summary::Filter {
+            since,
+            until,
+            domain: args.domain,
+        },
+        (Err(e), _) | (_, Err(e)) => return usage(e),
+    };
+    match summary::summarize(&files, &filter) {
+        Ok(s) if args.json => println!("{}", summary::to_json(&s)),
+        Ok(s) if args.csv => print!("{}", summary::to_csv(&s)),
+        Ok(s) => print!("{}", summary::to_text(&s)),
+        Err(e) => return usage(e),
+    }
+    ExitCode::SUCCESS
 }
 
 /// `mxguard tlsrpt …`: only the daemon holds the counts (its database is open), so this

@@ -66,6 +66,15 @@ pub async fn run(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Result
         Some(counter) => Some(start_reporter(&config, counter.clone(), queue.clone())?),
         None => None,
     };
+    let compliance = crate::compliance::Log::open(&config.compliance)
+        .map_err(|e| {
+            let file = config.compliance.file.as_deref().unwrap_or(Path::new("-"));
+            ServerError::Setup(format!("compliance.file {}: {e}", file.display()))
+        })?
+        .map(Arc::new);
+    let observers = crate::queue::Observers {
+        compliance: compliance.clone(),
+    };
     let inbound = Arc::new(
         Inbound::new(config.clone(), queue.clone())
             .map_err(|e| ServerError::Setup(e.to_string()))?,
@@ -93,8 +102,9 @@ pub async fn run(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Result
         tracing::info!("listening on {local} ({mode})");
         sockets.push((socket, index));
     }
-    tokio::spawn(watch_tls_tables(
+    tokio::spawn(watch_reloads(
         deliverer.tls_policies(),
+        compliance.clone(),
         hangup,
         shutdown.clone(),
     ));
@@ -113,8 +123,11 @@ pub async fn run(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Result
     let counts_flusher = tls_counts
         .clone()
         .map(|c| tokio::spawn(flush_counts(c, shutdown.clone())));
-    let scheduler =
-        tokio::spawn(Scheduler::new(queue, deliverer, config.clone()).run(shutdown.clone()));
+    let scheduler = tokio::spawn(
+        Scheduler::new(queue, deliverer, config.clone())
+            .with_observers(observers)
+            .run(shutdown.clone()),
+    );
     tracing::info!(
         "mxguard started: hostname {}, data_dir {}",
         config.hostname,
@@ -129,6 +142,11 @@ pub async fn run(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Result
     }
     if let Some(counter) = &tls_counts {
         counter.flush();
+    }
+    if let Some(log) = &compliance {
+        // Blocks until the writer has written what the deliveries recorded.
+        let log = log.clone();
+        let _ = tokio::task::spawn_blocking(move || log.close()).await;
     }
     if let Err(e) = control.await {
         tracing::error!("control socket: {e}");
@@ -199,8 +217,10 @@ async fn flush_counts(
 
 /// Rereads the TLS policy tables when their files change (checked every two seconds) and on
 /// SIGHUP, until shutdown: an operator adds a forced-encryption sender without a restart.
-async fn watch_tls_tables(
+/// SIGHUP also reopens the compliance record (log rotation).
+async fn watch_reloads(
     tables: Arc<crate::tls_policy::TlsPolicies>,
+    compliance: Option<Arc<crate::compliance::Log>>,
     mut hangup: Option<tokio::signal::unix::Signal>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -217,6 +237,9 @@ async fn watch_tls_tables(
             _ = sighup => {
                 tracing::info!("SIGHUP: rereading the TLS policy tables");
                 tables.reload();
+                if let Some(log) = &compliance {
+                    log.reopen();
+                }
             }
             _ = shutdown.changed() => return,
         }

@@ -65,6 +65,9 @@ pub struct TlsInfo {
     pub cipher: Option<String>,
     /// The key-exchange group by IANA name, e.g. `X25519MLKEM768` (post-quantum hybrid).
     pub kx: Option<String>,
+    /// The SHA-256 of the certificate the server presented (the leaf), hex; for the
+    /// compliance record, not the log line.
+    pub peer_cert_sha256: Option<String>,
 }
 
 /// The queue's verdict for a recipient after an attempt; shown as `status=`.
@@ -107,6 +110,9 @@ pub struct AppliedPolicy {
     /// `none`, `mta-sts`, `mta-sts-testing`; later `dane`, `local:LEVEL`.
     pub name: String,
     pub sts: Option<StsFacts>,
+    /// The digest of the TLSA records a DANE session was verified against (see
+    /// [`AppliedPolicy::policy_id`]); for the compliance record, not the log line.
+    pub tlsa_digest: Option<String>,
 }
 
 impl AppliedPolicy {
@@ -115,6 +121,17 @@ impl AppliedPolicy {
         AppliedPolicy {
             name: name.to_string(),
             sts: None,
+            tlsa_digest: None,
+        }
+    }
+
+    /// Which published policy the attempt was held to: `tlsa:` and the TLSA RRset digest for
+    /// a DANE-verified host, else the MTA-STS policy id; `None` when neither applied.
+    pub fn policy_id(&self) -> Option<String> {
+        match (&self.tlsa_digest, &self.sts) {
+            (Some(digest), _) => Some(format!("tlsa:{digest}")),
+            (None, Some(sts)) => Some(sts.id.clone()),
+            (None, None) => None,
         }
     }
 }
@@ -337,6 +354,7 @@ mod tests {
                 version: Some("TLSv1.3".into()),
                 cipher: Some(cipher.into()),
                 kx: Some("X25519MLKEM768".into()),
+                peer_cert_sha256: None,
             },
             policy,
             dsn_passed_on: false,
@@ -392,6 +410,7 @@ mod tests {
                 id: "20261123".into(),
                 mx: Some("*.example.net".into()),
             }),
+            tlsa_digest: None,
         };
         let mut a = sent_over_verified_tls("TLS13_AES_256_GCM_SHA384", mta_sts);
         assert_eq!(

@@ -53,6 +53,37 @@ pub(crate) struct DaneAuth {
     pub sni: String,
 }
 
+impl DaneAuth {
+    /// Names the records a session is verified against, for the compliance record: the
+    /// SHA-256 (lower-case hex) of their presentation forms (`3 1 1 ABCD…`), sorted, each
+    /// ended by a newline. The same RRset in any DNS order gives the same digest.
+    pub fn rrset_digest(&self) -> String {
+        let mut lines: Vec<String> = self
+            .records
+            .iter()
+            .map(|r| presentation(r) + "\n")
+            .collect();
+        lines.sort();
+        let digest = policy_cache::crypto::digest::digest(
+            &policy_cache::crypto::digest::SHA256,
+            lines.concat().as_bytes(),
+        );
+        data_encoding::HEXLOWER.encode(digest.as_ref())
+    }
+}
+
+/// `3 1 1 0C72AC70…`: a TLSA record in DNS presentation form (RFC 6698 §2.2), as the
+/// RFC 8460 §4.4 example writes `policy-string`.
+pub(crate) fn presentation(t: &Tlsa) -> String {
+    format!(
+        "{} {} {} {}",
+        t.usage,
+        t.selector,
+        t.matching,
+        data_encoding::HEXUPPER.encode(&t.data)
+    )
+}
+
 /// DANE's verdict on a domain: its MX RRset's security and each host's state.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct DanePlan {
@@ -312,5 +343,47 @@ impl fmt::Display for HostDane {
                 write!(f, "TLSA lookup error for {tlsa_name}: {reason}")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(records: &[(u8, &[u8])]) -> DaneAuth {
+        DaneAuth {
+            tlsa_name: "_25._tcp.mx.example.net".into(),
+            records: records
+                .iter()
+                .map(|&(usage, data)| Tlsa {
+                    usage,
+                    selector: 1,
+                    matching: 1,
+                    data: data.to_vec(),
+                })
+                .collect(),
+            names: ReferenceNames::new("mx.example.net"),
+            sni: "mx.example.net".into(),
+        }
+    }
+
+    #[test]
+    fn the_rrset_digest_ignores_order_and_sees_every_byte() {
+        let one = auth(&[(3, &[0xab; 32]), (2, &[0x01; 32])]);
+        let other_order = auth(&[(2, &[0x01; 32]), (3, &[0xab; 32])]);
+        assert_eq!(one.rrset_digest(), other_order.rrset_digest());
+        let changed = auth(&[(3, &[0xab; 32]), (2, &[0x02; 32])]);
+        assert_ne!(one.rrset_digest(), changed.rrset_digest());
+        // SHA-256 of "3 1 1 AB…AB\n", lower-case hex.
+        let single = auth(&[(3, &[0xab; 32])]);
+        let text = format!("3 1 1 {}\n", "AB".repeat(32));
+        let expect = policy_cache::crypto::digest::digest(
+            &policy_cache::crypto::digest::SHA256,
+            text.as_bytes(),
+        );
+        assert_eq!(
+            single.rrset_digest(),
+            data_encoding::HEXLOWER.encode(expect.as_ref())
+        );
     }
 }

@@ -47,12 +47,47 @@ pub(crate) fn headers_need_utf8(message: &[u8]) -> bool {
     !message[..end].is_ascii()
 }
 
+/// The header section, unfolded (RFC 5322 §2.2.3: a line that starts with white space
+/// continues the field before it), as text; its fields are separated by CRLF.
+pub(crate) fn unfolded_header(message: &[u8]) -> String {
+    let end = message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(message.len());
+    String::from_utf8_lossy(&message[..end])
+        .replace("\r\n ", " ")
+        .replace("\r\n\t", "\t")
+}
+
+/// The value of the first header field called `name` (any case), trimmed.
+pub fn header_field(message: &[u8], name: &str) -> Option<String> {
+    unfolded_header(message).split("\r\n").find_map(|line| {
+        let (field, value) = line.split_once(':')?;
+        field
+            .trim_end()
+            .eq_ignore_ascii_case(name)
+            .then(|| value.trim().to_string())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn stuffed(m: &str) -> String {
         String::from_utf8(dot_stuff(m.as_bytes())).unwrap()
+    }
+
+    #[test]
+    fn header_fields_are_found_unfolded_in_the_header_only() {
+        let m = b"From: a@b\r\nmessage-id:\r\n  <x.1@example.org>\r\nSubject: s\r\n\r\nMessage-ID: <body@x>\r\n";
+        assert_eq!(
+            header_field(m, "Message-ID").as_deref(),
+            Some("<x.1@example.org>")
+        );
+        assert_eq!(header_field(m, "subject").as_deref(), Some("s"));
+        assert_eq!(header_field(m, "To"), None);
+        assert_eq!(header_field(b"Subject: only\r\n", "To"), None);
     }
 
     #[test]

@@ -192,19 +192,13 @@ fn raise(
 /// RFC 8689 §4.1: a `TLS-Required: No` header field in the message's header section (names
 /// compare without case; the value `No`, also without case).
 pub fn says_tls_not_required(message: &[u8]) -> bool {
-    let end = find(message, b"\r\n\r\n").unwrap_or(message.len());
-    let headers = String::from_utf8_lossy(&message[..end]);
-    // RFC 5322 §2.2.3: a line that starts with white space continues the field before it.
-    let unfolded = headers.replace("\r\n ", " ").replace("\r\n\t", "\t");
-    unfolded.split("\r\n").any(|line| {
-        line.split_once(':').is_some_and(|(name, value)| {
-            name.eq_ignore_ascii_case("TLS-Required") && value.trim().eq_ignore_ascii_case("no")
+    super::data::unfolded_header(message)
+        .split("\r\n")
+        .any(|line| {
+            line.split_once(':').is_some_and(|(name, value)| {
+                name.eq_ignore_ascii_case("TLS-Required") && value.trim().eq_ignore_ascii_case("no")
+            })
         })
-    })
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 #[cfg(test)]

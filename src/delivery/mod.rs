@@ -48,6 +48,7 @@ mod transaction;
 
 pub use crate::next_hop::NextHop;
 pub use attempt::{AppliedPolicy, Attempt, Relay, Status, StsFacts, TlsInfo, TlsState};
+pub use data::header_field;
 pub use route::route_for;
 
 use crate::config::Config;
@@ -542,6 +543,7 @@ fn sts_unknown() -> AppliedPolicy {
             id: "-".to_string(),
             mx: None,
         }),
+        tlsa_digest: None,
     }
 }
 

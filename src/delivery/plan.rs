@@ -96,7 +96,11 @@ pub(crate) fn plan(facts: &Facts<'_>) -> DeliveryPlan {
         .hosts
         .iter()
         .map(|name| {
-            let (plan, policy) = local.plan_host(requirement, dane, name, facts.domain, facts.port);
+            let (plan, mut policy) =
+                local.plan_host(requirement, dane, name, facts.domain, facts.port);
+            if let HostPlan::Dane(auth) = &plan {
+                policy.tlsa_digest = Some(auth.rrset_digest());
+            }
             // A host DANE judges was not verified against the MTA-STS policy.
             let sts = policy.sts.as_ref().and(sts.clone());
             PlannedHost {

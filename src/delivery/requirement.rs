@@ -131,6 +131,7 @@ impl TlsRequirement {
                 id: policy.id.clone(),
                 mx: host.and_then(|h| pattern(policy, h)),
             }),
+            tlsa_digest: None,
         }
     }
 

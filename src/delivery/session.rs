@@ -334,6 +334,7 @@ async fn tls_session(
 ) -> Result<Session, SessionError> {
     let (version, cipher) = crate::tls::describe(client.tls_connection()).unzip();
     let kx = crate::tls::key_exchange(client.tls_connection());
+    let peer_cert_sha256 = crate::tls::peer_certificate_sha256(client.tls_connection());
     let (extensions, _) = hello(&mut client, ctx, relay).await?;
     Ok(Session {
         relay: relay.clone(),
@@ -348,6 +349,7 @@ async fn tls_session(
             version,
             cipher,
             kx,
+            peer_cert_sha256,
         },
         starttls: StartTlsSeen::Started,
         peer: PeerFacts::default(),

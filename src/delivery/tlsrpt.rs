@@ -8,7 +8,6 @@ use super::requirement::{HostPlan, TlsRequirement};
 use super::tls_failure::TlsFailure;
 use super::tls_report::ResultType;
 use crate::report::counts::{normalize_domain, FailureDetail, Policy, PolicyKind, SessionResult};
-use policy_cache::dane::Tlsa;
 use policy_cache::ActivePolicy;
 use std::net::IpAddr;
 
@@ -24,7 +23,7 @@ pub(crate) fn policies(
     let dane = match &planned.plan {
         HostPlan::Dane(auth) => Some((
             auth.sni.as_str(),
-            auth.records.iter().map(tlsa_presentation).collect(),
+            auth.records.iter().map(super::dane::presentation).collect(),
         )),
         // DANE governed the host but gave no usable records: a bogus or failed TLSA look-up
         // (`dnssec-invalid`), or `dane-only` without TLSA (`dane-required`).
@@ -60,13 +59,6 @@ pub(crate) fn sts_policy(active: &ActivePolicy) -> Policy {
     lines.push(format!("max_age: {}", p.max_age));
     let mx = p.mx.iter().map(|m| m.0.clone()).collect();
     Policy::new(PolicyKind::Sts, &active.domain, lines, mx)
-}
-
-/// `3 1 1 0C72AC70…`: a TLSA record in DNS presentation form (RFC 6698 §2.2), as the
-/// RFC 8460 §4.4 example writes `policy-string`.
-fn tlsa_presentation(t: &Tlsa) -> String {
-    let hex: String = t.data.iter().map(|b| format!("{b:02X}")).collect();
-    format!("{} {} {} {hex}", t.usage, t.selector, t.matching)
 }
 
 /// A failed session's details (RFC 8460 §4.4 failure-details).

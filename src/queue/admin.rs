@@ -6,9 +6,9 @@
 //! line calls it directly when no daemon runs (it then holds the data directory's lock).
 
 use super::notify::{send_dsn, Original};
-use super::pass::{load_state, remove, save, synthetic_attempt};
+use super::pass::{load_state, log_attempt, remove, save, synthetic_attempt, MessageId};
 use super::state::{
-    unix_secs, Due, LogRecord, MessageEvent, MessageRecord, MessageState, StateRecord,
+    unix_secs, Due, LogRecord, MessageEvent, MessageRecord, MessageState, RcptState, StateRecord,
 };
 use super::{Ctx, QueueId};
 use crate::delivery::{Attempt, Status};
@@ -234,7 +234,17 @@ async fn act(
             ActionReport::ok(id, action.done())
         }
         Action::Delete => {
-            log_each_pending(&id, &envelope, &state, Status::Deleted, &deleted_reply(by));
+            // The compliance record names the message by its Message-ID: read it only then.
+            let message = match ctx.observers.compliance.is_some() {
+                true => load_message(ctx, id).await.unwrap_or_default(),
+                false => Vec::new(),
+            };
+            let original = Original {
+                id: &id,
+                envelope: &envelope,
+                message: &message,
+            };
+            log_each_pending(ctx, &original, &state, Status::Deleted, &deleted_reply(by));
             remove(ctx, &id);
             return (ActionReport::ok(id, action.done()), Due::Finished);
         }
@@ -275,20 +285,11 @@ async fn bounce(
     state: &MessageState,
     unsaved: Vec<LogRecord>,
 ) -> (ActionReport, Due) {
-    let queue = ctx.queue.clone();
-    let message = match tokio::task::spawn_blocking(move || queue.spool().load(&id)).await {
-        Ok(Ok((_, message))) => message,
-        Ok(Err(e)) => {
-            tracing::error!("{id}: cannot read the queue file to bounce it: {e}");
-            return (
-                ActionReport::failed(id, "cannot read it; not done"),
-                state.due(),
-            );
-        }
-        Err(e) => {
-            tracing::error!("{id}: {e}");
-            return (ActionReport::failed(id, "not done"), state.due());
-        }
+    let Some(message) = load_message(ctx, id).await else {
+        return (
+            ActionReport::failed(id, "cannot read it; not done"),
+            state.due(),
+        );
     };
     let reply = operator_bounce_reply();
     let attempts: Vec<Attempt> = state
@@ -309,7 +310,7 @@ async fn bounce(
             state.due(),
         );
     }
-    log_each_pending(&id, envelope, state, Status::Bounced, &reply);
+    log_each_pending(ctx, &original, state, Status::Bounced, &reply);
     remove(ctx, &id);
     (ActionReport::ok(id, "bounced"), Due::Finished)
 }
@@ -322,21 +323,39 @@ fn deleted_reply(by: &str) -> Reply {
     )
 }
 
-/// The delivery log line of each pending recipient, for an outcome no session produced.
+/// The message's content; `None` (logged) when it cannot be read.
+async fn load_message(ctx: &Ctx, id: QueueId) -> Option<Vec<u8>> {
+    let queue = ctx.queue.clone();
+    match tokio::task::spawn_blocking(move || queue.spool().load(&id)).await {
+        Ok(Ok((_, message))) => Some(message),
+        Ok(Err(e)) => {
+            tracing::error!("{id}: cannot read the queue file: {e}");
+            None
+        }
+        Err(e) => {
+            tracing::error!("{id}: {e}");
+            None
+        }
+    }
+}
+
+/// The delivery log line (and compliance record) of each pending recipient, for an outcome
+/// no session produced.
 fn log_each_pending(
-    id: &QueueId,
-    envelope: &Envelope,
+    ctx: &Ctx,
+    original: &Original<'_>,
     state: &MessageState,
     status: Status,
     reply: &Reply,
 ) {
-    let delay = SystemTime::now()
-        .duration_since(envelope.arrival)
-        .unwrap_or_default();
+    let mut message_id = MessageId::Unread;
     for i in state.pending() {
         let attempt = synthetic_attempt(i, reply.clone());
-        let to = &envelope.recipients[i].address;
-        tracing::info!("{}", attempt.log_line(id, to, delay, status));
+        let made = match &state.rcpts[i] {
+            RcptState::Deferred { attempts, .. } => *attempts,
+            RcptState::Done => 0,
+        };
+        log_attempt(ctx, original, &attempt, status, made, &mut message_id);
     }
 }
 

@@ -212,8 +212,17 @@ impl Executor {
         config: Arc<crate::config::Config>,
         tls_policies: Arc<crate::tls_policy::TlsPolicies>,
     ) -> Executor {
+        let mut ctx = Ctx::new(queue, config, tls_policies);
+        // What the command line does to mail (delete, bounce) goes on the record too.
+        ctx.observers.compliance = match crate::compliance::Log::open(&ctx.config.compliance) {
+            Ok(log) => log.map(Arc::new),
+            Err(e) => {
+                tracing::error!("compliance.file: {e}; this action is in the log only");
+                None
+            }
+        };
         Executor {
-            spool_access: SpoolAccess::Offline(Arc::new(Ctx::new(queue, config, tls_policies))),
+            spool_access: SpoolAccess::Offline(Arc::new(ctx)),
         }
     }
 

@@ -60,6 +60,15 @@ pub(crate) struct Ctx {
     /// `delivery.status_filter`, parsed once: applied to every failed attempt's reply before
     /// the queue decides between retry and bounce.
     pub status_filter: StatusFilter,
+    /// Who hears of each recipient attempt besides the log.
+    pub observers: Observers,
+}
+
+/// Where each recipient attempt is recorded besides the delivery log line.
+#[derive(Clone, Default)]
+pub struct Observers {
+    /// `[compliance] file`: the attempt as a JSON line.
+    pub compliance: Option<Arc<crate::compliance::Log>>,
 }
 
 impl Queue {
@@ -141,6 +150,7 @@ impl Ctx {
             config,
             tls_policies,
             status_filter,
+            observers: Observers::default(),
         }
     }
 }

@@ -274,6 +274,7 @@ impl Pass<'_> {
         let mut failed: Vec<&Attempt> = Vec::new();
         let mut relayed: Vec<&Attempt> = Vec::new();
         let mut changed: Vec<usize> = Vec::new();
+        let mut message_id = MessageId::Unread;
         // Postfix's smtp_delivery_status_filter: the filtered reply is the outcome from here
         // on — what decides retry or bounce, what the log line and the DSN say.
         let attempts: Vec<Attempt> = attempts
@@ -284,9 +285,9 @@ impl Pass<'_> {
             })
             .collect();
         for attempt in &attempts {
-            let Some(rcpt) = envelope.recipients.get(attempt.rcpt) else {
+            if envelope.recipients.get(attempt.rcpt).is_none() {
                 continue;
-            };
+            }
             let decision = decide(&attempt.reply, self.age, queue_cfg);
             let status = match decision {
                 Decision::Delivered => Status::Sent,
@@ -294,13 +295,17 @@ impl Pass<'_> {
                 Decision::Expire => Status::Expired,
                 Decision::Retry => Status::Deferred,
             };
-            // Postfix's delay= is the time since arrival, measured when the line is written.
-            let delay = SystemTime::now()
-                .duration_since(envelope.arrival)
-                .unwrap_or_default();
-            tracing::info!(
-                "{}",
-                attempt.log_line(self.original.id, &rcpt.address, delay, status)
+            let number = match &state.rcpts[attempt.rcpt] {
+                RcptState::Deferred { attempts, .. } => attempts + 1,
+                RcptState::Done => 1,
+            };
+            log_attempt(
+                self.ctx,
+                &self.original,
+                attempt,
+                status,
+                number,
+                &mut message_id,
             );
             match decision {
                 Decision::Delivered => {
@@ -392,6 +397,62 @@ impl Pass<'_> {
 }
 
 /// An outcome that no SMTP session produced (a delay warning, an operator's bounce).
+/// The message's `Message-ID`, read from its header once per pass, and only when a record
+/// asks for it.
+pub(crate) enum MessageId {
+    Unread,
+    Read(Option<String>),
+}
+
+impl MessageId {
+    fn get(&mut self, message: &[u8]) -> Option<&str> {
+        if let MessageId::Unread = self {
+            *self = MessageId::Read(crate::delivery::header_field(message, "Message-ID"));
+        }
+        match self {
+            MessageId::Read(id) => id.as_deref(),
+            MessageId::Unread => None,
+        }
+    }
+}
+
+/// Records one recipient attempt: the delivery log line, and the compliance record when one
+/// is kept. `number` is the recipient's attempt (from 1; for an operator's action, the
+/// attempts made before it).
+pub(crate) fn log_attempt(
+    ctx: &Ctx,
+    original: &Original<'_>,
+    attempt: &Attempt,
+    status: Status,
+    number: u32,
+    message_id: &mut MessageId,
+) {
+    let envelope = original.envelope;
+    let Some(rcpt) = envelope.recipients.get(attempt.rcpt) else {
+        return;
+    };
+    // Postfix's delay= is the time since arrival, measured when the line is written.
+    let delay = SystemTime::now()
+        .duration_since(envelope.arrival)
+        .unwrap_or_default();
+    tracing::info!(
+        "{}",
+        attempt.log_line(original.id, &rcpt.address, delay, status)
+    );
+    if let Some(log) = &ctx.observers.compliance {
+        let cx = crate::compliance::Context {
+            queue_id: original.id,
+            from: &envelope.mail_from,
+            to: &rcpt.address,
+            message_id: message_id.get(original.message),
+            delay,
+            status,
+            attempt: number,
+        };
+        log.write(&crate::compliance::Record::new(attempt, &cx));
+    }
+}
+
 pub(crate) fn synthetic_attempt(rcpt: usize, reply: Reply) -> Attempt {
     Attempt {
         rcpt,

@@ -133,6 +133,15 @@ impl Scheduler {
         }
     }
 
+    /// Records each attempt with `observers` too (the compliance record, metrics).
+    pub fn with_observers(mut self, observers: super::Observers) -> Scheduler {
+        match Arc::get_mut(&mut self.ctx) {
+            Some(ctx) => ctx.observers = observers,
+            None => tracing::error!("scheduler: observers set too late; they hear nothing"),
+        }
+        self
+    }
+
     /// Runs until `shutdown` turns true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let Some(mut events) = self.ctx.queue.take_events() else {

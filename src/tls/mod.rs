@@ -135,6 +135,14 @@ pub fn negotiated(conn: &rustls::CommonState) -> Option<Negotiated> {
 
 /// The key-exchange group of an established session by its IANA name (`X25519MLKEM768`,
 /// `x25519`, `secp256r1`): what shows a session was protected against later decryption.
+/// The SHA-256 (lower-case hex) of the certificate the peer presented first (its own).
+pub fn peer_certificate_sha256(conn: &rustls::CommonState) -> Option<String> {
+    let leaf = conn.peer_certificates()?.first()?;
+    let digest =
+        policy_cache::crypto::digest::digest(&policy_cache::crypto::digest::SHA256, leaf.as_ref());
+    Some(data_encoding::HEXLOWER.encode(digest.as_ref()))
+}
+
 pub fn key_exchange(conn: &rustls::CommonState) -> Option<String> {
     conn.negotiated_key_exchange_group()
         .map(|g| settings::group_name(g.name()))

@@ -38,7 +38,7 @@ while read -r key; do
     if ! grep -qE "^(# )?(\[\[)?\[?$key( =|\]|\]\])" "$DEPLOY/mxguard.toml"; then
         missing+=" $key"
     fi
-done < <(sed -n 's/^ *pub \([a-z_]*\): .*/\1/p' "$IOP_ROOT/src/config.rs" | sort -u)
+done < <(sed -n 's/^ *pub \([a-z_]*\): .*/\1/p' "$IOP_ROOT/src/config.rs" "$IOP_ROOT"/src/config/*.rs | sort -u)
 if [[ -z "$missing" ]]; then
     echo "ok - deploy/mxguard.toml documents every configuration key"
 else
