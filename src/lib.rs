@@ -13,6 +13,7 @@ pub mod dnssec;
 pub mod dsn;
 pub mod envelope;
 pub mod inbound;
+pub mod metrics;
 pub mod next_hop;
 pub mod queue;
 pub mod queue_id;

@@ -50,6 +50,9 @@ pub async fn run(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Result
         source,
     })?;
     let policies = open_policy_cache(&config)?;
+    if let Some(p) = &policies {
+        p.observe_fetches(Arc::new(crate::metrics::policy_fetch));
+    }
     let mut deliverer = Deliverer::new(config.clone(), policies.clone())
         .map_err(|e| ServerError::Setup(e.to_string()))?;
     // TLS-RPT (RFC 8460): every session's outcome is counted while reporting is on.
@@ -84,6 +87,13 @@ pub async fn run(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Result
     let control =
         crate::control::ControlListener::bind(&crate::control::socket_path(&config.data_dir))
             .map_err(|e| ServerError::Setup(e.to_string()))?;
+    let scheduler_running = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let metrics = match config.metrics.listen {
+        Some(address) => {
+            Some(bind_metrics(address, &config, &policies, &scheduler_running, &shutdown).await?)
+        }
+        None => None,
+    };
     let mut sockets = Vec::new();
     for (index, l) in config.listeners.iter().enumerate() {
         let socket = TcpListener::bind(l.address)
@@ -123,11 +133,14 @@ pub async fn run(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Result
     let counts_flusher = tls_counts
         .clone()
         .map(|c| tokio::spawn(flush_counts(c, shutdown.clone())));
-    let scheduler = tokio::spawn(
-        Scheduler::new(queue, deliverer, config.clone())
-            .with_observers(observers)
-            .run(shutdown.clone()),
-    );
+    let scheduler = Scheduler::new(queue, deliverer, config.clone()).with_observers(observers);
+    let running = scheduler_running.clone();
+    let scheduler_shutdown = shutdown.clone();
+    let scheduler = tokio::spawn(async move {
+        running.store(true, std::sync::atomic::Ordering::Relaxed);
+        scheduler.run(scheduler_shutdown).await;
+        running.store(false, std::sync::atomic::Ordering::Relaxed);
+    });
     tracing::info!(
         "mxguard started: hostname {}, data_dir {}",
         config.hostname,
@@ -157,6 +170,9 @@ pub async fn run(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Result
     if let Some(Err(e)) = futures::future::OptionFuture::from(counts_flusher).await {
         tracing::error!("TLS-RPT counts: {e}");
     }
+    if let Some(Err(e)) = futures::future::OptionFuture::from(metrics).await {
+        tracing::error!("metrics: {e}");
+    }
     tracing::info!("mxguard stopped");
     Ok(())
 }
@@ -173,6 +189,31 @@ impl crate::control::TlsRptService for crate::report::send::Reporter {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send + 'a>> {
         Box::pin(crate::report::send::Reporter::send_now(self, domain))
     }
+}
+
+/// Binds `[metrics] listen` and serves `/metrics` and `/healthz` there until shutdown.
+async fn bind_metrics(
+    address: std::net::SocketAddr,
+    config: &Config,
+    policies: &Option<Arc<policy_cache::PolicyCache>>,
+    scheduler_running: &Arc<std::sync::atomic::AtomicBool>,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, ServerError> {
+    let socket = TcpListener::bind(address)
+        .await
+        .map_err(|e| ServerError::Setup(format!("metrics.listen {address}: {e}")))?;
+    tracing::info!(
+        "metrics on http://{}/metrics",
+        socket.local_addr().unwrap_or(address)
+    );
+    let scrape = Arc::new(crate::metrics::http::Scrape {
+        spool_dir: config.spool_dir(),
+        min_free: config.queue.min_free,
+        policies: policies.clone(),
+        scheduler_running: scheduler_running.clone(),
+        shutdown: shutdown.clone(),
+    });
+    Ok(tokio::spawn(crate::metrics::http::serve(socket, scrape)))
 }
 
 /// The TLS-RPT sender: report mail goes into `queue` like any message.

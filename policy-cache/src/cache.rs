@@ -100,6 +100,7 @@ pub(crate) struct Inner {
     fetcher: Fetcher,
     settings: Settings,
     clock: Arc<dyn Clock>,
+    fetch_observer: std::sync::OnceLock<crate::FetchObserver>,
 }
 
 impl Inner {
@@ -133,6 +134,7 @@ impl Inner {
             fetcher,
             settings,
             clock,
+            fetch_observer: std::sync::OnceLock::new(),
         })
     }
 
@@ -297,6 +299,29 @@ impl Inner {
     /// failed fetch, never "no policy".
     /// On failure, why, and the RFC 8460 §4.3.1 result type.
     async fn fetch_policy(&self, domain: &str) -> Result<Policy, (String, &'static str)> {
+        let fetched = self.fetch_policy_unobserved(domain).await;
+        if let Some(observe) = self.fetch_observer.get() {
+            observe(
+                fetched
+                    .as_ref()
+                    .map_or_else(|(_, result_type)| *result_type, |_| "ok"),
+            );
+        }
+        fetched
+    }
+
+    pub(crate) fn observe_fetches(&self, observer: crate::FetchObserver) {
+        let _ = self.fetch_observer.set(observer);
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        read(&self.policies).len()
+    }
+
+    async fn fetch_policy_unobserved(
+        &self,
+        domain: &str,
+    ) -> Result<Policy, (String, &'static str)> {
         let text = self.fetcher.fetch(domain).await.map_err(|e| {
             let result_type = match e {
                 // The policy host could not be authenticated (its certificate).

@@ -132,6 +132,9 @@ mod cache;
 
 pub use cache::RefreshSummary;
 
+/// Told of each policy fetch's outcome (see [`PolicyCache::observe_fetches`]).
+pub type FetchObserver = Arc<dyn Fn(&'static str) + Send + Sync>;
+
 impl PolicyCache {
     /// Opens (creating) the sled database under `dir`; `resolver` answers TXT and address
     /// queries (the policy host is resolved through it, not the system resolver). A database
@@ -153,6 +156,23 @@ impl PolicyCache {
     /// opens. A command-line tool that reports or edits the database should refuse then.
     pub fn in_memory(&self) -> bool {
         self.inner.in_memory()
+    }
+
+    /// How many domains have a policy cached (in memory, which mirrors the database).
+    pub fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// True when no policy is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Has `observer` told of every policy fetch's outcome from now on: `ok`, or the RFC 8460
+    /// result type of the failure (`sts-policy-fetch-error`, `sts-policy-invalid`,
+    /// `sts-webpki-invalid`). For metrics; set once (a second call is ignored).
+    pub fn observe_fetches(&self, observer: FetchObserver) {
+        self.inner.observe_fetches(observer)
     }
 
     /// The policy to apply to a delivery to `domain` now (RFC 8461 §5.1): checks the TXT id,

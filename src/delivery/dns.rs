@@ -93,6 +93,22 @@ pub(crate) async fn lookup(
     name: &Name,
     rtype: RecordType,
 ) -> Result<Vec<RData>, LookupError> {
+    let answer = lookup_uncounted(resolver, name, rtype).await;
+    let outcome = match &answer {
+        Ok(_) => "ok",
+        Err(LookupError::NxDomain) => "nxdomain",
+        Err(LookupError::NoData) => "nodata",
+        Err(LookupError::Temporary(_)) => "tempfail",
+    };
+    crate::metrics::dns_lookup(&rtype.to_string(), outcome);
+    answer
+}
+
+async fn lookup_uncounted(
+    resolver: &TokioResolver,
+    name: &Name,
+    rtype: RecordType,
+) -> Result<Vec<RData>, LookupError> {
     match resolver.lookup(name.clone(), rtype).await {
         Ok(answer) => {
             let records: Vec<RData> = answer

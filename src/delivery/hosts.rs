@@ -492,6 +492,9 @@ impl<'a> Run<'a> {
     }
 
     fn count(&self, planned: &PlannedHost, outcome: &SessionResult) {
+        if let SessionResult::Failure(detail) = outcome {
+            crate::metrics::tls_failure(&detail.result_type);
+        }
         // RFC 8460 §5.3: the sessions that carry our own reports are not reported on.
         if self.job.envelope.tls_report {
             return;

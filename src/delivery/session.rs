@@ -106,6 +106,10 @@ pub(crate) struct Session {
     pub starttls: StartTlsSeen,
     /// Our address and the server's EHLO name (TLS-RPT failure details).
     pub peer: PeerFacts,
+    /// Counts the session in `mxguard_smtp_sessions` while it lives (pooled too); never
+    /// read, only dropped with the session.
+    #[allow(dead_code)]
+    pub open: crate::metrics::OpenSession,
 }
 
 /// What to try after a failed session.
@@ -263,6 +267,7 @@ fn plain(
         tls: TlsInfo::default(),
         starttls,
         peer: PeerFacts::default(),
+        open: crate::metrics::OpenSession::new(crate::metrics::Direction::Outbound),
     }
 }
 
@@ -353,6 +358,7 @@ async fn tls_session(
         },
         starttls: StartTlsSeen::Started,
         peer: PeerFacts::default(),
+        open: crate::metrics::OpenSession::new(crate::metrics::Direction::Outbound),
     })
 }
 

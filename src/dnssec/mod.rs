@@ -148,10 +148,19 @@ impl SecureResolver {
     ) -> Result<Secured<Vec<RData>>, DnssecFailure> {
         let mut name = name.clone();
         name.set_fqdn(true);
-        match self {
+        let answer = match self {
             SecureResolver::Validate(r) => r.lookup(&name, rtype).await,
             SecureResolver::TrustAd(r) => r.lookup(&name, rtype).await,
-        }
+        };
+        let outcome = match &answer {
+            Ok(_) => "ok",
+            Err(DnssecFailure::NxDomain { .. }) => "nxdomain",
+            Err(DnssecFailure::NoData { .. }) => "nodata",
+            Err(DnssecFailure::TempFail(_)) => "tempfail",
+            Err(DnssecFailure::Bogus(_)) => "bogus",
+        };
+        crate::metrics::dns_lookup(&rtype.to_string(), outcome);
+        answer
     }
 
     /// `validate` or `trust-ad`, for logs.

@@ -70,6 +70,7 @@ async fn handle(
     shutdown: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
 ) {
+    let _open = crate::metrics::OpenSession::new(crate::metrics::Direction::Inbound);
     let mut client = Client::new(peer, listener);
     info!("connect from {}", client.ip_text());
     let implicit = inbound

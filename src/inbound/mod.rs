@@ -22,6 +22,7 @@ pub mod space;
 mod stats;
 
 pub use auth::hash_password;
+pub use space::free_bytes;
 
 use crate::config::Config;
 use crate::queue::Queue;

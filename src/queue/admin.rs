@@ -186,6 +186,11 @@ pub(crate) async fn apply(
     tracing::info!("{id}: queue {} by {by}", action.verb());
     let before = state.due();
     let (report, after) = act(ctx, id, action, by, unsaved, envelope, state).await;
+    let held = |d: Due| i64::from(d == Due::Held);
+    ctx.held.fetch_add(
+        held(after) - held(before),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     Applied {
         report,
         before,

@@ -63,6 +63,15 @@ impl WaitingIndex {
         self.len
     }
 
+    /// The oldest message waiting (the smallest id: ids sort by arrival), looking once at each
+    /// due second's smallest entry.
+    pub fn oldest(&self) -> Option<QueueId> {
+        self.buckets
+            .values()
+            .filter_map(|b| b.peek().map(|Reverse(id)| *id))
+            .min()
+    }
+
     #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len == 0

@@ -62,6 +62,9 @@ pub(crate) struct Ctx {
     pub status_filter: StatusFilter,
     /// Who hears of each recipient attempt besides the log.
     pub observers: Observers,
+    /// Messages on hold: counted by the start-up scan, then moved by operators' actions (for
+    /// the `mxguard_queue_messages` gauge; the spool is the truth).
+    pub held: std::sync::atomic::AtomicI64,
 }
 
 /// Where each recipient attempt is recorded besides the delivery log line.
@@ -151,6 +154,7 @@ impl Ctx {
             tls_policies,
             status_filter,
             observers: Observers::default(),
+            held: std::sync::atomic::AtomicI64::new(0),
         }
     }
 }

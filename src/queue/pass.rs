@@ -252,7 +252,12 @@ impl Pass<'_> {
                 domain,
                 recipients: rcpts,
             };
-            deliverer.try_deliver(&job).await
+            let started = std::time::Instant::now();
+            let delivered = deliverer.try_deliver(&job).await;
+            if delivered.is_ok() {
+                crate::metrics::delivery_duration(started.elapsed());
+            }
+            delivered
         });
         let mut attempts = Vec::new();
         let mut busy = Vec::new();
@@ -438,6 +443,11 @@ pub(crate) fn log_attempt(
     tracing::info!(
         "{}",
         attempt.log_line(original.id, &rcpt.address, delay, status)
+    );
+    crate::metrics::delivery(
+        status.as_str(),
+        attempt.tls.state.as_str(),
+        &attempt.policy.name,
     );
     if let Some(log) = &ctx.observers.compliance {
         let cx = crate::compliance::Context {

@@ -56,7 +56,10 @@ fn scan(ctx: &Ctx, tx: &mpsc::Sender<Vec<(QueueId, u64)>>) {
                 due_now += usize::from(t <= now);
                 batch.push((id, t));
             }
-            Due::Held => held += 1,
+            Due::Held => {
+                held += 1;
+                ctx.held.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             Due::Finished => super::pass::remove(ctx, &id),
         }
         if batch.len() >= BATCH && tx.blocking_send(std::mem::take(&mut batch)).is_err() {

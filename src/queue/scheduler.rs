@@ -37,6 +37,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 const UNSAVED_RETRY: Duration = Duration::from_secs(5);
 /// How often parked messages' destinations are asked for room when no pass ends.
 const PARKED_RECHECK: Duration = Duration::from_millis(500);
+/// How often the queue's gauges are published (with `[metrics]` on); a scrape is rarely more
+/// frequent than every 15 s.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// What the rest of the daemon tells the scheduler.
 pub(crate) enum Event {
@@ -158,6 +161,8 @@ impl Scheduler {
         let mut scanning = true;
         let mut unsaved_tick = tokio::time::interval(UNSAVED_RETRY);
         let mut parked_tick = tokio::time::interval(PARKED_RECHECK);
+        let metrics_on = config.metrics.listen.is_some();
+        let mut gauge_tick = tokio::time::interval(GAUGE_INTERVAL);
         loop {
             books.fill();
             books.unpark(|destination| self.deliverer.destination_room(destination));
@@ -181,6 +186,7 @@ impl Scheduler {
                 _ = sleep_until_unix(next_due) => {}
                 // A rate delay or a dead destination's time ends without a pass ending.
                 _ = parked_tick.tick(), if !books.parked.is_empty() => {}
+                _ = gauge_tick.tick(), if metrics_on => self.publish_gauges(&books),
                 _ = unsaved_tick.tick(), if !books.unsaved.is_empty() => {
                     self.retry_unsaved(&mut books).await;
                 }
@@ -206,6 +212,32 @@ impl Scheduler {
         if !books.unsaved.is_empty() {
             self.retry_unsaved(&mut books).await;
         }
+    }
+
+    /// The queue's gauges (`mxguard_queue_messages`, `…_oldest_message_age_seconds`): active
+    /// is the active set, deferred what waits outside it (new arrivals included), hold what
+    /// operators hold; the oldest is the earliest arrival among the active and waiting.
+    fn publish_gauges(&self, books: &Books) {
+        let oldest = [
+            books.waiting.oldest(),
+            books.incoming.front().copied(),
+            books.active.keys().min().copied(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let age = oldest.map_or(Duration::ZERO, |id| {
+            SystemTime::now()
+                .duration_since(id.arrival())
+                .unwrap_or_default()
+        });
+        let held = self.ctx.held.load(std::sync::atomic::Ordering::Relaxed);
+        crate::metrics::queue(
+            books.active.len(),
+            books.waiting.len() + books.incoming.len(),
+            usize::try_from(held).unwrap_or(0),
+            age,
+        );
     }
 
     fn on_event(&self, books: &mut Books, admin_work: &mut JoinSet<AdminDone>, event: Event) {

@@ -178,8 +178,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<'_, S> {
             envelope.recipients.len(),
             message.len(),
         );
+        let listener = envelope.client.listener.clone();
         match self.inbound.queue.enqueue_as(id, envelope, message).await {
             Ok(id) => {
+                crate::metrics::message_received(&listener);
                 info!(
                     "{id}: client={}, from=<{from}>, nrcpt={nrcpt}, size={size}",
                     self.client.ip_text()
