@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::tls::settings::{CipherSuites, KxGroups, Protocols, TlsProfile};
 
 mod fleet;
-pub use fleet::{ComplianceConfig, MetricsConfig, PolicyServiceConfig};
+pub use fleet::{CacheBackend, CacheConfig, ComplianceConfig, MetricsConfig, PolicyServiceConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -69,6 +69,8 @@ pub struct Config {
     pub compliance: ComplianceConfig,
     #[serde(default)]
     pub policy_service: PolicyServiceConfig,
+    #[serde(default)]
+    pub cache: CacheConfig,
 }
 
 /// One inbound SMTP listener. Each has its own address and TLS settings.
@@ -734,6 +736,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             compliance: ComplianceConfig::default(),
             policy_service: PolicyServiceConfig::default(),
+            cache: CacheConfig::default(),
         }
     }
 }
@@ -910,6 +913,7 @@ impl Config {
             }
         }
         self.tlsrpt.validate(&self.hostname)?;
+        self.cache.validate()?;
         if self.queue.min_backoff.is_zero() || self.queue.max_backoff < self.queue.min_backoff {
             return Err(ConfigError::key(
                 "queue.max_backoff",
@@ -976,6 +980,7 @@ impl Config {
             negative_ttl: m.negative_ttl,
             unused_after: m.unused_after,
             refresh_concurrency: m.refresh_concurrency.max(1),
+            shared: self.cache.shared(),
         }
     }
 }

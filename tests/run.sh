@@ -2,7 +2,7 @@
 # The test command: tests/run.sh
 #
 #   1. installs what the interop scripts need when it is missing (as root, Debian/Ubuntu:
-#      postfix, postfix-pcre, swaks, unbound, ldnsutils, nsd, openssl) without starting their system
+#      postfix, postfix-pcre, swaks, unbound, ldnsutils, nsd, openssl, redis-server) without starting their system
 #      services; not root and missing: the interop scripts are skipped with a message, the
 #      Rust tests still run;
 #   2. cargo test --workspace --all-targets (hermetic: loopback only, no system packages);
@@ -42,6 +42,9 @@ need_packages() {
     command -v nsd >/dev/null || missing+=(nsd)
     # tests/tls_protocols.rs: real OpenSSL peers (s_server with TLS 1.0, s_client).
     command -v openssl >/dev/null || missing+=(openssl)
+    # tests/fleet*.rs: a real Redis shared by two nodes (started by the tests on a loopback
+    # port; the package's own service is kept from starting, like unbound's and nsd's).
+    command -v redis-server >/dev/null || missing+=(redis-server)
     # postconf needs a main.cf; the package may have none ("No configuration"), so ask about
     # map types against an empty one.
     local cf

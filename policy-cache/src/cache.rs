@@ -7,6 +7,7 @@
 //! Fetches for one domain are serialized, so a burst of messages to a new domain fetches once.
 
 mod decide;
+mod fleet;
 mod refresher;
 mod show;
 
@@ -101,6 +102,8 @@ pub(crate) struct Inner {
     settings: Settings,
     clock: Arc<dyn Clock>,
     fetch_observer: std::sync::OnceLock<crate::FetchObserver>,
+    /// The fleet's shared store, with `[cache] backend = "redis"`.
+    shared: Option<crate::shared::Shared>,
 }
 
 impl Inner {
@@ -112,6 +115,10 @@ impl Inner {
     ) -> Result<Inner, CacheError> {
         let store = Store::open(dir);
         let fetcher = Fetcher::new(&settings, resolver.clone())?;
+        let shared = match &settings.shared {
+            Some(s) => Some(crate::shared::Shared::new(s).map_err(CacheError::Setup)?),
+            None => None,
+        };
         let policies = store
             .policies()
             .into_iter()
@@ -135,6 +142,7 @@ impl Inner {
             settings,
             clock,
             fetch_observer: std::sync::OnceLock::new(),
+            shared,
         })
     }
 
@@ -161,7 +169,8 @@ impl Inner {
             Txt::Record(record) => {
                 let gate = self.gate(&domain);
                 let _fetching = gate.lock().await;
-                self.fetch_and_install(&domain, &record.id).await
+                // The operator asked for a fetch: no shared copy stands in for it.
+                self.fetch_here(&domain, &record.id).await
             }
             _ => self.resolve(&domain, &txt).await,
         }
@@ -276,11 +285,32 @@ impl Inner {
         }
     }
 
-    /// Fetches and parses the policy; installs it on success, else remembers the failure and
-    /// falls back on the cache.
+    /// The policy a lookup found it must fetch: a copy another node of the fleet fetched
+    /// under the same `id`, or one fetched here (by one node at a time, see [`fleet`]).
     async fn fetch_and_install(&self, domain: &str, id: &str) -> StsLookup {
+        if let Some(copy) = self.shared_policy(domain, id, None).await {
+            return StsLookup::Policy(self.adopt(domain, copy, true).await);
+        }
+        let lease = self.take_lease(domain).await;
+        if lease == fleet::Lease::Theirs {
+            if let Some(copy) = self.await_shared(domain, id).await {
+                return StsLookup::Policy(self.adopt(domain, copy, true).await);
+            }
+        }
+        let answer = self.fetch_here(domain, id).await;
+        self.release_lease(domain, lease).await;
+        answer
+    }
+
+    /// Fetches and parses the policy; installs (and shares) it on success, else remembers the
+    /// failure and falls back on the cache.
+    async fn fetch_here(&self, domain: &str, id: &str) -> StsLookup {
         match self.fetch_policy(domain).await {
-            Ok(policy) => StsLookup::Policy(self.install(domain, id, policy, true).await),
+            Ok(policy) => {
+                let active = self.install(domain, id, policy, true).await;
+                self.publish(&active).await;
+                StsLookup::Policy(active)
+            }
             Err((error, result_type)) => {
                 tracing::warn!(domain, id, error, "MTA-STS: policy fetch failed");
                 self.remember_failure(domain, id, &error, result_type);
@@ -344,6 +374,20 @@ impl Inner {
         used: bool,
     ) -> Arc<ActivePolicy> {
         let now = self.clock.now();
+        self.install_fetched(domain, id, policy, now, used).await
+    }
+
+    /// [`Self::install`] for a policy fetched at `fetched_at` (by another node of the fleet:
+    /// it expires, and is refreshed, as that node's copy is).
+    async fn install_fetched(
+        &self,
+        domain: &str,
+        id: &str,
+        policy: Policy,
+        fetched_at: SystemTime,
+        used: bool,
+    ) -> Arc<ActivePolicy> {
+        let now = self.clock.now();
         let previous = self.entry(domain);
         let last_used = match (&previous, used) {
             (Some(old), false) => old.last_used(),
@@ -355,12 +399,12 @@ impl Inner {
             domain: domain.to_string(),
             id: id.to_string(),
             policy,
-            fetched_at: now,
-            expires_at: now
+            fetched_at,
+            expires_at: fetched_at
                 .checked_add(Duration::from_secs(u64::from(max_age)))
-                .unwrap_or(now),
+                .unwrap_or(fetched_at),
         });
-        let refresh_at = refresher::schedule(now, max_age);
+        let refresh_at = refresher::schedule(fetched_at, max_age);
         let entry = Arc::new(Entry::new(active.clone(), refresh_at, last_used));
         log_installed(domain, &active, previous.as_deref());
         let saved = self.store.put_policy(domain, &entry.to_stored());

@@ -17,6 +17,7 @@ pub mod clock;
 pub mod crypto;
 pub mod dane;
 pub mod https_client;
+pub mod shared;
 pub mod store;
 pub mod sts;
 
@@ -83,6 +84,8 @@ pub struct Settings {
     pub unused_after: Duration,
     /// Simultaneous background refreshes.
     pub refresh_concurrency: usize,
+    /// A store shared with the other nodes of a fleet (Redis); `None` for a single node.
+    pub shared: Option<shared::SharedSettings>,
 }
 
 impl Default for Settings {
@@ -96,6 +99,7 @@ impl Default for Settings {
             negative_ttl: Duration::from_secs(300),
             unused_after: Duration::from_secs(30 * 86400),
             refresh_concurrency: 4,
+            shared: None,
         }
     }
 }

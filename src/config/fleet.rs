@@ -1,6 +1,7 @@
 //! The configuration of the pieces a fleet of relays needs, each off unless configured:
-//! `[metrics]` (Prometheus), `[compliance]` (the JSON delivery record) and `[policy_service]`
-//! (a socketmap for Postfix's `smtp_tls_policy_maps`).
+//! `[metrics]` (Prometheus), `[compliance]` (the JSON delivery record), `[cache]` (MTA-STS
+//! policies and TLS-RPT counts shared on Redis) and `[policy_service]` (a socketmap for
+//! Postfix's `smtp_tls_policy_maps`).
 
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -70,5 +71,89 @@ impl Default for PolicyServiceConfig {
             require_sni: true,
             timeout: default_policy_service_timeout(),
         }
+    }
+}
+
+/// Where the MTA-STS policy cache and the TLS-RPT counts live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheBackend {
+    /// This node's own sled databases under `data_dir` (the default).
+    #[default]
+    Sled,
+    /// Shared by every node on one Redis server, with the sled databases as each node's
+    /// local copy.
+    Redis,
+}
+
+/// `[cache]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    #[serde(default)]
+    pub backend: CacheBackend,
+    /// `redis://[user:password@]host:port/db`; needed with `backend = "redis"`.
+    pub redis_url: Option<String>,
+    /// Put before every Redis key, so that several fleets can share one server.
+    #[serde(default = "default_redis_prefix")]
+    pub redis_prefix: String,
+    /// The most one Redis call may take; beyond it the node goes on with its local copy.
+    #[serde(
+        default = "default_redis_timeout",
+        deserialize_with = "super::duration"
+    )]
+    pub redis_timeout: Duration,
+}
+
+fn default_redis_prefix() -> String {
+    "mxguard:".into()
+}
+
+fn default_redis_timeout() -> Duration {
+    Duration::from_millis(500)
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            backend: CacheBackend::Sled,
+            redis_url: None,
+            redis_prefix: default_redis_prefix(),
+            redis_timeout: default_redis_timeout(),
+        }
+    }
+}
+
+impl CacheConfig {
+    /// The shared store's settings, with `backend = "redis"`.
+    pub fn shared(&self) -> Option<policy_cache::shared::SharedSettings> {
+        match (self.backend, &self.redis_url) {
+            (CacheBackend::Redis, Some(url)) => Some(policy_cache::shared::SharedSettings {
+                url: url.clone(),
+                prefix: self.redis_prefix.clone(),
+                timeout: self.redis_timeout,
+            }),
+            _ => None,
+        }
+    }
+
+    pub(super) fn validate(&self) -> Result<(), super::ConfigError> {
+        if self.backend == CacheBackend::Redis {
+            let Some(url) = &self.redis_url else {
+                return Err(super::ConfigError::key(
+                    "cache.redis_url",
+                    "needed with backend = \"redis\"",
+                ));
+            };
+            redis::Client::open(url.as_str())
+                .map_err(|e| super::ConfigError::key("cache.redis_url", e.to_string()))?;
+        }
+        if self.redis_timeout.is_zero() {
+            return Err(super::ConfigError::key(
+                "cache.redis_timeout",
+                "must be positive",
+            ));
+        }
+        Ok(())
     }
 }

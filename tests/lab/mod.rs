@@ -20,6 +20,7 @@ pub mod openssl;
 pub mod queue;
 pub mod raw;
 pub mod rawdns;
+pub mod redis_server;
 pub mod relay;
 pub mod resolver;
 pub mod smtp;

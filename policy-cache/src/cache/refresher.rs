@@ -119,9 +119,29 @@ impl Inner {
         };
         let gate = self.gate(domain);
         let _fetching = gate.lock().await;
-        match self.fetch_policy(domain).await {
+        // A fleet: another node may have refreshed it already, or be refreshing it now.
+        if let Some(copy) = self
+            .shared_policy(domain, &id, Some(entry.active.fetched_at))
+            .await
+        {
+            self.adopt(domain, copy, false).await;
+            return true;
+        }
+        let lease = self.take_lease(domain).await;
+        if lease == super::fleet::Lease::Theirs {
+            tracing::debug!(
+                domain,
+                "MTA-STS: another node is refreshing; kept the cached policy"
+            );
+            let soon = self.clock.now() + super::fleet::LEASE_HELD_RETRY;
+            entry.refresh_at.store(unix(soon), Ordering::Relaxed);
+            return false;
+        }
+        let fetched = self.fetch_policy(domain).await;
+        let refreshed = match fetched {
             Ok(policy) => {
-                self.install(domain, &id, policy, false).await;
+                let active = self.install(domain, &id, policy, false).await;
+                self.publish(&active).await;
                 true
             }
             Err((error, _)) => {
@@ -134,7 +154,9 @@ impl Inner {
                 self.postpone(entry);
                 false
             }
-        }
+        };
+        self.release_lease(domain, lease).await;
+        refreshed
     }
 
     /// After a failed refresh, tries again after a quarter of the remaining lifetime (at least
