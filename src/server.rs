@@ -208,6 +208,7 @@ async fn bind_metrics(
     );
     let scrape = Arc::new(crate::metrics::http::Scrape {
         spool_dir: config.spool_dir(),
+        free_bytes: crate::inbound::free_bytes,
         min_free: config.queue.min_free,
         policies: policies.clone(),
         scheduler_running: scheduler_running.clone(),

@@ -24,6 +24,8 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// What a scrape and a health check read.
 pub struct Scrape {
     pub spool_dir: PathBuf,
+    /// Free bytes where a directory is (the SMTP server's own measure, for `queue.min_free`).
+    pub free_bytes: fn(&std::path::Path) -> std::io::Result<u64>,
     pub min_free: u64,
     pub policies: Option<Arc<policy_cache::PolicyCache>>,
     /// Set while the scheduler runs.
@@ -35,10 +37,8 @@ impl Scrape {
     /// The gauges read at scrape time, then the exposition.
     async fn metrics(&self) -> String {
         let m = super::get();
-        let dir = self.spool_dir.clone();
-        if let Ok(Ok(free)) =
-            tokio::task::spawn_blocking(move || crate::inbound::free_bytes(&dir)).await
-        {
+        let (dir, free_bytes) = (self.spool_dir.clone(), self.free_bytes);
+        if let Ok(Ok(free)) = tokio::task::spawn_blocking(move || free_bytes(&dir)).await {
             m.spool_free_bytes
                 .set(i64::try_from(free).unwrap_or(i64::MAX));
         }
@@ -57,8 +57,9 @@ impl Scrape {
         if !self.scheduler_running.load(Ordering::Relaxed) {
             return Some("the delivery scheduler is not running".into());
         }
-        let (dir, min_free) = (self.spool_dir.clone(), self.min_free);
-        match tokio::task::spawn_blocking(move || spool_writable(&dir, min_free)).await {
+        let (dir, min_free, free_bytes) = (self.spool_dir.clone(), self.min_free, self.free_bytes);
+        match tokio::task::spawn_blocking(move || spool_writable(&dir, min_free, free_bytes)).await
+        {
             Ok(Ok(())) => None,
             Ok(Err(why)) => Some(why),
             Err(e) => Some(format!("spool check failed: {e}")),
@@ -67,13 +68,17 @@ impl Scrape {
 }
 
 /// Writes and removes a probe file in the spool, and compares free space with `min_free`.
-fn spool_writable(dir: &std::path::Path, min_free: u64) -> Result<(), String> {
+fn spool_writable(
+    dir: &std::path::Path,
+    min_free: u64,
+    free_bytes: fn(&std::path::Path) -> std::io::Result<u64>,
+) -> Result<(), String> {
     use std::io::Write;
     let probe = dir.join(format!(".healthz.{}", std::process::id()));
     let written = std::fs::File::create(&probe).and_then(|mut f| f.write_all(b"ok\n"));
     let _ = std::fs::remove_file(&probe);
     written.map_err(|e| format!("the spool {} is not writable: {e}", dir.display()))?;
-    match crate::inbound::free_bytes(dir) {
+    match free_bytes(dir) {
         Ok(free) if free < min_free => Err(format!(
             "the spool has {free} bytes free, below queue.min_free ({min_free}): new mail is refused"
         )),
