@@ -132,7 +132,11 @@ pub enum Incoming {
 /// `report::send::Reporter`).
 pub trait TlsRptService: Send + Sync {
     /// The counts not yet reported and the report each domain would get now.
-    fn show(&self, domain: Option<&str>, json: bool) -> String;
+    fn show<'a>(
+        &'a self,
+        domain: Option<&'a str>,
+        json: bool,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send + 'a>>;
     /// Closes the open period now and sends its reports at once; what was done.
     fn send_now<'a>(
         &'a self,
@@ -515,7 +519,7 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, services: Serv
                     if command.send {
                         reporter.send_now(command.domain.as_deref()).await
                     } else {
-                        reporter.show(command.domain.as_deref(), command.json)
+                        reporter.show(command.domain.as_deref(), command.json).await
                     }
                 };
                 match tokio::time::timeout(COMMAND_TIMEOUT, run).await {

@@ -15,6 +15,7 @@ pub mod envelope;
 pub mod inbound;
 pub mod metrics;
 pub mod next_hop;
+pub mod policy_service;
 pub mod queue;
 pub mod queue_id;
 pub mod reply;

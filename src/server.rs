@@ -112,6 +112,15 @@ pub async fn run(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Result
         tracing::info!("listening on {local} ({mode})");
         sockets.push((socket, index));
     }
+    // `[policy_service]`: the socketmap for Postfix, on the daemon's own cache and tables.
+    let policy_service = crate::policy_service::PolicyService::bind(
+        &config,
+        policies.clone(),
+        deliverer.tls_policies(),
+    )
+    .await
+    .map_err(|e| ServerError::Setup(e.to_string()))?
+    .map(|service| tokio::spawn(service.serve(shutdown.clone())));
     tokio::spawn(watch_reloads(
         deliverer.tls_policies(),
         compliance.clone(),
@@ -129,7 +138,9 @@ pub async fn run(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Result
         ),
     );
     let refresher = policies.map(|p| tokio::spawn(p.run_refresher(shutdown.clone())));
-    let reporting = reporter.map(|r| tokio::spawn(r.run(shutdown.clone())));
+    let reporting = reporter
+        .clone()
+        .map(|r| tokio::spawn(r.run(shutdown.clone())));
     let counts_flusher = tls_counts
         .clone()
         .map(|c| tokio::spawn(flush_counts(c, shutdown.clone())));
@@ -156,6 +167,10 @@ pub async fn run(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Result
     if let Some(counter) = &tls_counts {
         counter.flush();
     }
+    if let Some(reporter) = &reporter {
+        // In a fleet, what this node counted goes to Redis before it stops.
+        reporter.share_counts().await;
+    }
     if let Some(log) = &compliance {
         // Blocks until the writer has written what the deliveries recorded.
         let log = log.clone();
@@ -173,14 +188,21 @@ pub async fn run(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Result
     if let Some(Err(e)) = futures::future::OptionFuture::from(metrics).await {
         tracing::error!("metrics: {e}");
     }
+    if let Some(Err(e)) = futures::future::OptionFuture::from(policy_service).await {
+        tracing::error!("policy service: {e}");
+    }
     tracing::info!("mxguard stopped");
     Ok(())
 }
 
 /// The control socket's `tlsrpt` commands, answered by the reporter.
 impl crate::control::TlsRptService for crate::report::send::Reporter {
-    fn show(&self, domain: Option<&str>, json: bool) -> String {
-        crate::report::send::Reporter::show(self, domain, json)
+    fn show<'a>(
+        &'a self,
+        domain: Option<&'a str>,
+        json: bool,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send + 'a>> {
+        Box::pin(crate::report::send::Reporter::show(self, domain, json))
     }
 
     fn send_now<'a>(

@@ -2,7 +2,7 @@
 # The test command: tests/run.sh
 #
 #   1. installs what the interop scripts need when it is missing (as root, Debian/Ubuntu:
-#      postfix, postfix-pcre, swaks, unbound, ldnsutils, nsd, openssl, redis-server) without starting their system
+#      postfix, postfix-pcre, swaks, unbound, ldnsutils, nsd, nginx, openssl, redis-server) without starting their system
 #      services; not root and missing: the interop scripts are skipped with a message, the
 #      Rust tests still run;
 #   2. cargo test --workspace --all-targets (hermetic: loopback only, no system packages);
@@ -40,6 +40,8 @@ need_packages() {
     command -v ldns-signzone >/dev/null || missing+=(ldnsutils)
     command -v drill >/dev/null || missing+=(ldnsutils)
     command -v nsd >/dev/null || missing+=(nsd)
+    # postfix_socketmap: the MTA-STS policy hosts.
+    command -v nginx >/dev/null || missing+=(nginx)
     # tests/tls_protocols.rs: real OpenSSL peers (s_server with TLS 1.0, s_client).
     command -v openssl >/dev/null || missing+=(openssl)
     # tests/fleet*.rs: a real Redis shared by two nodes (started by the tests on a loopback

@@ -183,13 +183,21 @@ impl Store {
     }
 
     /// [`Store::flush`] for async callers: the disk write does not block a runtime thread.
+    /// It runs on a blocking thread, not through sled's own `flush_async`: futures of that,
+    /// polled near-simultaneously, may never be woken (sled issue #1241, still in 0.34.7), and
+    /// a burst of new policies (many first deliveries, or the socketmap service asked for
+    /// many new domains at once) then hangs every look-up that waits for its flush.
     pub async fn flush_async(&self) {
         let handle = match &*read(&self.backend) {
             Backend::Db(db) => Some(db.handle()),
             Backend::Memory(_) => None,
         };
         let flushed = match handle {
-            Some(db) => db.flush_async().await.map(drop),
+            Some(db) => match tokio::task::spawn_blocking(move || db.flush()).await {
+                Ok(result) => result.map(drop),
+                // The flush panicked (sled): as a failed flush.
+                Err(e) => Err(sled::Error::ReportableBug(e.to_string())),
+            },
             None => Ok(()),
         };
         self.after_flush(flushed);
@@ -453,6 +461,46 @@ mod tests {
         assert!(store.forget("a.test"));
         assert!(!store.forget("a.test"));
         assert_eq!(store.policy("a.test"), None);
+    }
+
+    /// Many async flushes at once all complete (sled's own `flush_async` may leave such
+    /// futures unwoken forever, sled issue #1241, and then blocks the runtime's threads): a
+    /// burst of new policies never hangs the look-ups that wait for their flush. The runtime
+    /// runs on a thread of its own, watched from here, so a hang fails the test.
+    #[test]
+    fn concurrent_async_flushes_all_complete() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = std::sync::Arc::new(Store::open(dir.path()));
+        assert!(!store.in_memory());
+        let (done, finished) = std::sync::mpsc::channel();
+        let burst = store.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                for round in 0..5 {
+                    let mut tasks = tokio::task::JoinSet::new();
+                    for i in 0..64 {
+                        let store = burst.clone();
+                        tasks.spawn(async move {
+                            let domain = format!("d{round}-{i}.test");
+                            store.put_policy(&domain, &policy("1")).expect("put");
+                            store.flush_async().await;
+                        });
+                    }
+                    while tasks.join_next().await.is_some() {}
+                }
+            });
+            let _ = done.send(());
+        });
+        finished
+            .recv_timeout(Duration::from_secs(60))
+            .expect("320 async flushes, 64 at a time, complete within 60 s");
+        assert_eq!(store.policies().len(), 5 * 64);
+        assert!(!store.in_memory());
     }
 
     #[test]

@@ -7,6 +7,12 @@
 //! ([`Counter::flush`]): after a crash at most those seconds of counts are missing, and counts
 //! survive restarts. When the database cannot be opened or written (a full disk), counting
 //! goes on in memory and a warning says so.
+//!
+//! A fleet (`[cache] backend = "redis"`, see [`super::fleet`]) adds one step: what was
+//! counted is frozen into a [`Batch`] with an id of its own ([`Counter::outgoing`]), kept in
+//! the same database until the shared store has taken it ([`Counter::pushed`]). A batch is
+//! never changed once frozen, so pushing it again after a lost reply is recognised by its id
+//! and counts nothing twice; counts made meanwhile wait for the next batch.
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -14,6 +20,8 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+mod batch;
 
 /// Failure details kept per period and policy; past this, failures are still counted in the
 /// summary but their details dropped (a hostile or broken destination could otherwise make
@@ -198,6 +206,15 @@ pub struct Entry {
     pub tally: Tally,
 }
 
+/// Counts on their way to a fleet's shared store: frozen, so that a push repeated after a
+/// lost reply carries exactly what the first one did, under the same `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    /// Random, unique per batch: the shared store remembers the ids it has applied.
+    pub id: String,
+    pub entries: Vec<Entry>,
+}
+
 type Key = (Period, Policy);
 
 /// The session counter: counts in memory, merged into sled by [`Counter::flush`].
@@ -211,6 +228,13 @@ pub struct Counter {
     memory: Mutex<HashMap<Key, Tally>>,
     /// A write failure is logged once, not at every flush.
     warned: Mutex<bool>,
+    /// The batch frozen for the fleet's store and not yet taken by it (a fleet only); kept
+    /// in the `tlsrpt-push` tree too, so that it survives a restart unchanged.
+    outgoing: Mutex<Option<Batch>>,
+    push_tree: Option<sled::Tree>,
+    /// Flushing and freezing one at a time: a count is in the tree or in the batch, never
+    /// in both, never in neither.
+    store: Mutex<()>,
 }
 
 impl Counter {
@@ -233,6 +257,18 @@ impl Counter {
                 (None, None)
             }
         };
+        let push_tree = handle
+            .as_ref()
+            .and_then(|h| h.open_tree("tlsrpt-push").ok());
+        let outgoing = push_tree.as_ref().and_then(batch::stored_batch);
+        Counter {
+            outgoing: Mutex::new(outgoing),
+            push_tree,
+            ..Counter::with_store(interval, db, handle)
+        }
+    }
+
+    fn with_store(interval: Duration, db: Option<sled::Tree>, handle: Option<sled::Db>) -> Self {
         Counter {
             interval,
             pending: Mutex::new(HashMap::new()),
@@ -240,19 +276,15 @@ impl Counter {
             handle,
             memory: Mutex::new(HashMap::new()),
             warned: Mutex::new(false),
+            outgoing: Mutex::new(None),
+            push_tree: None,
+            store: Mutex::new(()),
         }
     }
 
     /// A counter that keeps everything in memory (tests, `check`).
     pub fn in_memory(interval: Duration) -> Counter {
-        Counter {
-            interval,
-            pending: Mutex::new(HashMap::new()),
-            db: None,
-            handle: None,
-            memory: Mutex::new(HashMap::new()),
-            warned: Mutex::new(false),
-        }
+        Counter::with_store(interval, None, None)
     }
 
     pub fn interval(&self) -> Duration {
@@ -266,11 +298,12 @@ impl Counter {
 
     /// The reports waiting to be handed on, in the same database.
     pub fn outbox(&self) -> super::outbox::Outbox {
-        let tree = self
-            .handle
-            .as_ref()
-            .and_then(|db| db.open_tree("tlsrpt-outbox").ok());
-        super::outbox::Outbox::new(tree)
+        super::outbox::Outbox::new(self.tree("tlsrpt-outbox"))
+    }
+
+    /// Another tree of the counts database (`None` without one).
+    pub fn tree(&self, name: &str) -> Option<sled::Tree> {
+        self.handle.as_ref().and_then(|db| db.open_tree(name).ok())
     }
 
     /// Counts one session under each of `policies` (a DANE session counts for the TLSA base
@@ -294,6 +327,11 @@ impl Counter {
     /// Merges what was counted since the last flush into the database and makes it durable.
     /// On a write failure the counts stay in memory and are tried again next time.
     pub fn flush(&self) {
+        let _store = lock(&self.store);
+        self.flush_locked();
+    }
+
+    fn flush_locked(&self) {
         let pending = std::mem::take(&mut *lock(&self.pending));
         if pending.is_empty() {
             return;
@@ -341,6 +379,15 @@ impl Counter {
             for (key, tally) in lock(map).iter() {
                 if select(&key.0, &key.1) {
                     all.entry(key.clone()).or_default().merge(tally);
+                }
+            }
+        }
+        if let Some(batch) = lock(&self.outgoing).as_ref() {
+            for e in &batch.entries {
+                if select(&e.period, &e.policy) {
+                    all.entry((e.period, e.policy.clone()))
+                        .or_default()
+                        .merge(&e.tally);
                 }
             }
         }
@@ -434,6 +481,17 @@ fn merge_stored(tree: &sled::Tree, key: &Key, tally: &Tally) -> Result<(), Strin
     })
     .map(|_| ())
     .map_err(|e| e.to_string())
+}
+
+/// Every entry in the tree with its key as stored; undecodable ones are skipped.
+fn stored_raw(tree: &sled::Tree) -> Vec<(sled::IVec, (Key, Tally))> {
+    tree.iter()
+        .filter_map(Result::ok)
+        .filter_map(|(k, v)| {
+            let entry = (decode_key(&k)?, serde_json::from_slice(&v).ok()?);
+            Some((k, entry))
+        })
+        .collect()
 }
 
 /// Every entry in the tree; undecodable ones (a damaged file) are skipped.

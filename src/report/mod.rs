@@ -2,6 +2,8 @@
 //! period, and the reports sent to the addresses the domain publishes.
 //!
 //! - [`counts`]: the sessions counted, per period and policy (in memory, flushed to sled);
+//! - [`fleet`]: with `[cache] backend = "redis"`, the counts of every node summed in Redis,
+//!   and one node per domain and period sending its report;
 //! - [`outbox`]: reports built and waiting to be handed on;
 //! - [`record`]: the `_smtp._tls` TXT record (where reports go);
 //! - [`json`]: the report itself (RFC 8460 §4), gzip'd, with its file name;
@@ -11,6 +13,7 @@
 //!   report and hand it to every address, with retries; `tlsrpt show|send --now`.
 
 pub mod counts;
+pub mod fleet;
 pub mod https;
 pub mod json;
 pub mod mail;

@@ -4,6 +4,10 @@
 //! `TLS-Required: No`) or by HTTPS POST (retried with back-off for a bounded time).
 //!
 //! Each report handed on or given up is one log line: domain, period, URI, outcome.
+//!
+//! In a fleet (`[cache] backend = "redis"`) the counts are pushed to Redis every tick, and a
+//! closed period's reports are built from the fleet's sums by the one node that takes each
+//! domain's lease ([`super::fleet`]); no report is ever built from one node's counts alone.
 
 use super::counts::{Counter, Entry, Period};
 use super::json;
@@ -12,12 +16,14 @@ use super::record::{self, Rua};
 use crate::config::Config;
 use crate::envelope::Envelope;
 use hickory_resolver::TokioResolver;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
+
+mod in_fleet;
 
 /// How report mail enters the queue: `Ok(queue id)` once it is stored durably.
 pub type Enqueue = Arc<
@@ -49,6 +55,11 @@ pub struct Reporter {
     /// One pass over the outbox at a time: the periodic one and `send --now` must not hand
     /// the same report on twice.
     pass: tokio::sync::Mutex<()>,
+    /// With `[cache] backend = "redis"`: the fleet's counts, and who reports what.
+    fleet: Option<super::fleet::FleetCounts>,
+    /// In a fleet: periods and domains this node is done with (reported, or another node's
+    /// lease), so that they cost no more Redis calls.
+    settled: Mutex<HashSet<(Period, String)>>,
 }
 
 impl Reporter {
@@ -87,8 +98,21 @@ impl Reporter {
                 None
             }
         };
+        let fleet = match config.cache.shared() {
+            Some(settings) => Some(super::fleet::FleetCounts::new(
+                &settings,
+                &counter,
+                &config.hostname,
+            )?),
+            None => {
+                counter.unfreeze();
+                None
+            }
+        };
         Ok(Reporter {
             outbox: counter.outbox(),
+            fleet,
+            settled: Mutex::new(HashSet::new()),
             config,
             counter,
             resolver,
@@ -110,8 +134,24 @@ impl Reporter {
                 _ = shutdown.wait_for(|stop| *stop) => break,
             }
             let _pass = self.pass.lock().await;
-            self.close_due(now_secs(), None).await;
+            match &self.fleet {
+                Some(fleet) => {
+                    self.close_due_in_fleet(fleet, now_secs(), None).await;
+                }
+                None => {
+                    self.close_due(now_secs(), None).await;
+                }
+            }
             self.send_due(now_secs()).await;
+        }
+    }
+
+    /// Pushes what this node counted to the fleet's store (at shutdown; a single node has
+    /// nothing to do). What cannot be pushed stays in the local database for the next start.
+    pub async fn share_counts(&self) {
+        if let Some(fleet) = &self.fleet {
+            self.counter.flush();
+            let _ = fleet.push(&self.counter).await;
         }
     }
 
@@ -122,10 +162,20 @@ impl Reporter {
         let domain = domain.as_deref();
         let _pass = self.pass.lock().await;
         let now = SystemTime::now();
-        self.counter.close_early(now);
-        let secs = now_secs();
         let before = self.outbox.all().len();
-        let built = self.close_due(secs, Some(domain)).await;
+        let built = match &self.fleet {
+            Some(fleet) => match self.close_fleet_period(fleet, now).await {
+                Ok(()) => {
+                    self.close_due_in_fleet(fleet, now_secs(), Some(domain))
+                        .await
+                }
+                Err(why) => vec![why],
+            },
+            None => {
+                self.counter.close_early(now);
+                self.close_due(now_secs(), Some(domain)).await
+            }
+        };
         let mut out = String::new();
         for line in &built {
             out.push_str(line);
@@ -144,13 +194,23 @@ impl Reporter {
 
     /// `tlsrpt show [DOMAIN] [--json]`: the counts not yet reported, and the report each
     /// domain would get now.
-    pub fn show(&self, domain: Option<&str>, as_json: bool) -> String {
+    /// In a fleet, the counts are the fleet's sums plus what this node has not pushed yet.
+    pub async fn show(&self, domain: Option<&str>, as_json: bool) -> String {
         let domain = domain.map(super::counts::normalize_domain);
         let domain = domain.as_deref();
         let now = now_secs();
-        let entries = self
+        let mut entries = self
             .counter
             .entries(|_, p| domain.is_none_or(|d| p.domain == d));
+        let mut note = "";
+        if let Some(fleet) = &self.fleet {
+            match self.fleet_entries(fleet, domain).await {
+                Ok(shared) => entries = in_fleet::merge_entries(entries, shared),
+                Err(_) => {
+                    note = "Redis unavailable: only this node's counts not yet shared are shown\n"
+                }
+            }
+        }
         let mut out = String::new();
         for ((period, policy_domain), group) in group_by_domain(entries) {
             let end = period.end.min(now.max(period.start + 1));
@@ -180,7 +240,7 @@ impl Reporter {
         if out.is_empty() {
             out.push_str("no sessions counted\n");
         }
-        out
+        format!("{note}{out}")
     }
 
     /// Turns closed periods whose send time has come into outbox entries (`only`: just this
@@ -540,7 +600,7 @@ fn backoff(tries: u32) -> Duration {
         .min(MAX_RETRY)
 }
 
-fn now_secs() -> u64 {
+pub(super) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
