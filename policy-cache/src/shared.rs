@@ -68,14 +68,7 @@ impl Shared {
     /// Runs `cmd`, bounded by the timeout; `Down` on any failure (logged once per outage).
     pub async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, Down> {
         let mut conn = self.connection().await?;
-        match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await {
-            Ok(Ok(value)) => {
-                self.up();
-                Ok(value)
-            }
-            Ok(Err(e)) => Err(self.failed(&e.to_string())),
-            Err(_) => Err(self.failed("timed out")),
-        }
+        self.bounded(cmd.query_async::<T>(&mut conn)).await
     }
 
     /// Runs `pipe` (atomic when built with `.atomic()`), bounded by the timeout.
@@ -84,7 +77,16 @@ impl Shared {
         pipe: &redis::Pipeline,
     ) -> Result<T, Down> {
         let mut conn = self.connection().await?;
-        match tokio::time::timeout(self.timeout, pipe.query_async::<T>(&mut conn)).await {
+        self.bounded(pipe.query_async::<T>(&mut conn)).await
+    }
+
+    /// One call within the timeout; its failure (or the timeout) marks an outage, its success
+    /// the end of one.
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, Down> {
+        match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(value)) => {
                 self.up();
                 Ok(value)
@@ -140,15 +142,10 @@ impl Shared {
         let Ok(mut conn) = self.connection().await else {
             return;
         };
-        match tokio::time::timeout(self.timeout, invocation.invoke_async::<i64>(&mut conn)).await {
-            Ok(Ok(_)) => self.up(),
-            Ok(Err(e)) => {
-                self.failed(&e.to_string());
-            }
-            Err(_) => {
-                self.failed("timed out");
-            }
-        }
+        // Not ours any more, or Redis away: the lease expires by itself.
+        let _ = self
+            .bounded(invocation.invoke_async::<i64>(&mut conn))
+            .await;
     }
 
     /// True while calls fail.
