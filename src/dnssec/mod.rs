@@ -29,6 +29,7 @@
 //! [`SecureResolver`] is the one the delivery uses: either mode behind one `lookup`.
 
 pub mod anchors;
+mod answer_cache;
 mod keyset;
 mod opt_out;
 mod trust_ad;

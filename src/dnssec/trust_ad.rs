@@ -13,6 +13,7 @@
 //! `dns.trust_ad_remote` says otherwise. A validating resolver answers SERVFAIL for bogus data
 //! (RFC 4035 §5.5), so SERVFAIL is a lookup error, never "no DNSSEC".
 
+use super::answer_cache::AnswerCache;
 use super::{DnssecFailure, DnssecSetupError, Secured, Security};
 use crate::config::DnsConfig;
 use futures::StreamExt;
@@ -26,13 +27,15 @@ use hickory_proto::op::{DnsRequest, DnsRequestOptions, DnsResponse, Message, Que
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// Asks the configured (loopback) validating resolvers, reading the AD bit.
+/// Asks the configured (loopback) validating resolvers, reading the AD bit; keeps their
+/// answers for the answers' TTLs ([`AnswerCache`], shared by the clones).
 #[derive(Clone)]
 pub struct AdResolver {
     servers: Arc<[SocketAddr]>,
     timeout: Duration,
+    cache: Arc<AnswerCache>,
 }
 
 impl AdResolver {
@@ -45,21 +48,32 @@ impl AdResolver {
         Ok(AdResolver {
             servers: servers.into(),
             timeout: config.timeout,
+            cache: Arc::new(AnswerCache::new(
+                usize::try_from(config.cache_size).unwrap_or(usize::MAX),
+            )),
         })
     }
 
-    /// The records of type `rtype` at `name` (made absolute), with the resolver's verdict.
-    /// A timeout or network error moves on to the next name server; an answer (SERVFAIL too)
-    /// is final.
+    /// The records of type `rtype` at `name` (made absolute), with the resolver's verdict:
+    /// from the cache while an earlier answer's TTL lasts, else asked. A timeout or network
+    /// error moves on to the next name server; an answer (SERVFAIL too) is final.
     pub async fn lookup(
         &self,
         name: &Name,
         rtype: RecordType,
     ) -> Result<Secured<Vec<RData>>, DnssecFailure> {
+        if let Some(answer) = self.cache.get(name, rtype, Instant::now()) {
+            return answer;
+        }
         let mut failures = Vec::new();
         for &server in self.servers.iter() {
             match self.ask(server, name, rtype).await {
-                Ok(response) => return classify(rtype, &response),
+                Ok(response) => {
+                    let answer = classify(rtype, &response);
+                    self.cache
+                        .put(name, rtype, &response, &answer, Instant::now());
+                    return answer;
+                }
                 Err(why) => {
                     tracing::debug!(%server, %name, %rtype, "trust-ad query failed: {why}");
                     failures.push(format!("{server}: {why}"));
@@ -211,9 +225,10 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use hickory_proto::op::{Edns, OpCode};
-    use hickory_proto::rr::rdata::{A, CNAME};
+    use hickory_proto::rr::rdata::{A, CNAME, SOA};
     use hickory_proto::rr::Record;
     use std::net::Ipv4Addr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn name(text: &str) -> Name {
@@ -344,6 +359,13 @@ mod tests {
             }
             "plain.test." => m.answers.push(a(&qname, 3)),
             "bogus.test." => m.metadata.response_code = ResponseCode::ServFail,
+            "denied.test." => {
+                m.metadata.authentic_data = true;
+                m.metadata.response_code = ResponseCode::NXDomain;
+                let soa = SOA::new(name("ns.test."), name("root.test."), 1, 60, 60, 60, 30);
+                m.authorities
+                    .push(Record::from_rdata(name("test."), 300, RData::SOA(soa)));
+            }
             _ => {
                 m.metadata.authentic_data = true;
                 m.metadata.response_code = ResponseCode::NXDomain;
@@ -354,6 +376,13 @@ mod tests {
 
     /// A loopback resolver on one port, UDP and TCP, answering with [`answer`].
     async fn test_resolver() -> SocketAddr {
+        counting_resolver().await.0
+    }
+
+    /// [`test_resolver`], with the number of queries it has been sent.
+    async fn counting_resolver() -> (SocketAddr, Arc<AtomicUsize>) {
+        let queries = Arc::new(AtomicUsize::new(0));
+        let (udp_count, tcp_count) = (queries.clone(), queries.clone());
         let (udp, tcp) = loop {
             let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = tcp.local_addr().unwrap();
@@ -365,6 +394,7 @@ mod tests {
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             while let Ok((len, peer)) = udp.recv_from(&mut buf).await {
+                udp_count.fetch_add(1, Ordering::SeqCst);
                 let query = Message::from_vec(&buf[..len]).unwrap();
                 let bytes = answer(&query, false).to_vec().unwrap();
                 udp.send_to(&bytes, peer).await.unwrap();
@@ -372,6 +402,7 @@ mod tests {
         });
         tokio::spawn(async move {
             while let Ok((mut conn, _)) = tcp.accept().await {
+                tcp_count.fetch_add(1, Ordering::SeqCst);
                 let len = conn.read_u16().await.unwrap() as usize;
                 let mut buf = vec![0u8; len];
                 conn.read_exact(&mut buf).await.unwrap();
@@ -382,7 +413,7 @@ mod tests {
                 conn.write_all(&bytes).await.unwrap();
             }
         });
-        addr
+        (addr, queries)
     }
 
     #[tokio::test]
@@ -407,6 +438,41 @@ mod tests {
         assert_eq!(got, Err(DnssecFailure::NxDomain { secure: true }));
         let got = r.lookup(&name("bogus.test."), RecordType::A).await;
         assert!(matches!(got, Err(DnssecFailure::TempFail(_))), "{got:?}");
+    }
+
+    #[tokio::test]
+    async fn answers_are_kept_for_their_ttl_and_failures_asked_again() {
+        let (addr, queries) = counting_resolver().await;
+        let config = DnsConfig {
+            nameservers: vec![addr],
+            timeout: Duration::from_secs(5),
+            ..DnsConfig::default()
+        };
+        let r = AdResolver::from_config(&config).unwrap();
+        let asked = || queries.load(Ordering::SeqCst);
+        let first = r.lookup(&name("secure.test."), RecordType::A).await;
+        // A clone shares the cache (the deliverer's tasks each hold one).
+        let again = r.clone().lookup(&name("SECURE.test."), RecordType::A).await;
+        assert_eq!(first, again);
+        assert_eq!(asked(), 1, "the second look-up is answered from the cache");
+        r.lookup(&name("secure.test."), RecordType::AAAA).await.ok();
+        assert_eq!(asked(), 2, "another type is another question");
+        // A denial with a SOA record is kept (RFC 2308), one without is not.
+        for _ in 0..2 {
+            let got = r.lookup(&name("denied.test."), RecordType::A).await;
+            assert_eq!(got, Err(DnssecFailure::NxDomain { secure: true }));
+        }
+        assert_eq!(asked(), 3);
+        for _ in 0..2 {
+            r.lookup(&name("gone.test."), RecordType::A).await.ok();
+        }
+        assert_eq!(asked(), 5);
+        // SERVFAIL (bogus data, to a validating resolver) is asked again every time.
+        for _ in 0..2 {
+            let got = r.lookup(&name("bogus.test."), RecordType::A).await;
+            assert!(matches!(got, Err(DnssecFailure::TempFail(_))), "{got:?}");
+        }
+        assert_eq!(asked(), 7);
     }
 
     #[tokio::test]
