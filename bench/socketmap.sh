@@ -34,12 +34,17 @@
 #   mxguard (release build, default log level) `dns.dnssec = "trust-ad"` against the unbound
 #           (the DANE-capable Postfix model; -d), its own MTA-STS cache; postfix-mta-sts-resolver
 #           with its defaults (internal cache, timeout 4 s, require_sni), uvloop.
-# For each service, three figures (look-ups per second over all clients):
+# For each service, four figures (look-ups per second over all clients), each with the
+# service's own CPU time per look-up (user + system of its process, from /proc: what the
+# service costs, whatever the client and the other servers cost):
 #   uncached   the first look-up of each MTA-STS domain: DNS, then the policy fetched over HTTPS
 #   cached     ROUNDS more look-ups of the same domains (the resolver answers from its cache
 #              without DNS for 60 s, its cache_grace; mxguard checks the domain's MX and the
 #              TXT id through its DNS caches on every look-up, as delivery does)
 #   no policy  the domains without MTA-STS, their DNS already cached by a first pass
+#   no look-up ROUNDS × DOMAINS keys `.dI.bench.test` (a parent-domain probe, which both answer
+#              NOTFOUND at once, without any look-up): the socketmap exchange alone, so the
+#              most any service reaches with this client on this machine
 # Every answer is checked: each MTA-STS domain must get `secure match=.bench.test
 # servername=hostname`, each other domain nothing.
 #
@@ -184,6 +189,7 @@ split_keys() { # NAME PREFIX: KEYS/NAME.0 … NAME.(CLIENTS-1), round robin
 }
 split_keys sts d
 split_keys none p
+names d | sed 's/^/./' | awk -v n="$CLIENTS" -v out="$KEYS/probe" '{ print > (out "." (NR % n)) }'
 
 # run_clients SERVICE SET ROUNDS LABEL: CLIENTS postmap processes, each ROUNDS times over its
 # share of SET; prints the elapsed seconds; answers in $IOP_TMP/LABEL.out.N.
@@ -214,21 +220,38 @@ check() {
     }
 }
 
-declare -A RATE
-# measure NAME SERVICE: the three figures for the service listening at SERVICE.
+declare -A RATE CPU
+TICK=$(getconf CLK_TCK)
+# cpu_ticks PID: user + system CPU of the process (all its threads) and of its children.
+cpu_ticks() {
+    local pid total=0
+    for pid in "$1" $(pgrep -P "$1" || true); do
+        total=$((total + $(awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$total"
+}
+# phase NAME PID SERVICE SET ROUNDS KIND EXPECTED: one timed pass; sets RATE and CPU (µs of the
+# service's CPU per look-up) for NAME-KIND, checks the answers.
+phase() {
+    local name=$1 pid=$2 service=$3 set=$4 rounds=$5 kind=$6 want=$7 n secs before
+    n=$((DOMAINS * rounds))
+    before=$(cpu_ticks "$pid")
+    secs=$(run_clients "$service" "$set" "$rounds" "$name-$kind")
+    CPU[$name-$kind]=$(awk -v t=$(($(cpu_ticks "$pid") - before)) -v hz="$TICK" -v n="$n" \
+        'BEGIN { printf "%.0f", t / hz * 1e6 / n }')
+    check "$name-$kind" "$want"
+    RATE[$name-$kind]=$(awk -v n="$n" -v s="$secs" 'BEGIN { printf "%.0f", n / s }')
+}
+# measure NAME SERVICE PID: the four figures for the service listening at SERVICE.
 measure() {
-    local name=$1 service=$2 secs
-    secs=$(run_clients "$service" sts 1 "$name-uncached")
-    check "$name-uncached" "$DOMAINS"
-    RATE[$name-uncached]=$(awk -v n="$DOMAINS" -v s="$secs" 'BEGIN { printf "%.0f", n / s }')
-    secs=$(run_clients "$service" sts "$ROUNDS" "$name-cached")
-    check "$name-cached" $((DOMAINS * ROUNDS))
-    RATE[$name-cached]=$(awk -v n=$((DOMAINS * ROUNDS)) -v s="$secs" 'BEGIN { printf "%.0f", n / s }')
+    local name=$1 service=$2 pid=$3
+    phase "$name" "$pid" "$service" sts 1 uncached "$DOMAINS"
+    phase "$name" "$pid" "$service" sts "$ROUNDS" cached $((DOMAINS * ROUNDS))
     run_clients "$service" none 1 "$name-none-warm" >/dev/null
-    secs=$(run_clients "$service" none "$ROUNDS" "$name-none")
-    check "$name-none" 0
-    RATE[$name-none]=$(awk -v n=$((DOMAINS * ROUNDS)) -v s="$secs" 'BEGIN { printf "%.0f", n / s }')
-    iop_log "$name: uncached ${RATE[$name-uncached]}/s, cached ${RATE[$name-cached]}/s, no policy ${RATE[$name-none]}/s"
+    phase "$name" "$pid" "$service" none "$ROUNDS" none 0
+    phase "$name" "$pid" "$service" probe "$ROUNDS" probe 0
+    iop_log "$name: uncached ${RATE[$name-uncached]}/s, cached ${RATE[$name-cached]}/s," \
+        "no policy ${RATE[$name-none]}/s, no look-up ${RATE[$name-probe]}/s"
 }
 
 # ----- postfix-mta-sts-resolver ---------------------------------------------------------------
@@ -252,7 +275,7 @@ RESOLVER_PID=$IOP_PID
 iop_wait_port "${RESOLVER_SERVICE##*:}" 30 "$RESOLVER_PID" ||
     iop_die "mta-sts-daemon did not start: $(tail -n 20 "$IOP_TMP/resolver.log")"
 VERSION=$("$BENCH_VENV/bin/pip" show postfix-mta-sts-resolver 2>/dev/null | sed -n 's/^Version: //p')
-measure resolver "$RESOLVER_SERVICE"
+measure resolver "$RESOLVER_SERVICE" "$RESOLVER_PID"
 iop_stop_pid "$RESOLVER_PID"
 
 # ----- mxguard --------------------------------------------------------------------------------
@@ -277,16 +300,23 @@ listen = "$MXGUARD_SERVICE"
 EOF
 iop_mxguard_start "$IOP_TMP/mxguard.toml" 10025
 iop_wait_port "${MXGUARD_SERVICE##*:}" 10 "$MXGUARD_PID" || iop_die "the policy service does not listen"
-measure mxguard "$MXGUARD_SERVICE"
+measure mxguard "$MXGUARD_SERVICE" "$MXGUARD_PID"
 RSS=$(awk '/VmHWM/ { printf "%.1f MB", $2 / 1024 }' "/proc/$MXGUARD_PID/status" 2>/dev/null || echo "?")
 iop_stop_pid "$MXGUARD_PID"
 
 # ----- figures --------------------------------------------------------------------------------
 ratio() { awk -v a="${RATE[mxguard-$1]}" -v b="${RATE[resolver-$1]}" 'BEGIN { printf "%.1f", a / b }'; }
+cpu_ratio() { awk -v a="${CPU[mxguard-$1]}" -v b="${CPU[resolver-$1]}" 'BEGIN { printf "%.1f", b / a }'; }
+row() {
+    printf '%-30s %9s %9s %6s× %9s %9s %6s×\n' "$2" "${RATE[mxguard-$1]}" "${RATE[resolver-$1]}" \
+        "$(ratio "$1")" "${CPU[mxguard-$1]}" "${CPU[resolver-$1]}" "$(cpu_ratio "$1")"
+}
 echo
-echo "socketmap look-ups per second: $DOMAINS MTA-STS domains and $DOMAINS without, $CLIENTS clients (postmap -q -), $ROUNDS rounds for cached; mxguard dns.dnssec = $DNSSEC"
-printf '%-34s %12s %26s %8s\n' "" "mxguard" "postfix-mta-sts-resolver ${VERSION:-?}" "ratio"
-printf '%-34s %12s %26s %7s×\n' "uncached (DNS + policy fetch)" "${RATE[mxguard-uncached]}" "${RATE[resolver-uncached]}" "$(ratio uncached)"
-printf '%-34s %12s %26s %7s×\n' "cached policy" "${RATE[mxguard-cached]}" "${RATE[resolver-cached]}" "$(ratio cached)"
-printf '%-34s %12s %26s %7s×\n' "no policy (DNS cached)" "${RATE[mxguard-none]}" "${RATE[resolver-none]}" "$(ratio none)"
+echo "socketmap look-ups: $DOMAINS MTA-STS domains and $DOMAINS without, $CLIENTS clients (postmap -q -), $ROUNDS rounds for cached; mxguard dns.dnssec = $DNSSEC; resolver: postfix-mta-sts-resolver ${VERSION:-?}"
+printf '%-30s %27s %27s\n' "" "look-ups per second" "service CPU µs per look-up"
+printf '%-30s %9s %9s %7s %9s %9s %7s\n' "" "mxguard" "resolver" "ratio" "mxguard" "resolver" "ratio"
+row uncached "uncached (DNS + policy fetch)"
+row cached "cached policy"
+row none "no policy (DNS cached)"
+row probe "no look-up (.domain probe)"
 echo "mxguard peak RSS: $RSS"
