@@ -125,6 +125,12 @@ async fn dane_ee_ignores_names_and_dates() {
 
     let d = s.send(&relay, BOB, "ee", "sent").await;
     assert_sent_under_dane_with_sni(&d, &mx, MX10).await;
+    // The operator sees every answer the DANE path used, at the default level.
+    wait_for_log_with(
+        &relay,
+        &["MX RRset secure; MX host", "DANE 1 usable TLSA record"],
+    )
+    .await;
 }
 
 /// The same delivery with the relay anchored at the root's DS record (`trust_anchor_file` in

@@ -102,6 +102,15 @@ impl DanePlan {
         DanePlan::default()
     }
 
+    /// Logs every answer the DANE path used for `domain`, with its DNSSEC status, for the
+    /// operator (delivery does, once per attempt; the policy service, answering Postfix many
+    /// times a second, leaves it to its debug log).
+    pub fn log_verdicts(&self, domain: &str) {
+        for (host, verdict) in &self.verdicts {
+            tracing::info!("{domain}: MX RRset secure; MX host {host}: DANE {verdict}");
+        }
+    }
+
     /// DANE's verdict on `host`, when DANE applies to it (records, no usable record, or a
     /// lookup error); `None` leaves the host to the domain's other policy.
     pub fn host(&self, host: &str) -> Option<&HostDane> {
@@ -158,10 +167,6 @@ pub(crate) async fn plan(
     let mut verdicts = Vec::with_capacity(secure_hosts.len());
     for host in &secure_hosts {
         verdicts.push((host.clone(), host_dane(dns, host, port).await));
-    }
-    // Every answer the DANE path used, with its DNSSEC status, for the operator.
-    for (host, verdict) in &verdicts {
-        tracing::info!("{domain}: MX RRset secure; MX host {host}: DANE {verdict}");
     }
     // The hosts resolution found are replaced by the secure answer's: a forged insecure
     // answer must not add a host DANE never saw.

@@ -328,6 +328,7 @@ impl Deliverer {
             return Ok(DanePlan::none());
         }
         let dane = dane::plan(dns, domain, &hops.hosts, hops.port).await?;
+        dane.log_verdicts(domain);
         if let Some(hosts) = &dane.hosts {
             hops.hosts = hosts.clone();
         }
