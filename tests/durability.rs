@@ -95,6 +95,12 @@ fn subjects(mx: &lab::smtp::SmtpServer) -> HashMap<String, usize> {
     let mut seen = HashMap::new();
     for m in mx.messages() {
         let text = m.data_text();
+        // Whole and only itself: spool files are written over by later messages (free/).
+        assert!(
+            text.ends_with(&format!("\r\n\r\n{}\r\n", "durable ".repeat(200)))
+                && text.matches("Subject: ").count() == 1,
+            "a delivered message is not the one submitted: {text:?}"
+        );
         if let Some(subject) = text
             .lines()
             .find_map(|l| l.strip_prefix("Subject: ").map(str::to_string))

@@ -12,6 +12,7 @@ mod index;
 pub mod inspect;
 mod notify;
 mod pass;
+mod recycle;
 mod retry;
 mod scan;
 mod scheduler;

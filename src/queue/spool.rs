@@ -6,6 +6,8 @@
 //!   bytes. Written once, never changed, removed when every recipient is done.
 //! - `state/ID` an append-only log of per-recipient outcomes (one JSON record a line),
 //!   replayed at start-up; the last record of a recipient wins.
+//! - `free/N`   files of finished messages, written over by new ones instead of a create and
+//!   an unlink per message ([`super::recycle`]); emptied at start-up.
 //!
 //! Durability (DESIGN.md): a message is acknowledged only after the one recipe of this module —
 //! write to `tmp/`, fsync the file, rename into `msg/`, fsync `msg/` — has completed. The
@@ -28,13 +30,14 @@ use crate::queue::QueueId;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::SystemTime;
 use tokio::sync::oneshot;
 
 /// First line of every message file; a file without it is not ours.
 const MAGIC: &[u8] = b"MXGUARD-SPOOL-1\n";
 
+use super::recycle::{self, Recycler};
 pub use super::state::{LogRecord, RcptState, StateRecord};
 
 /// A message for the committer to write into `tmp/`, sync and rename into `msg/`.
@@ -51,6 +54,8 @@ pub struct Spool {
     state: PathBuf,
     corrupt: PathBuf,
     committer: mpsc::Sender<Pending>,
+    /// `free/`: finished message files, written over by the next messages ([`recycle`]).
+    recycler: Arc<Recycler>,
 }
 
 impl Spool {
@@ -67,16 +72,18 @@ impl Spool {
         for entry in fs::read_dir(&tmp)? {
             let _ = fs::remove_file(entry?.path());
         }
+        let recycler = Arc::new(Recycler::open(dir.join("free"))?);
         let (tx, rx) = mpsc::channel();
-        let (tmp2, msg2) = (tmp.clone(), msg.clone());
+        let (tmp2, msg2, recycler2) = (tmp.clone(), msg.clone(), recycler.clone());
         std::thread::Builder::new()
             .name("spool-commit".into())
-            .spawn(move || commit_loop(rx, &tmp2, &msg2))?;
+            .spawn(move || commit_loop(rx, &tmp2, &msg2, &recycler2))?;
         Ok(Spool {
             msg,
             state,
             corrupt,
             committer: tx,
+            recycler,
         })
     }
 
@@ -88,6 +95,7 @@ impl Spool {
             state: dir.join("state"),
             corrupt: dir.join("corrupt"),
             committer: tx,
+            recycler: Arc::new(Recycler::unopened(dir.join("free"))),
         }
     }
 
@@ -215,15 +223,16 @@ impl Spool {
         Ok(out)
     }
 
-    /// Removes a finished message. The state log goes first: should we crash in between, the
-    /// message is delivered again (a duplicate) rather than its state outliving it.
+    /// Removes a finished message (its file kept for reuse, [`recycle`]). The state log goes
+    /// first: should we crash in between, the message is delivered again (a duplicate) rather
+    /// than its state outliving it.
     pub fn remove(&self, id: &QueueId) -> io::Result<()> {
         match fs::remove_file(self.state.join(id.as_str())) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        fs::remove_file(self.msg.join(id.as_str()))
+        self.recycler.discard(&self.msg.join(id.as_str()))
     }
 
     /// When the message file was written: the arrival time of a message whose envelope says
@@ -234,22 +243,23 @@ impl Spool {
 }
 
 /// Writes a new file in `tmp/` (the committer syncs it); on failure nothing is left behind.
-fn write_new(path: &Path, header: &[u8], message: &[u8]) -> io::Result<()> {
-    let result = write_file(path, header, message);
+fn write_new(recycler: &Recycler, path: &Path, header: &[u8], message: &[u8]) -> io::Result<()> {
+    let result = write_file(recycler, path, header, message);
     if result.is_err() {
         let _ = fs::remove_file(path);
     }
     result
 }
 
-fn write_file(path: &Path, header: &[u8], message: &[u8]) -> io::Result<()> {
-    let mut f = OpenOptions::new().write(true).create_new(true).open(path)?;
+fn write_file(recycler: &Recycler, path: &Path, header: &[u8], message: &[u8]) -> io::Result<()> {
+    let mut f = recycler.create(path)?;
     let mut head = Vec::with_capacity(MAGIC.len() + 24 + header.len());
     head.extend_from_slice(MAGIC);
     head.extend_from_slice(format!("{}\n", header.len()).as_bytes());
     head.extend_from_slice(header);
     f.write_all(&head)?;
-    f.write_all(message)
+    f.write_all(message)?;
+    recycle::finish(&f, (head.len() + message.len()) as u64)
 }
 
 /// `syncfs(2)` of the file system holding `dir`: every dirty file's data and inode written,
@@ -322,7 +332,7 @@ fn read_up_to(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 
 /// The committer: makes batches of written files durable, renames them into `msg/`, syncs
 /// the directory once per batch, then acknowledges the batch.
-fn commit_loop(rx: mpsc::Receiver<Pending>, tmp: &Path, msg: &Path) {
+fn commit_loop(rx: mpsc::Receiver<Pending>, tmp: &Path, msg: &Path, recycler: &Recycler) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
@@ -333,7 +343,7 @@ fn commit_loop(rx: mpsc::Receiver<Pending>, tmp: &Path, msg: &Path) {
         let written: Vec<io::Result<()>> = batch
             .iter_mut()
             .map(|p| {
-                let written = write_new(&tmp.join(p.id.as_str()), &p.header, &p.message);
+                let written = write_new(recycler, &tmp.join(p.id.as_str()), &p.header, &p.message);
                 p.message = Vec::new();
                 written
             })
@@ -394,6 +404,39 @@ mod tests {
             .next()
             .is_none());
         spool.remove(&id).unwrap();
+        assert!(spool.scan().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_finished_messages_file_carries_the_next_message_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let free = || fs::read_dir(dir.path().join("free")).unwrap().count();
+        let first = QueueId::generate();
+        let mut long = envelope();
+        long.recipients.push(Recipient::new("dave@example.net"));
+        spool
+            .store(&first, &long, vec![b'x'; 20_000])
+            .await
+            .unwrap();
+        spool.remove(&first).unwrap();
+        assert_eq!(free(), 1, "kept for the next message");
+        let second = QueueId::generate();
+        let body = b"Subject: short\r\n\r\nhi\r\n".to_vec();
+        let short = envelope();
+        spool.store(&second, &short, body.clone()).await.unwrap();
+        assert_eq!(free(), 0, "written over");
+        assert_eq!(spool.load(&second).unwrap(), (short.clone(), body.clone()));
+        assert_eq!(
+            spool.load_envelope(&second).unwrap(),
+            (short, body.len() as u64)
+        );
+        assert!(matches!(spool.load(&first), Err(e) if e.kind() == io::ErrorKind::NotFound));
+        // A file left in free/ by a run is not reused by the next.
+        spool.remove(&second).unwrap();
+        drop(spool);
+        let spool = Spool::open(dir.path()).unwrap();
+        assert_eq!(free(), 0, "emptied at start-up");
         assert!(spool.scan().unwrap().is_empty());
     }
 
