@@ -502,6 +502,13 @@ fn stored(tree: &sled::Tree) -> Vec<(Key, Tally)> {
         .collect()
 }
 
+/// Now, in Unix seconds (periods and report times are kept so).
+pub(crate) fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

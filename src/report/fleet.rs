@@ -216,7 +216,7 @@ impl FleetCounts {
                 .or_default()
                 .push(e);
         }
-        let now = super::send::now_secs();
+        let now = super::counts::now_secs();
         let mut keys = vec![
             self.shared.key(&format!("tlsrpt:push:{}", batch.id)),
             self.shared.key("tlsrpt:due"),
@@ -335,7 +335,7 @@ impl FleetCounts {
         lock(&self.built).insert(key.clone());
         if let Some(tree) = &self.tree {
             let _ = tree.insert(format!("built:{key}"), &period.end.to_be_bytes());
-            let oldest = super::send::now_secs().saturating_sub(KEEP.as_secs());
+            let oldest = super::counts::now_secs().saturating_sub(KEEP.as_secs());
             for (k, v) in tree.scan_prefix(b"built:").filter_map(Result::ok) {
                 let end = v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
                 if end < oldest {

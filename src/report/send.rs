@@ -9,7 +9,7 @@
 //! closed period's reports are built from the fleet's sums by the one node that takes each
 //! domain's lease ([`super::fleet`]); no report is ever built from one node's counts alone.
 
-use super::counts::{Counter, Entry, Period};
+use super::counts::{now_secs, Counter, Entry, Period};
 use super::json;
 use super::outbox::{Outbox, Pending};
 use super::record::{self, Rua};
@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 mod in_fleet;
@@ -598,12 +598,6 @@ fn backoff(tries: u32) -> Duration {
     FIRST_RETRY
         .saturating_mul(1u32 << tries.min(10))
         .min(MAX_RETRY)
-}
-
-pub(super) fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn to_offset(secs: u64) -> time::OffsetDateTime {
