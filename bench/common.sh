@@ -14,7 +14,7 @@ bench_start() {
     if [[ $WITH_MXGUARD -eq 1 && -z "${MXGUARD_BIN:-}" ]]; then
         iop_log "cargo build --release --bin mxguard"
         (cd "$IOP_ROOT" && cargo build --release --quiet --bin mxguard) || iop_die "build failed"
-        MXGUARD_BIN="$IOP_ROOT/target/release/mxguard"
+        MXGUARD_BIN="${CARGO_TARGET_DIR:-$IOP_ROOT/target}/release/mxguard"
     fi
 }
 

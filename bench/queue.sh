@@ -249,7 +249,7 @@ trap bench_cleanup EXIT
 if [[ -z "${MXGUARD_BIN:-}" ]]; then
     iop_log "cargo build --release --bin mxguard"
     (cd "$IOP_ROOT" && cargo build --release --quiet --bin mxguard) || iop_die "build failed"
-    MXGUARD_BIN="$IOP_ROOT/target/release/mxguard"
+    MXGUARD_BIN="${CARGO_TARGET_DIR:-$IOP_ROOT/target}/release/mxguard"
     BUILT_FROM="release build of $(git -C "$IOP_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
     if [[ -n "$(git -C "$IOP_ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ]]; then
         BUILT_FROM+=" + uncommitted changes"

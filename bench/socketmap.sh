@@ -82,7 +82,7 @@ if [[ -z "${IOP_IN_NETNS:-}" ]]; then
     if [[ -z "${MXGUARD_BIN:-}" ]]; then
         iop_log "building mxguard (cargo build --release)"
         (cd "$IOP_ROOT" && cargo build --release --quiet --bin mxguard) || iop_die "cargo build failed"
-        MXGUARD_BIN="$IOP_ROOT/target/release/mxguard"
+        MXGUARD_BIN="${CARGO_TARGET_DIR:-$IOP_ROOT/target}/release/mxguard"
     fi
     MXGUARD_BIN="$(realpath "$MXGUARD_BIN")"
     BENCH_VENV="$(realpath "$BENCH_VENV")"

@@ -111,7 +111,7 @@ if [[ $INTEROP_OK -eq 1 ]]; then
     if [[ -z "${MXGUARD_BIN:-}" ]]; then
         log "cargo build --bin mxguard"
         cargo build --bin mxguard
-        export MXGUARD_BIN="$ROOT/target/debug/mxguard"
+        export MXGUARD_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/mxguard"
     fi
     for script in tests/interop/*.sh; do
         name="$(basename "$script" .sh)"

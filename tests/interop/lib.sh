@@ -155,7 +155,7 @@ iop_start() {
 # Sets MXGUARD_BIN, building the debug binary when none is given.
 iop_mxguard_bin() {
     if [[ -z "${MXGUARD_BIN:-}" ]]; then
-        MXGUARD_BIN="$IOP_ROOT/target/debug/mxguard"
+        MXGUARD_BIN="${CARGO_TARGET_DIR:-$IOP_ROOT/target}/debug/mxguard"
         iop_log "building mxguard (cargo build)"
         (cd "$IOP_ROOT" && cargo build --quiet --bin mxguard) || iop_die "cargo build failed"
     fi
