@@ -1,11 +1,12 @@
-//! The `trust-ad` resolver's answers, kept for their DNS TTLs.
+//! The `trust-ad` resolver's answers, kept for a short time: for the socketmap policy service.
 //!
 //! hickory's resolver caches what the plain look-ups get, but the AD-bit path asks the local
 //! validating resolver for every name, every time: a new UDP socket and a round trip per MX,
-//! address and TLSA look-up of every message (and of every socketmap look-up). An answer is
-//! as good for its TTL as it was when it came (RFC 1035 §3.2.1; RFC 4035 §4.5: a validating
-//! resolver caches the validated answer with its verdict in the same way), so each verdict is
-//! kept exactly that long:
+//! address and TLSA look-up. Delivery keeps it that way (Postfix's model: the local
+//! validating resolver is the cache, and `unbound-control flush` takes effect at once for the
+//! next message). The policy service answers Postfix many times a second for the same
+//! domains, so it keeps each verdict for at most a few seconds ([`AnswerCache::new`]'s
+//! `max_ttl`), and never longer than DNS allows (RFC 1035 §3.2.1; RFC 4035 §4.5):
 //! - records (secure or insecure): the smallest TTL of the answer section (the records of the
 //!   type asked, the CNAMEs of a chain, their RRSIGs);
 //! - NXDOMAIN and NODATA: RFC 2308 §5, the smaller of the SOA record's TTL and its MINIMUM
@@ -13,8 +14,8 @@
 //! - failures (SERVFAIL, timeouts) are never kept: the next look-up asks again.
 //!
 //! TTLs are capped as unbound caps them by default (`cache-max-ttl` one day,
-//! `cache-max-negative-ttl` one hour). The cache holds at most `dns.cache_size` answers; when
-//! full, expired ones go first, then those closest to expiry.
+//! `cache-max-negative-ttl` one hour) and by `max_ttl`. The cache holds at most `capacity`
+//! answers; when full, expired ones go first, then those closest to expiry.
 
 use super::{DnssecFailure, Secured};
 use hickory_proto::op::{Message, ResponseCode};
@@ -35,6 +36,7 @@ pub type Answer = Result<Secured<Vec<RData>>, DnssecFailure>;
 pub struct AnswerCache {
     entries: Mutex<HashMap<(Name, RecordType), Kept>>,
     capacity: usize,
+    max_ttl: Duration,
 }
 
 struct Kept {
@@ -43,11 +45,12 @@ struct Kept {
 }
 
 impl AnswerCache {
-    /// A cache of at most `capacity` answers; 0 keeps nothing.
-    pub fn new(capacity: usize) -> AnswerCache {
+    /// A cache of at most `capacity` answers, each kept at most `max_ttl`; 0 keeps nothing.
+    pub fn new(capacity: usize, max_ttl: Duration) -> AnswerCache {
         AnswerCache {
             entries: Mutex::new(HashMap::new()),
             capacity,
+            max_ttl,
         }
     }
 
@@ -74,7 +77,7 @@ impl AnswerCache {
         answer: &Answer,
         now: Instant,
     ) {
-        let Some(ttl) = lifetime(response, answer) else {
+        let Some(ttl) = lifetime(response, answer).map(|t| t.min(self.max_ttl)) else {
             return;
         };
         if self.capacity == 0 || ttl.is_zero() {
@@ -230,7 +233,7 @@ mod tests {
 
     #[test]
     fn an_answer_is_served_until_it_expires_whatever_the_case_of_the_name() {
-        let cache = AnswerCache::new(16);
+        let cache = AnswerCache::new(16, MAX_POSITIVE_TTL);
         let now = Instant::now();
         let r = response(
             ResponseCode::NoError,
@@ -267,7 +270,7 @@ mod tests {
 
     #[test]
     fn a_full_cache_drops_expired_answers_then_those_closest_to_expiry() {
-        let cache = AnswerCache::new(10);
+        let cache = AnswerCache::new(10, MAX_POSITIVE_TTL);
         let now = Instant::now();
         for i in 0..10u32 {
             let owner = format!("h{i}.example.test.");
@@ -322,8 +325,27 @@ mod tests {
     }
 
     #[test]
+    fn max_ttl_caps_every_answer() {
+        let cache = AnswerCache::new(16, Duration::from_secs(5));
+        let now = Instant::now();
+        let r = response(
+            ResponseCode::NoError,
+            vec![a("mx.example.test.", 3600)],
+            vec![],
+        );
+        cache.put(&name("mx.example.test."), RecordType::A, &r, &found(), now);
+        let at = |secs| now + Duration::from_secs(secs);
+        assert!(cache
+            .get(&name("mx.example.test."), RecordType::A, at(4))
+            .is_some());
+        assert!(cache
+            .get(&name("mx.example.test."), RecordType::A, at(5))
+            .is_none());
+    }
+
+    #[test]
     fn a_cache_of_size_zero_keeps_nothing() {
-        let cache = AnswerCache::new(0);
+        let cache = AnswerCache::new(0, MAX_POSITIVE_TTL);
         let now = Instant::now();
         let r = response(
             ResponseCode::NoError,

@@ -140,6 +140,17 @@ impl SecureResolver {
         })
     }
 
+    /// The same resolver keeping `trust-ad` answers up to `max_ttl` (the policy service's;
+    /// [`answer_cache`]). In-process validation keeps hickory's own cache either way.
+    pub fn with_answer_cache(self, capacity: usize, max_ttl: std::time::Duration) -> Self {
+        match self {
+            SecureResolver::TrustAd(r) => {
+                SecureResolver::TrustAd(r.with_answer_cache(capacity, max_ttl))
+            }
+            validate => validate,
+        }
+    }
+
     /// The records of type `rtype` at `name` (absolute: no search domains) with their
     /// security, or why there are none.
     pub async fn lookup(

@@ -29,13 +29,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Asks the configured (loopback) validating resolvers, reading the AD bit; keeps their
-/// answers for the answers' TTLs ([`AnswerCache`], shared by the clones).
+/// Asks the configured (loopback) validating resolvers, reading the AD bit; with
+/// [`AdResolver::with_answer_cache`], keeps their answers a short time ([`AnswerCache`], shared
+/// by the clones).
 #[derive(Clone)]
 pub struct AdResolver {
     servers: Arc<[SocketAddr]>,
     timeout: Duration,
-    cache: Arc<AnswerCache>,
+    cache: Option<Arc<AnswerCache>>,
 }
 
 impl AdResolver {
@@ -48,21 +49,32 @@ impl AdResolver {
         Ok(AdResolver {
             servers: servers.into(),
             timeout: config.timeout,
-            cache: Arc::new(AnswerCache::new(
-                usize::try_from(config.cache_size).unwrap_or(usize::MAX),
-            )),
+            cache: None,
         })
     }
 
+    /// The same resolver, keeping up to `capacity` answers for their TTLs, at most `max_ttl`.
+    pub fn with_answer_cache(self, capacity: usize, max_ttl: Duration) -> AdResolver {
+        AdResolver {
+            cache: Some(Arc::new(AnswerCache::new(capacity, max_ttl))),
+            ..self
+        }
+    }
+
     /// The records of type `rtype` at `name` (made absolute), with the resolver's verdict:
-    /// from the cache while an earlier answer's TTL lasts, else asked. A timeout or network
-    /// error moves on to the next name server; an answer (SERVFAIL too) is final.
+    /// from the answer cache (when there is one) while an earlier answer lasts, else asked. A
+    /// timeout or network error moves on to the next name server; an answer (SERVFAIL too) is
+    /// final.
     pub async fn lookup(
         &self,
         name: &Name,
         rtype: RecordType,
     ) -> Result<Secured<Vec<RData>>, DnssecFailure> {
-        if let Some(answer) = self.cache.get(name, rtype, Instant::now()) {
+        if let Some(answer) = self
+            .cache
+            .as_ref()
+            .and_then(|c| c.get(name, rtype, Instant::now()))
+        {
             return answer;
         }
         let mut failures = Vec::new();
@@ -70,8 +82,9 @@ impl AdResolver {
             match self.ask(server, name, rtype).await {
                 Ok(response) => {
                     let answer = classify(rtype, &response);
-                    self.cache
-                        .put(name, rtype, &response, &answer, Instant::now());
+                    if let Some(cache) = &self.cache {
+                        cache.put(name, rtype, &response, &answer, Instant::now());
+                    }
                     return answer;
                 }
                 Err(why) => {
@@ -448,8 +461,22 @@ mod tests {
             timeout: Duration::from_secs(5),
             ..DnsConfig::default()
         };
-        let r = AdResolver::from_config(&config).unwrap();
+        // Without a cache (delivery's resolver), every look-up asks.
+        let plain = AdResolver::from_config(&config).unwrap();
         let asked = || queries.load(Ordering::SeqCst);
+        plain
+            .lookup(&name("secure.test."), RecordType::A)
+            .await
+            .ok();
+        plain
+            .lookup(&name("secure.test."), RecordType::A)
+            .await
+            .ok();
+        assert_eq!(asked(), 2);
+        queries.store(0, Ordering::SeqCst);
+        let r = AdResolver::from_config(&config)
+            .unwrap()
+            .with_answer_cache(100, Duration::from_secs(5));
         let first = r.lookup(&name("secure.test."), RecordType::A).await;
         // A clone shares the cache (the deliverer's tasks each hold one).
         let again = r.clone().lookup(&name("SECURE.test."), RecordType::A).await;

@@ -52,7 +52,10 @@ impl Decider {
             .map_err(|e| DecideSetupError::Resolver(e.to_string()))?;
         Ok(Decider {
             resolver,
-            secure: SecureResolver::from_config(&config.dns)?,
+            secure: SecureResolver::from_config(&config.dns)?.map(|r| {
+                let capacity = usize::try_from(config.dns.cache_size).unwrap_or(usize::MAX);
+                r.with_answer_cache(capacity, super::DNSSEC_ANSWER_TIME)
+            }),
             policies,
             tables,
             port: config.delivery.smtp_port,

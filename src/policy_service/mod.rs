@@ -81,6 +81,9 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_CONNECTIONS: usize = 512;
 /// Look-ups running at once, counting those that went on after their answer timed out.
 pub const MAX_LOOKUPS: usize = 256;
+/// The longest a `trust-ad` verdict is reused between look-ups (within its DNS TTL): Postfix
+/// asks many times a second for the same domains, and checks the TLSA records itself.
+pub const DNSSEC_ANSWER_TIME: Duration = Duration::from_secs(5);
 /// How long shutdown waits for connections to finish their current request.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
