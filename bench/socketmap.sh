@@ -184,12 +184,13 @@ iop_start nginx nginx -c "$IOP_TMP/nginx.conf" -g 'daemon off;'
 iop_wait_port 443 20 "$IOP_PID" || iop_die "nginx did not start: $(cat "$IOP_TMP/nginx.log")"
 
 # ----- the key files: each client's share -----------------------------------------------------
-split_keys() { # NAME PREFIX: KEYS/NAME.0 … NAME.(CLIENTS-1), round robin
-    names "$2" | awk -v n="$CLIENTS" -v out="$KEYS/$1" '{ print > (out "." (NR % n)) }'
+split_keys() { # NAME PREFIX [LEAD]: KEYS/NAME.0 … NAME.(CLIENTS-1), round robin, each key LEAD…
+    names "$2" | awk -v n="$CLIENTS" -v out="$KEYS/$1" -v lead="${3:-}" \
+        '{ print lead $0 > (out "." (NR % n)) }'
 }
 split_keys sts d
 split_keys none p
-names d | sed 's/^/./' | awk -v n="$CLIENTS" -v out="$KEYS/probe" '{ print > (out "." (NR % n)) }'
+split_keys probe d .
 
 # run_clients SERVICE SET ROUNDS LABEL: CLIENTS postmap processes, each ROUNDS times over its
 # share of SET; prints the elapsed seconds; answers in $IOP_TMP/LABEL.out.N.

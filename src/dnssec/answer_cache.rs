@@ -18,7 +18,7 @@
 //! answers; when full, expired ones go first, then those closest to expiry.
 
 use super::{DnssecFailure, Secured};
-use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::op::Message;
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -115,13 +115,8 @@ pub fn lifetime(response: &Message, answer: &Answer) -> Option<Duration> {
             let ttl = response.answers.iter().map(|r| r.ttl).min()?;
             Some(Duration::from_secs(ttl.into()).min(MAX_POSITIVE_TTL))
         }
+        // Denials (`classify` makes them from NOERROR and NXDOMAIN replies only).
         Err(DnssecFailure::NxDomain { .. } | DnssecFailure::NoData { .. }) => {
-            if !matches!(
-                response.metadata.response_code,
-                ResponseCode::NoError | ResponseCode::NXDomain
-            ) {
-                return None;
-            }
             let ttl = response.authorities.iter().find_map(|r| match &r.data {
                 RData::SOA(soa) => Some(r.ttl.min(soa.minimum)),
                 _ => None,
@@ -150,7 +145,7 @@ fn make_room(entries: &mut HashMap<(Name, RecordType), Kept>, capacity: usize, n
 mod tests {
     use super::*;
     use crate::dnssec::Security;
-    use hickory_proto::op::OpCode;
+    use hickory_proto::op::{OpCode, ResponseCode};
     use hickory_proto::rr::rdata::{A, CNAME, SOA};
     use hickory_proto::rr::Record;
     use std::net::Ipv4Addr;
@@ -231,16 +226,22 @@ mod tests {
         assert_eq!(lifetime(&r, &servfail), None);
     }
 
+    /// Keeps, at `now`, an A answer for `owner` with `ttl`.
+    fn put_a(cache: &AnswerCache, owner: &str, ttl: u32, now: Instant) {
+        let r = response(ResponseCode::NoError, vec![a(owner, ttl)], vec![]);
+        cache.put(&name(owner), RecordType::A, &r, &found(), now);
+    }
+
+    /// Whether an A answer for `owner` is served at `at`.
+    fn has_a(cache: &AnswerCache, owner: &str, at: Instant) -> bool {
+        cache.get(&name(owner), RecordType::A, at).is_some()
+    }
+
     #[test]
     fn an_answer_is_served_until_it_expires_whatever_the_case_of_the_name() {
         let cache = AnswerCache::new(16, MAX_POSITIVE_TTL);
         let now = Instant::now();
-        let r = response(
-            ResponseCode::NoError,
-            vec![a("mx.example.test.", 30)],
-            vec![],
-        );
-        cache.put(&name("MX.Example.TEST."), RecordType::A, &r, &found(), now);
+        put_a(&cache, "MX.Example.TEST.", 30, now);
         let at = |secs| now + Duration::from_secs(secs);
         assert_eq!(
             cache.get(&name("mx.example.test."), RecordType::A, at(29)),
@@ -250,22 +251,11 @@ mod tests {
             cache.get(&name("mx.example.test."), RecordType::AAAA, at(1)),
             None
         );
-        assert_eq!(
-            cache.get(&name("mx.example.test."), RecordType::A, at(30)),
-            None
-        );
+        assert!(!has_a(&cache, "mx.example.test.", at(30)));
         assert_eq!(cache.len(), 0, "an expired answer is dropped when found");
         // A zero TTL is not kept at all.
-        let r = response(
-            ResponseCode::NoError,
-            vec![a("mx.example.test.", 0)],
-            vec![],
-        );
-        cache.put(&name("mx.example.test."), RecordType::A, &r, &found(), now);
-        assert_eq!(
-            cache.get(&name("mx.example.test."), RecordType::A, now),
-            None
-        );
+        put_a(&cache, "mx.example.test.", 0, now);
+        assert!(!has_a(&cache, "mx.example.test.", now));
     }
 
     #[test]
@@ -273,86 +263,46 @@ mod tests {
         let cache = AnswerCache::new(10, MAX_POSITIVE_TTL);
         let now = Instant::now();
         for i in 0..10u32 {
-            let owner = format!("h{i}.example.test.");
-            let r = response(ResponseCode::NoError, vec![a(&owner, 10 + i)], vec![]);
-            cache.put(&name(&owner), RecordType::A, &r, &found(), now);
+            put_a(&cache, &format!("h{i}.example.test."), 10 + i, now);
         }
         assert_eq!(cache.len(), 10);
-        let r = response(
-            ResponseCode::NoError,
-            vec![a("new.example.test.", 100)],
-            vec![],
-        );
-        cache.put(&name("new.example.test."), RecordType::A, &r, &found(), now);
+        put_a(&cache, "new.example.test.", 100, now);
         assert!(cache.len() <= 10);
-        assert!(cache
-            .get(&name("new.example.test."), RecordType::A, now)
-            .is_some());
+        assert!(has_a(&cache, "new.example.test.", now));
         assert!(
-            cache
-                .get(&name("h0.example.test."), RecordType::A, now)
-                .is_none(),
+            !has_a(&cache, "h0.example.test.", now),
             "the answer closest to expiry made room"
         );
-        assert!(cache
-            .get(&name("h9.example.test."), RecordType::A, now)
-            .is_some());
+        assert!(has_a(&cache, "h9.example.test.", now));
         // Later, with every old answer expired, one insert sweeps them all.
         let later = now + Duration::from_secs(50);
-        let r = response(
-            ResponseCode::NoError,
-            vec![a("late.example.test.", 100)],
-            vec![],
-        );
-        cache.put(
-            &name("late.example.test."),
-            RecordType::A,
-            &r,
-            &found(),
-            later,
-        );
-        cache.put(
-            &name("late2.example.test."),
-            RecordType::A,
-            &r,
-            &found(),
-            later,
-        );
+        put_a(&cache, "late.example.test.", 100, later);
+        put_a(&cache, "late2.example.test.", 100, later);
         assert!(cache.len() <= 10);
-        assert!(cache
-            .get(&name("new.example.test."), RecordType::A, later)
-            .is_some());
+        assert!(has_a(&cache, "new.example.test.", later));
     }
 
     #[test]
     fn max_ttl_caps_every_answer() {
         let cache = AnswerCache::new(16, Duration::from_secs(5));
         let now = Instant::now();
-        let r = response(
-            ResponseCode::NoError,
-            vec![a("mx.example.test.", 3600)],
-            vec![],
-        );
-        cache.put(&name("mx.example.test."), RecordType::A, &r, &found(), now);
-        let at = |secs| now + Duration::from_secs(secs);
-        assert!(cache
-            .get(&name("mx.example.test."), RecordType::A, at(4))
-            .is_some());
-        assert!(cache
-            .get(&name("mx.example.test."), RecordType::A, at(5))
-            .is_none());
+        put_a(&cache, "mx.example.test.", 3600, now);
+        assert!(has_a(
+            &cache,
+            "mx.example.test.",
+            now + Duration::from_secs(4)
+        ));
+        assert!(!has_a(
+            &cache,
+            "mx.example.test.",
+            now + Duration::from_secs(5)
+        ));
     }
 
     #[test]
     fn a_cache_of_size_zero_keeps_nothing() {
         let cache = AnswerCache::new(0, MAX_POSITIVE_TTL);
-        let now = Instant::now();
-        let r = response(
-            ResponseCode::NoError,
-            vec![a("mx.example.test.", 30)],
-            vec![],
-        );
-        cache.put(&name("mx.example.test."), RecordType::A, &r, &found(), now);
+        put_a(&cache, "mx.example.test.", 30, Instant::now());
         assert_eq!(cache.len(), 0);
     }
 }

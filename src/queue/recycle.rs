@@ -82,7 +82,8 @@ impl Recycler {
 
     /// A file to write a new message into, at `path` (which must not exist): a pooled file
     /// renamed there and opened for writing over, or a new one. The caller writes from the
-    /// start and truncates to the length written ([`finish`]).
+    /// start and cuts the file to the length written (`set_len`), so that no tail of the
+    /// message that had it before remains.
     pub fn create(&self, path: &Path) -> io::Result<File> {
         // Never over an existing file (only the committer writes in `tmp/`, each name once):
         // `create_new` then says why.
@@ -112,12 +113,6 @@ impl Recycler {
     }
 }
 
-/// Ends a file written by [`Recycler::create`]: cut to `len`, the bytes written, so that no
-/// tail of the message that had the file before remains.
-pub fn finish(file: &File, len: u64) -> io::Result<()> {
-    file.set_len(len)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,7 +137,7 @@ mod tests {
     fn write(r: &Recycler, path: &Path, bytes: &[u8]) {
         let mut f = r.create(path).unwrap();
         f.write_all(bytes).unwrap();
-        finish(&f, bytes.len() as u64).unwrap();
+        f.set_len(bytes.len() as u64).unwrap();
     }
 
     #[test]

@@ -37,7 +37,7 @@ use tokio::sync::oneshot;
 /// First line of every message file; a file without it is not ours.
 const MAGIC: &[u8] = b"MXGUARD-SPOOL-1\n";
 
-use super::recycle::{self, Recycler};
+use super::recycle::Recycler;
 pub use super::state::{LogRecord, RcptState, StateRecord};
 
 /// A message for the committer to write into `tmp/`, sync and rename into `msg/`.
@@ -259,7 +259,8 @@ fn write_file(recycler: &Recycler, path: &Path, header: &[u8], message: &[u8]) -
     head.extend_from_slice(header);
     f.write_all(&head)?;
     f.write_all(message)?;
-    recycle::finish(&f, (head.len() + message.len()) as u64)
+    // A reused file may be longer: cut off the tail of the message it held before.
+    f.set_len((head.len() + message.len()) as u64)
 }
 
 /// `syncfs(2)` of the file system holding `dir`: every dirty file's data and inode written,
