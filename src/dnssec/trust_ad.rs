@@ -478,7 +478,7 @@ mod tests {
             .unwrap()
             .with_answer_cache(100, Duration::from_secs(5));
         let first = r.lookup(&name("secure.test."), RecordType::A).await;
-        // A clone shares the cache (the deliverer's tasks each hold one).
+        // A clone shares the cache (the policy service's look-ups each hold one).
         let again = r.clone().lookup(&name("SECURE.test."), RecordType::A).await;
         assert_eq!(first, again);
         assert_eq!(asked(), 1, "the second look-up is answered from the cache");
