@@ -436,6 +436,17 @@ mod tests {
             .collect()
     }
 
+    /// Tries the database again until the store is on it: sled lets go of its file lock a
+    /// moment after the last handle in this process is dropped (its background threads still
+    /// hold the file), so an immediate reopen may find the lock taken.
+    fn reopen_released(store: &Store) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !store.reopen() {
+            assert!(Instant::now() < deadline, "the database did not reopen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Writes raw bytes into a tree of a store on the database.
     fn insert_raw(store: &Store, tree: Tree, key: &str, bytes: &[u8]) {
         match &*read(&store.backend) {
@@ -455,6 +466,7 @@ mod tests {
             store.flush();
         }
         let store = Store::open(dir.path());
+        reopen_released(&store);
         assert_eq!(store.policy("a.test"), Some(policy("1")));
         assert_eq!(store.policies().len(), 1);
         assert_eq!(store.negative("b.test").map(|n| n.id), Some("2".into()));
@@ -572,7 +584,7 @@ mod tests {
         drop(store);
 
         let store = Store::open(&dir);
-        assert!(!store.in_memory());
+        reopen_released(&store);
         assert_eq!(store.policy("a.test"), Some(policy("1")));
         assert_eq!(store.policy("c.test"), Some(policy("3")));
         assert_eq!(store.policy("gone.test"), None);
@@ -602,7 +614,7 @@ mod tests {
         second.push_failure(&failure(1)).expect("push");
         drop(first);
 
-        assert!(second.reopen());
+        reopen_released(&second);
         assert_eq!(second.policy("old.test"), None);
         assert_eq!(second.policy("kept.test"), Some(policy("3")));
         assert_eq!(details(&second), ["failure 0", "failure 1"]);
@@ -628,12 +640,7 @@ mod tests {
         store.push_failure(&failure(1)).expect("push");
         assert_eq!(details(&store), ["failure 0", "failure 1"]);
 
-        // The dropped handle may take a moment to release sled's lock.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !store.reopen() {
-            assert!(Instant::now() < deadline, "the database did not reopen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        reopen_released(&store);
         assert_eq!(store.policy("a.test"), None);
         assert_eq!(store.policy("b.test"), Some(policy("2")));
         assert_eq!(details(&store), ["failure 0", "failure 1"]);
