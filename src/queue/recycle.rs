@@ -18,6 +18,11 @@
 //! `free/`. So `free/` is emptied at start-up and never reused across runs (after e2fsck
 //! counts both names, unlinking one leaves the message whole).
 //!
+//! Readers: a process that opened a message's file just before the message finished may go
+//! on reading the next message written into it. The spool's readers therefore check, after
+//! reading, that the message's name still leads to the file they read (`still_named` in
+//! `spool.rs`); otherwise the message is gone.
+//!
 //! Bounds: at most [`MAX_FILES`] files, each at most [`MAX_SIZE`] bytes (a larger message's
 //! file is unlinked), so the pool holds at most 16 MiB of disk.
 

@@ -122,14 +122,16 @@ impl Spool {
 
     /// Reads a message back: its envelope and its bytes. Blocking.
     pub fn load(&self, id: &QueueId) -> io::Result<(Envelope, Vec<u8>)> {
-        let data = fs::read(self.msg.join(id.as_str()))?;
+        let path = self.msg.join(id.as_str());
+        let data = read_whole(File::open(&path)?, &path)?;
         parse_message_file(&data)
     }
 
     /// Reads only a message's envelope, and the size of its bytes: what listing and scheduling
     /// need, without reading the message itself. Blocking.
     pub fn load_envelope(&self, id: &QueueId) -> io::Result<(Envelope, u64)> {
-        let mut f = File::open(self.msg.join(id.as_str()))?;
+        let path = self.msg.join(id.as_str());
+        let mut f = File::open(&path)?;
         let total = f.metadata()?.len();
         // The envelope is short; read a first block and more only when it needs more.
         let mut head = vec![0u8; 8192];
@@ -145,6 +147,7 @@ impl Spool {
                 .map_err(|_| bad_data("truncated envelope"))?;
             head.extend_from_slice(&rest);
         }
+        still_named(&f, &path)?;
         let envelope: Envelope = serde_json::from_slice(&head[start..end])
             .map_err(|e| bad_data(&format!("bad envelope: {e}")))?;
         Ok((envelope, total.saturating_sub(end as u64)))
@@ -320,6 +323,39 @@ fn bad_data(why: &str) -> io::Error {
 }
 
 /// Reads until `buf` is full or the file ends; the number of bytes read.
+/// Reads a message file opened as `path`, whole, and makes sure it was that message's file
+/// all along ([`still_named`]).
+fn read_whole(mut f: File, path: &Path) -> io::Result<Vec<u8>> {
+    let mut data = Vec::with_capacity(f.metadata()?.len() as usize);
+    f.read_to_end(&mut data)?;
+    still_named(&f, path)?;
+    Ok(data)
+}
+
+/// Whether `f`, opened as `path` in `msg/`, still has that name after it was read. A finished
+/// message's file is reused for the next message ([`recycle`]), so a reader that opened it
+/// just before the message was removed may have read another message's bytes. A file never
+/// changes while it is in `msg/`, and once out of it never comes back under the same name
+/// (queue ids are unique), so if the name still leads to the same file, what was read is that
+/// message. Otherwise the message is reported gone.
+fn still_named(f: &File, path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let held = f.metadata()?;
+    match fs::metadata(path) {
+        Ok(named) if named.ino() == held.ino() && named.dev() == held.dev() => Ok(()),
+        Ok(_) => Err(removed_while_read()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(removed_while_read()),
+        Err(e) => Err(e),
+    }
+}
+
+fn removed_while_read() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        "the message was removed while it was read",
+    )
+}
+
 fn read_up_to(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
@@ -406,6 +442,50 @@ mod tests {
             .is_none());
         spool.remove(&id).unwrap();
         assert!(spool.scan().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_reader_of_a_file_reused_meanwhile_finds_the_message_gone() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let first = QueueId::generate();
+        spool
+            .store(&first, &envelope(), b"Subject: first\r\n\r\n1\r\n".to_vec())
+            .await
+            .unwrap();
+        let path = dir.path().join("msg").join(first.as_str());
+        // A reader (a delivery, `mxguard queue show`) has opened the file when the message
+        // finishes and the next message is written into the same file.
+        let held = File::open(&path).unwrap();
+        spool.remove(&first).unwrap();
+        let second = QueueId::generate();
+        let body = b"Subject: second\r\n\r\n2\r\n".to_vec();
+        spool
+            .store(&second, &envelope(), body.clone())
+            .await
+            .unwrap();
+        let second_path = dir.path().join("msg").join(second.as_str());
+        assert_eq!(
+            fs::metadata(&second_path).unwrap().ino(),
+            held.metadata().unwrap().ino(),
+            "the second message went into the first one's file"
+        );
+
+        let e = read_whole(held, &path).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
+        let held = File::open(&second_path).unwrap();
+        spool.remove(&second).unwrap();
+        let e = read_whole(held, &second_path).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
+
+        // The file's new owner reads it whole, by its own name.
+        let third = QueueId::generate();
+        let kept = envelope();
+        spool.store(&third, &kept, body.clone()).await.unwrap();
+        assert_eq!(spool.load(&third).unwrap(), (kept.clone(), body));
+        assert_eq!(spool.load_envelope(&third).unwrap().0, kept);
+        assert!(matches!(spool.load(&first), Err(e) if e.kind() == io::ErrorKind::NotFound));
     }
 
     #[tokio::test]
