@@ -322,7 +322,6 @@ fn bad_data(why: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, why.to_string())
 }
 
-/// Reads until `buf` is full or the file ends; the number of bytes read.
 /// Reads a message file opened as `path`, whole, and makes sure it was that message's file
 /// all along ([`still_named`]).
 fn read_whole(mut f: File, path: &Path) -> io::Result<Vec<u8>> {
@@ -356,6 +355,7 @@ fn removed_while_read() -> io::Error {
     )
 }
 
+/// Reads until `buf` is full or the file ends; the number of bytes read.
 fn read_up_to(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
