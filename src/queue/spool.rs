@@ -132,7 +132,8 @@ impl Spool {
     pub fn load_envelope(&self, id: &QueueId) -> io::Result<(Envelope, u64)> {
         let path = self.msg.join(id.as_str());
         let mut f = File::open(&path)?;
-        let total = f.metadata()?.len();
+        let held = f.metadata()?;
+        let total = held.len();
         // The envelope is short; read a first block and more only when it needs more.
         let mut head = vec![0u8; 8192];
         let n = read_up_to(&mut f, &mut head)?;
@@ -147,7 +148,7 @@ impl Spool {
                 .map_err(|_| bad_data("truncated envelope"))?;
             head.extend_from_slice(&rest);
         }
-        still_named(&f, &path)?;
+        still_named(&held, &path)?;
         let envelope: Envelope = serde_json::from_slice(&head[start..end])
             .map_err(|e| bad_data(&format!("bad envelope: {e}")))?;
         Ok((envelope, total.saturating_sub(end as u64)))
@@ -325,21 +326,21 @@ fn bad_data(why: &str) -> io::Error {
 /// Reads a message file opened as `path`, whole, and makes sure it was that message's file
 /// all along ([`still_named`]).
 fn read_whole(mut f: File, path: &Path) -> io::Result<Vec<u8>> {
-    let mut data = Vec::with_capacity(f.metadata()?.len() as usize);
+    let held = f.metadata()?;
+    let mut data = Vec::with_capacity(held.len() as usize);
     f.read_to_end(&mut data)?;
-    still_named(&f, path)?;
+    still_named(&held, path)?;
     Ok(data)
 }
 
-/// Whether `f`, opened as `path` in `msg/`, still has that name after it was read. A finished
-/// message's file is reused for the next message ([`recycle`]), so a reader that opened it
-/// just before the message was removed may have read another message's bytes. A file never
-/// changes while it is in `msg/`, and once out of it never comes back under the same name
-/// (queue ids are unique), so if the name still leads to the same file, what was read is that
-/// message. Otherwise the message is reported gone.
-fn still_named(f: &File, path: &Path) -> io::Result<()> {
+/// Whether the file `held` describes, opened as `path` in `msg/`, still has that name after
+/// it was read. A finished message's file is reused for the next message ([`recycle`]), so a
+/// reader that opened it just before the message was removed may have read another message's
+/// bytes. A file never changes while it is in `msg/`, and once out of it never comes back
+/// under the same name (queue ids are unique), so if the name still leads to the same file,
+/// what was read is that message. Otherwise the message is reported gone.
+fn still_named(held: &fs::Metadata, path: &Path) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let held = f.metadata()?;
     match fs::metadata(path) {
         Ok(named) if named.ino() == held.ino() && named.dev() == held.dev() => Ok(()),
         Ok(_) => Err(removed_while_read()),
